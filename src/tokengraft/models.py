@@ -175,7 +175,7 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
-    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # a corrupt file fails anywhere in the reader (struct.error, IndexError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokengraftError(f"cannot read GGUF file {path}: {first}") from None
     return model, tokenizer
@@ -218,6 +218,15 @@ def _has_weights(directory: Path) -> bool:
     return any(directory.glob("*.safetensors")) or any(directory.glob("*.bin")) or any(directory.glob("*.safetensors.index.json"))
 
 
+# transformers 5 silently builds an empty (1-token) tokenizer from a directory without
+# vocabulary files; refuse that instead of returning a tokenizer that matches nothing.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in _TOKENIZER_FILES) or any(directory.glob("*.tiktoken"))
+
+
 def load_config(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> Any:
     """The model config for a spec, without weights."""
     from transformers import AutoConfig
@@ -227,7 +236,7 @@ def load_config(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> A
         path = Path(spec).expanduser()
         try:
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
-        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # a corrupt file fails anywhere in the reader (struct.error, IndexError, ...)
             raise TokengraftError(f"cannot read GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     directory = resolve_model_dir(spec)
     try:
@@ -256,8 +265,13 @@ def load_tokenizer(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -
     _check_spec(spec)
     if spec.endswith(".gguf"):
         path = Path(spec).expanduser()
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        try:
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        except Exception as exc:  # same reader as the config: any failure means an unreadable file
+            raise TokengraftError(f"cannot read the tokenizer in GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     directory = resolve_model_dir(spec)
+    if directory is not None and not _has_tokenizer(directory):
+        raise TokengraftError(f"{spec} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...)")
     try:
         return AutoTokenizer.from_pretrained(str(directory or spec), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
@@ -289,6 +303,8 @@ def load_model(
         source = str(directory or spec)
         if directory is not None and not _has_weights(directory):
             raise TokengraftError(f"{spec} has config.json but no weights; `inspect` and `plan` work on it, training needs weights")
+        if directory is not None and not _has_tokenizer(directory):
+            raise TokengraftError(f"{spec} has weights but no tokenizer files; save the tokenizer into the directory")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
