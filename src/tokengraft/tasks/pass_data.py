@@ -1,0 +1,417 @@
+"""`<PASS>` abstention data: answer what you can, emit `<PASS>` when the question cannot be answered.
+
+Answerable rows are short questions from the question bank (capitals of real
+countries, small arithmetic, everyday facts) with the completion ``"<gold>."``
+(e.g. ``"Paris."``): one short, consistent form, so the model's first answer
+token competes directly with `<PASS>` and ``p_pass`` at that position is a clean
+abstention score. Unanswerable rows are corrupted counterparts with the
+completion exactly ``"<PASS>"``; every row says which ``kind`` it is:
+
+- ``char_noise``: letters substituted/inserted/deleted; the entity (country,
+  operands, subject) is always destroyed, digits become letters;
+- ``dropped_words``: the entity words and about a quarter of the others removed;
+- ``missing_operand``: the template intact but one entity slot left empty
+  ("What is 7 + ?", "What is the capital of ?");
+- ``fictional_entity``: the entity replaced by a pronounceable invented name
+  ("What is the capital of Blorvania?", "How many legs does a trelmup have?"),
+  checked against real names;
+- ``shuffled_words``: word order scrambled;
+- ``truncated``: the question cut off inside or before its entity.
+
+Held-out numbers come from data that never overlaps training: the question bank
+splits entities and templates (``tasks.split_bank``), invented names are unique
+per split, and the test split additionally holds corruption kinds never seen in
+training (by default ``shuffled_words`` and ``truncated``). Validation uses only
+training kinds, because it calibrates the `<PASS>` threshold and must not peek
+at the novel kinds.
+
+``relabel_with_know_check`` turns answerable questions the base model gets
+wrong into `<PASS>` targets (the model should abstain on what it does not know),
+and ``read_probe_rows`` / ``score_read_probe`` test the other direction: does the
+tuned model *understand* `<PASS>` when it appears in its input?
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from . import (ARITHMETIC, SPLITS, BankSplit, Question, answer_matches, check_disjoint, load_countries, load_facts,
+               question_meta, render, sample_questions, split_bank)
+
+PASS_TOKEN = "<PASS>"
+TRAIN_KINDS: tuple[str, ...] = ("char_noise", "dropped_words", "missing_operand", "fictional_entity")
+TEST_ONLY_KINDS: tuple[str, ...] = ("shuffled_words", "truncated")
+ALL_KINDS: tuple[str, ...] = TRAIN_KINDS + TEST_ONLY_KINDS
+
+# Real countries deliberately missing from countries.tsv (disputed or several capitals, the
+# answer inside the question, an ambiguous name) plus former and informal names: invented
+# names must not collide with any of them either.
+REAL_NAMES_NOT_IN_TABLE = frozenset(n.lower() for n in """
+Bolivia|South Africa|Sri Lanka|Israel|Palestine|Taiwan|Kosovo|Georgia|Luxembourg|Singapore|Monaco|San Marino
+|Andorra|Vatican City|Djibouti|Kuwait|Mexico|Guatemala|Panama|Benin|Burundi|Ivory Coast|Cote d'Ivoire
+|Equatorial Guinea|Eswatini|Swaziland|Western Sahara|Palau|Nauru|Tuvalu|Kiribati|Micronesia|Marshall Islands
+|Grenada|Saint Lucia|Dominica|Antigua and Barbuda|Saint Kitts and Nevis|Saint Vincent and the Grenadines
+|Sao Tome and Principe|Guinea-Bissau|Burma|Holland|England|Scotland|Wales|Britain|America|Czechia|East Timor
+|Zaire|Persia|Siam|Ceylon|Prussia|Yugoslavia|Rhodesia|Bohemia|Moravia|Transylvania|Pennsylvania|Virginia
+|California|Tasmania|Bavaria|Catalonia|Patagonia|Siberia|Scandinavia|Arabia|Anatolia|Mesopotamia|Macedonia
+|Armenia|Slavonia|Galicia|Iberia|Lusitania|Gallia|Britannia|Hispania|Germania|Dalmatia|Cilicia|Lydia|Dacia
+|Nigeria|Liberia|Algeria|Syria|Serbia|Zambia|Gambia|Namibia|Somalia|Estonia|Latvia|Albania|Romania|Mauritania
+""".replace("\n", "").split("|") if n.strip())
+
+# ----------------------------------------------------------------------------- invented names
+
+_ONSETS = "b bl br d dr f fl g gl gr k kl kr l m n p pl pr r s sk st t tr v z zh th".split()
+_VOWELS = "a e i o u ai ea ou".split()
+_CODAS = ["", "", "n", "r", "l", "s", "m", "k", "th", "v"]
+_COUNTRY_ENDINGS = ["ania", "ovia", "istan", "land", "ora", "eria", "avia", "ines"]
+_NOUN_ENDINGS = ["ip", "ak", "et", "ow", "um", "ix", "el", "op"]
+
+
+def _real_words() -> set[str]:
+    words = set(REAL_NAMES_NOT_IN_TABLE)
+    for c in load_countries():
+        words |= {c["country"].lower(), c["capital"].lower(), *(a.lower() for a in c["aliases"])}
+    for f in load_facts():
+        words |= {w.lower() for w in re.findall(r"[A-Za-z]+", f["slot"] + " " + f["gold"])}
+    return words
+
+
+def invented_name(rng: random.Random, style: str) -> str:
+    """A pronounceable invented word: ``style="country"`` -> "Blorvania", ``"noun"`` -> "trelmup"."""
+    syllables = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                        for _ in range(rng.choice((1, 2))))
+    if style == "country":
+        return (syllables + rng.choice(_COUNTRY_ENDINGS)).capitalize()
+    return syllables + rng.choice(_NOUN_ENDINGS)
+
+
+def invented_names(rng: random.Random, n: int, style: str, taken: set[str]) -> list[str]:
+    """``n`` invented names not in ``taken`` and not real; adds them to ``taken``."""
+    real = _real_words()
+    out: list[str] = []
+    while len(out) < n:
+        name = invented_name(rng, style)
+        if name.lower() in real or name.lower() in taken or len(name) < 5:
+            continue
+        taken.add(name.lower())
+        out.append(name)
+    return out
+
+
+# ----------------------------------------------------------------------------- corruptions
+
+_LETTERS = string.ascii_lowercase
+
+
+def _other_letter(rng: random.Random, c: str) -> str:
+    new = rng.choice([x for x in _LETTERS if x != c.lower()])
+    return new.upper() if c.isupper() else new
+
+
+def _in_slot(i: int, slots: Sequence[tuple[int, int]]) -> bool:
+    return any(s <= i < e for s, e in slots)
+
+
+def _char_noise(q: Question, rng: random.Random) -> str:
+    out = []
+    for i, c in enumerate(q.text):
+        if _in_slot(i, q.slots) and c.isalnum():
+            # Entity characters: digits always become letters (a changed digit would be a different,
+            # answerable sum); letters change with high probability.
+            if c.isdigit() or rng.random() < 0.6:
+                out.append(_other_letter(rng, c if c.isalpha() else "a"))
+            else:
+                out.append(c)
+        elif c.isalpha():
+            r = rng.random()
+            out.append(_other_letter(rng, c) if r < 0.25 else c + rng.choice(_LETTERS) if r < 0.32
+                       else "" if r < 0.37 else c)
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _words(text: str) -> list[re.Match[str]]:
+    return list(re.finditer(r"\S+", text))
+
+
+def _touches_slot(m: re.Match[str], slots: Sequence[tuple[int, int]]) -> bool:
+    return any(m.start() < e and s < m.end() for s, e in slots)
+
+
+def _dropped_words(q: Question, rng: random.Random) -> str:
+    words = _words(q.text)
+    kept = [m.group() for m in words if not _touches_slot(m, q.slots) and rng.random() >= 0.25]
+    if len(kept) < 2:
+        kept = [m.group() for m in words if not _touches_slot(m, q.slots)][:2]
+    return " ".join(kept)
+
+
+def _shuffled_words(q: Question, rng: random.Random) -> str:
+    words = [m.group() for m in _words(q.text)]
+    pairs = set(zip(words, words[1:]))
+    best = words[::-1]
+    for _ in range(50):
+        cand = words[:]
+        rng.shuffle(cand)
+        kept_pairs = sum(p in pairs for p in zip(cand, cand[1:]))
+        if cand != words and kept_pairs <= len(pairs) // 2:
+            best = cand
+            break
+    return " ".join(best)
+
+
+def _missing_operand(q: Question, rng: random.Random) -> str:
+    s, e = rng.choice(q.slots)
+    return re.sub(r" {2,}", " ", (q.text[:s] + q.text[e:])).strip()
+
+
+def _truncated(q: Question, rng: random.Random) -> str:
+    # Cut inside or just before the LAST entity slot, keeping at most 40% of a word and none of a
+    # number (a kept digit would leave a different, answerable sum).
+    s, e = q.slots[-1]
+    keep = 0.0 if q.text[s:e].isdigit() else rng.uniform(0.0, 0.4)
+    cut = s + int((e - s) * keep)
+    head = q.text[:cut].rstrip()
+    if len(head.split()) >= 2:
+        return head
+    # The entity opens the question: lose the beginning instead, keeping at most 40% of the first slot.
+    s, e = q.slots[0]
+    return q.text[e - int((e - s) * rng.uniform(0.0, 0.4)):].lstrip()
+
+
+def _fictional(q: Question, name: str) -> str:
+    values = dict(q.values)
+    if q.relation == "capital":
+        values["country"] = name
+    else:
+        slot = values["slot"]
+        article = next((a for a in ("a ", "an ", "the ") if slot.lower().startswith(a)), "")
+        if article in ("a ", "an "):
+            article = "an " if name[0].lower() in "aeiou" else "a "
+        values["slot"] = article + name.lower()
+    return render(q.template, values)[0]
+
+
+_CORRUPT: dict[str, Callable[[Question, random.Random], str]] = {
+    "char_noise": _char_noise, "dropped_words": _dropped_words, "shuffled_words": _shuffled_words,
+    "missing_operand": _missing_operand, "truncated": _truncated,
+}
+
+
+def applicable(kind: str, relation: str) -> bool:
+    """Invented entities make no sense for arithmetic (there is no "capital of 7"): skip that pair."""
+    return not (kind == "fictional_entity" and relation in ARITHMETIC)
+
+
+def corrupt(q: Question, kind: str, rng: random.Random, name: str | None = None) -> str:
+    """The corrupted text of question ``q``; ``fictional_entity`` needs an invented ``name``."""
+    if kind == "fictional_entity":
+        if name is None:
+            raise ValueError("fictional_entity needs an invented name")
+        return _fictional(q, name)
+    for _ in range(20):  # retry the rare draw that leaves the entity readable
+        text = _CORRUPT[kind](q, rng)
+        if text and text != q.text and not _entity_survives(q, text, kind):
+            return text
+    return text
+
+
+def _entity_survives(q: Question, text: str, kind: str) -> bool:
+    if kind == "shuffled_words":
+        return False  # shuffling keeps every word by design; the order is what breaks
+    lowered = text.lower()
+    if kind in ("missing_operand", "truncated") and len(q.slots) > 1:
+        return False  # one operand may legitimately remain
+    return any(q.text[s:e].lower() in lowered for s, e in q.slots)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def _answerable_row(q: Question, split: str) -> dict[str, Any]:
+    gold = q.entity.gold
+    return {"prompt": q.text, "completion": gold[:1].upper() + gold[1:] + ".", "kind": "answerable",
+            "answerable": True, **question_meta(q, split)}
+
+
+def _pass_row(q: Question, kind: str, text: str, split: str, name: str | None) -> dict[str, Any]:
+    meta = question_meta(q, split)
+    meta.update(gold=None, aliases=[], source_question=q.text)
+    if name is not None:
+        meta["entity"] = f"fictional:{name}"
+    return {"prompt": text, "completion": PASS_TOKEN, "kind": kind, "answerable": False, **meta}
+
+
+def _split_rows(bank_split: BankSplit, split: str, n: int, pass_fraction: float, kinds: Sequence[str],
+                rng: random.Random, taken_names: set[str], seen: set[str]) -> list[dict[str, Any]]:
+    """Rows of one split; ``seen`` holds every prompt made so far in ANY split (corruptions of
+    different templates can collapse to the same garbled text, which must not straddle splits)."""
+    n_pass = round(n * pass_fraction)
+    rows = [_answerable_row(q, split) for q in sample_questions(bank_split, n - n_pass, rng, exclude=seen)]
+    seen |= {r["prompt"] for r in rows}
+    # Corruptions collapse (every "What is the capital of ?" is the same text), so draw spare
+    # sources and, in small splits, corrupt the same question more than once.
+    sources = sample_questions(bank_split, 4 * n_pass + 50, rng, allow_fewer=True)
+    n_fict = sum(1 for i in range(n_pass) if kinds[i % len(kinds)] == "fictional_entity")
+    names = {"country": invented_names(rng, n_fict, "country", taken_names),
+             "noun": invented_names(rng, n_fict, "noun", taken_names)}
+    made = 0
+    for q in (q for _ in range(10) for q in sources):
+        if made == n_pass:
+            break
+        kind = kinds[made % len(kinds)]
+        if not applicable(kind, q.relation):
+            continue
+        name = None
+        if kind == "fictional_entity":
+            style = "country" if q.relation == "capital" else "noun"
+            name = names[style].pop() if names[style] else invented_names(rng, 1, style, taken_names)[0]
+        text = corrupt(q, kind, rng, name)
+        if text in seen:
+            continue
+        seen.add(text)
+        rows.append(_pass_row(q, kind, text, split, name))
+        made += 1
+    if made < n_pass:
+        raise ValueError(f"{split}: only {made} distinct corrupted questions for {n_pass} requested; ask for fewer rows")
+    rng.shuffle(rows)
+    return rows
+
+
+def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, n_test: int = 200,
+                    pass_fraction: float = 0.5, train_kinds: Sequence[str] = TRAIN_KINDS,
+                    test_only_kinds: Sequence[str] = TEST_ONLY_KINDS) -> dict[str, list[dict[str, Any]]]:
+    """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
+
+    Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
+    Train and validation use ``train_kinds``; test uses those plus ``test_only_kinds``.
+    """
+    unknown = (set(train_kinds) | set(test_only_kinds)) - set(ALL_KINDS)
+    if unknown:
+        raise ValueError(f"unknown corruption kinds {sorted(unknown)}; choose from {ALL_KINDS}")
+    if set(train_kinds) & set(test_only_kinds):
+        raise ValueError("test_only_kinds must not also be training kinds")
+    bank = split_bank(seed)
+    taken: set[str] = set()
+    seen: set[str] = set()
+    sizes = {"train": n_train, "validation": n_validation, "test": n_test}
+    out = {}
+    for split in SPLITS:
+        kinds = tuple(train_kinds) + (tuple(test_only_kinds) if split == "test" else ())
+        rng = random.Random(f"tokengraft-pass:{seed}:{split}")
+        out[split] = _split_rows(bank[split], split, sizes[split], pass_fraction, kinds, rng, taken, seen)
+    return out
+
+
+def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Assert no entity / template / prompt overlap, and test kinds that training never saw."""
+    check_disjoint(splits)
+    train_kinds = {r["kind"] for r in splits["train"]}
+    assert {r["kind"] for r in splits["validation"]} <= train_kinds, "validation has a kind training lacks"
+    assert {r["kind"] for r in splits["test"]} - train_kinds, "test has no corruption kind unseen in training"
+
+
+# ----------------------------------------------------------------------------- know-check
+
+
+def is_correct(answer: str, row: Mapping[str, Any]) -> bool:
+    """Does ``answer`` answer the row's question? `<PASS>` never does; otherwise the gold or an alias
+    must occur as whole words (case, accents and punctuation ignored)."""
+    if answer.strip().startswith(PASS_TOKEN) or not row.get("gold"):
+        return False
+    return answer_matches(answer, row["gold"], row.get("aliases", ()))
+
+
+def relabel_with_know_check(rows: Sequence[Mapping[str, Any]],
+                            answer_fn: Callable[[list[str]], list[str]]) -> list[dict[str, Any]]:
+    """Ask the base model (``answer_fn``: prompts -> greedy answers) every answerable question.
+
+    Questions it gets wrong become `<PASS>` targets (``know_check="wrong"``): the
+    tuned model should abstain on what the base model does not know instead of
+    learning a fact from ~one example. Rows come back as new dicts with
+    ``know_check`` and ``base_answer`` added; unanswerable rows are unchanged copies.
+    """
+    idx = [i for i, r in enumerate(rows) if r.get("answerable")]
+    answers = answer_fn([rows[i]["prompt"] for i in idx]) if idx else []
+    if len(answers) != len(idx):
+        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(idx)} prompts")
+    out = [dict(r) for r in rows]
+    for i, ans in zip(idx, answers):
+        right = is_correct(ans, rows[i])
+        out[i].update(know_check="right" if right else "wrong", base_answer=ans)
+        if not right:
+            out[i]["completion"] = PASS_TOKEN
+    return out
+
+
+# ----------------------------------------------------------------------------- READ probe
+
+_JUDGE = ("Question: {q}\nReply: {reply}\nDid the reply answer the question? Answer yes or no.",
+          "Someone asked: {q}\nThe assistant wrote: {reply}\nDid the assistant give an answer? Reply yes or no.")
+_ECHO = "Repeat exactly, with nothing else: {reply}"
+
+
+def read_probe_rows(seed: int = 0, n_questions: int = 20) -> list[dict[str, Any]]:
+    """Rows testing whether a model *reads* `<PASS>`: the token appears in the prompt, not the target.
+
+    Two probe kinds, each in matched pairs (same question, reply `<PASS>` vs the
+    real answer) so a constant output scores zero on ``pair_accuracy``:
+
+    - ``judge``: "Question: ... Reply: <PASS> Did the reply answer the question?"
+      expects "no"; with the gold answer as the reply it expects "yes". Passing
+      needs the input embedding of `<PASS>` to mean "no answer".
+    - ``echo``: "Repeat exactly: <PASS>" expects output starting with `<PASS>`;
+      the control echoes the gold answer. This needs the token readable and writable.
+
+    Questions come from the test split's entities and templates of the question bank.
+    """
+    rng = random.Random(f"tokengraft-read:{seed}")
+    questions = sample_questions(split_bank(seed)["test"], n_questions, rng)
+    rows = []
+    for i, q in enumerate(questions):
+        answer = q.entity.gold[:1].upper() + q.entity.gold[1:] + "."
+        judge = _JUDGE[i % len(_JUDGE)]
+        for reply, expected in ((PASS_TOKEN, "no"), (answer, "yes")):
+            rows.append({"prompt": judge.format(q=q.text, reply=reply), "probe": "judge", "pair_id": f"judge-{i}",
+                         "has_pass": reply == PASS_TOKEN, "expected": expected, "entity": q.entity.key})
+        for reply in (PASS_TOKEN, answer):
+            rows.append({"prompt": _ECHO.format(reply=reply), "probe": "echo", "pair_id": f"echo-{i}",
+                         "has_pass": reply == PASS_TOKEN, "expected": reply, "entity": q.entity.key})
+    return rows
+
+
+def _probe_correct(row: Mapping[str, Any], generated: str) -> bool:
+    text = generated.strip()
+    if row["probe"] == "judge":
+        first = re.match(r"[A-Za-z]+", text)
+        return bool(first) and first.group().lower() == row["expected"]
+    expected = row["expected"]
+    if expected == PASS_TOKEN:
+        return text.startswith(PASS_TOKEN)
+    return text.lower().startswith(expected.rstrip(".").lower())
+
+
+def score_read_probe(rows: Sequence[Mapping[str, Any]], generated: Sequence[str]) -> dict[str, Any]:
+    """Accuracy per probe kind, on the `<PASS>` half alone, and on whole pairs (both halves right).
+
+    ``generated`` must be decoded WITHOUT skipping special tokens, or `<PASS>` vanishes.
+    """
+    if len(rows) != len(generated):
+        raise ValueError(f"{len(generated)} generations for {len(rows)} probe rows")
+    ok = [_probe_correct(r, g) for r, g in zip(rows, generated)]
+    out: dict[str, Any] = {"n": len(rows)}
+    for probe in sorted({r["probe"] for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r["probe"] == probe]
+        pairs: dict[str, list[bool]] = {}
+        for i in idx:
+            pairs.setdefault(rows[i]["pair_id"], []).append(ok[i])
+        with_pass = [ok[i] for i in idx if rows[i]["has_pass"]]
+        out[probe] = {"accuracy": sum(ok[i] for i in idx) / len(idx),
+                      "pass_accuracy": sum(with_pass) / max(1, len(with_pass)),
+                      "pair_accuracy": sum(all(v) for v in pairs.values()) / max(1, len(pairs))}
+    return out

@@ -1,0 +1,188 @@
+"""Style-token data: `<STYLE_TERSE>` and `<STYLE_VERBOSE>` answer the same questions two ways.
+
+The prompt is the style token, a newline, then the question (the format of
+reference 003: ``"<STYLE_TERSE>\\nWhat is 2+2?"``). Terse completions are the bare
+answer (``"Paris."``); verbose ones are 40-80 words built from committed
+templates and facts (a capital with its continent, arithmetic with an
+explanation of the operation and a check, a fact with an elaboration), so every
+sentence is true and the only systematic difference between the pair is length
+and register.
+
+Every question appears in both styles in the same split (pairs share a
+``pair_id``), so length ratios are paired by question. A prompt without a style
+token must keep the base model's behaviour, so nothing untokened is trained;
+``generate_splits`` returns held-out untokened prompts (``test_untokened``, the
+test questions without a token) for the eval to compare against the base model.
+Entities and templates are split by the question bank (``tasks.split_bank``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import SPLITS, Question, check_disjoint, number_words, question_meta, sample_questions, split_bank
+
+STYLE_TERSE = "<STYLE_TERSE>"
+STYLE_VERBOSE = "<STYLE_VERBOSE>"
+STYLE_TOKENS = {"terse": STYLE_TERSE, "verbose": STYLE_VERBOSE}
+VERBOSE_WORDS = (40, 80)  # the target length band of verbose completions, in words
+
+_CAPITAL = (
+    "The capital of {country} is {capital}. {Country} is a country in {continent}. A capital is the city that "
+    "a country officially names as its capital, and it usually has a special place in the country's public "
+    "life and history. Many people learn the capitals of the world in geography lessons at school. "
+    "So the answer is {capital}.",
+    "{Country} is located in {continent}, and its capital city is {capital}. When people ask about the capital "
+    "of a country, they mean the city that holds the official title of capital. For {country}, that city is "
+    "{capital}. Knowing capitals like this one is a useful part of general knowledge about world geography.",
+    "Good question! The capital city of {country} is {capital}. {Country} is a country in {continent}. Every "
+    "country names a city as its capital, and for {country} that city is {capital}. If you are studying "
+    "geography, a helpful way to remember it is to picture {country} on a map and link it to the name {capital}.",
+)
+_ARITH = {
+    "add": (
+        "To work out {a} plus {b}, we add the two numbers together. Start at {a} and count up {b} more, and you "
+        "reach {r}. Addition combines two amounts into one total. You can check the result by subtracting: {r} "
+        "minus {b} gives back {a}, which confirms the sum. So {a} plus {b} equals {r}.",
+        "The answer is {r}. Adding {a} and {b} means joining the two amounts into a single total. If you had {a} "
+        "apples and someone gave you {b} more, you would have {r} apples altogether. The order does not matter "
+        "for addition, so {b} plus {a} is also {r}. In short, {a} + {b} = {r}.",
+    ),
+    "sub": (
+        "To work out {a} minus {b}, we take {b} away from {a}. Start at {a} and count down {b} steps, and you "
+        "arrive at {r}. Subtraction finds the difference between two numbers, or how much is left when one "
+        "amount is taken from another. You can check it by adding: {r} plus {b} gives back {a}. So the answer "
+        "is {r}.",
+        "The answer is {r}. Subtracting {b} from {a} tells you how much remains after removing {b}. If you had "
+        "{a} coins and spent {b} of them, you would have {r} coins left. Unlike addition, the order matters "
+        "here, so it is important to start from {a}. In short, {a} - {b} = {r}.",
+    ),
+    "mul": (
+        "To work out {a} times {b}, we multiply the two numbers. Multiplication is repeated addition, so this "
+        "means adding together {b} groups of {a}, which gives {r}. You can also picture a grid with {a} rows "
+        "and {b} columns: it holds {r} squares. To check, divide {r} by {b} and you get {a} again. So the "
+        "answer is {r}.",
+        "The answer is {r}. Multiplying {a} by {b} means taking {b} equal groups with {a} in each group. If "
+        "you had {b} boxes holding {a} pencils each, you would have {r} pencils in total. The order does not "
+        "matter for multiplication, so {b} times {a} is also {r}. In short, {a} x {b} = {r}.",
+    ),
+}
+_FACT = {
+    "count": (
+        "{Slot} has {gold} {unit}. {detail}This is a simple fact that you can check by counting the {unit} one at "
+        "a time. The number {gold}, or {words} in words, is the answer most people would give, and it often "
+        "comes up in school lessons, quizzes and everyday conversation. So the short answer is {gold}.",
+        "The answer is {gold}: {slot} has {words} {unit}. {detail}Facts like this are part of the general "
+        "knowledge that people pick up from an early age, from books, lessons and simply looking at the world. "
+        "If you ever need to be sure, counting the {unit} is the easiest way to check.",
+    ),
+    "colour": (
+        "{Slot} is {gold}. {detail}Colour is one of the first things we notice about anything we see, and {gold} "
+        "is the colour most people would use to describe {slot}. Lighting and shade can make colours look a "
+        "little different from moment to moment, but in everyday language the answer is simply {gold}.",
+        "The usual answer is {gold}. {detail}When people picture {slot}, they almost always imagine it as "
+        "{gold}, and that is how it is described in books and pictures for children as well as for adults. "
+        "Of course, shades vary a little, but {gold} is the colour that fits best.",
+    ),
+    "opposite": (
+        'The opposite of "{slot}" is "{gold}". Words with opposite meanings are called antonyms, and {slot} and '
+        "{gold} form a very common pair. {detail}Learning antonyms in pairs like this is a good way to build "
+        "your vocabulary, because each word helps you remember the other. So the word you are looking for is "
+        '"{gold}".',
+        'The word you want is "{gold}". In English, "{slot}" and "{gold}" are antonyms, which means they have '
+        "opposite meanings. {detail}Pairs of opposites are some of the first words that children learn, and "
+        "they are useful for describing differences clearly. Whenever you need the opposite of {slot}, "
+        '"{gold}" is the natural choice.',
+    ),
+    "sound": (
+        '{Slot} makes a sound that we usually write as "{gold}". {detail}People use special words like this to '
+        "imitate animal noises, and children often learn them early from picture books and songs. The exact "
+        "word can differ from one language to another, but in English the sound of {slot} is normally "
+        'described as "{gold}".',
+        'In English we say that {slot} goes "{gold}". {detail}Words that imitate sounds are called '
+        "onomatopoeia, and animal noises are some of the most familiar examples. Children often learn them "
+        "together with the names of the animals, so the sound and the animal are easy to remember as a pair.",
+    ),
+}
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def terse_answer(q: Question) -> str:
+    """The bare answer with a full stop: ``"Paris."``, ``"12."``, ``"Blue."``."""
+    return _cap(q.entity.gold) + "."
+
+
+def verbose_answer(q: Question, rng: random.Random) -> str:
+    """A 40-80 word answer that states the gold answer and elaborates with true, generic sentences."""
+    info, gold = q.entity.info, q.entity.gold
+    if q.relation == "capital":
+        frame = rng.choice(_CAPITAL)
+        fields = {"country": info["country"], "Country": _cap(info["country"]), "capital": info["capital"],
+                  "continent": info["continent"]}
+    elif q.relation in _ARITH:
+        frame = rng.choice(_ARITH[q.relation])
+        fields = {"a": q.values["a"], "b": q.values["b"], "r": gold}
+    else:
+        frame = rng.choice(_FACT[q.relation])
+        detail = info.get("detail", "")
+        fields = {"slot": info["slot"], "Slot": _cap(info["slot"]), "unit": info.get("unit", ""), "gold": gold,
+                  "detail": detail + " " if detail else ""}
+        if gold.isdigit():
+            fields["words"] = number_words(int(gold))
+    return frame.format(**fields)
+
+
+def style_prompt(style: str, question: str) -> str:
+    """``"<STYLE_TERSE>\\n" + question``; ``style="none"`` returns the bare question."""
+    if style == "none":
+        return question
+    return STYLE_TOKENS[style] + "\n" + question
+
+
+def _pair_rows(q: Question, split: str, index: int, rng: random.Random) -> list[dict[str, Any]]:
+    meta = question_meta(q, split)
+    pair_id = f"{split}-{index}"
+    return [{"prompt": style_prompt("terse", q.text), "completion": terse_answer(q), "style": "terse",
+             "pair_id": pair_id, **meta},
+            {"prompt": style_prompt("verbose", q.text), "completion": verbose_answer(q, rng), "style": "verbose",
+             "pair_id": pair_id, **meta}]
+
+
+def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, n_test: int = 200,
+                    n_untokened: int = 50) -> dict[str, list[dict[str, Any]]]:
+    """Rows for style-token training, deterministic for ``seed``; sizes count rows (two per question).
+
+    Keys: ``train``, ``validation``, ``test`` (pairs, terse then verbose per question)
+    and ``test_untokened`` (the first ``n_untokened`` test questions with no style
+    token and ``completion=None``: the eval runs them on base and tuned models).
+    """
+    bank = split_bank(seed)
+    sizes = {"train": n_train, "validation": n_validation, "test": n_test}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for split in SPLITS:
+        rng = random.Random(f"tokengraft-style:{seed}:{split}")
+        questions = sample_questions(bank[split], (sizes[split] + 1) // 2, rng)
+        out[split] = [row for i, q in enumerate(questions) for row in _pair_rows(q, split, i, rng)]
+        if split == "test":
+            out["test_untokened"] = [
+                {"prompt": q.text, "completion": None, "style": "none", "pair_id": f"test-{i}",
+                 **question_meta(q, "test")} for i, q in enumerate(questions[:n_untokened])]
+    return out
+
+
+def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Assert no entity / template / prompt overlap between splits and complete terse/verbose pairs."""
+    merged = dict(splits)
+    merged["test"] = [*splits["test"], *splits.get("test_untokened", [])]
+    merged.pop("test_untokened", None)
+    check_disjoint(merged)
+    for split in SPLITS:
+        pairs: dict[str, set[str]] = {}
+        for r in splits[split]:
+            pairs.setdefault(r["pair_id"], set()).add(r["style"])
+        assert all(v == {"terse", "verbose"} for v in pairs.values()), f"{split} has an incomplete style pair"
