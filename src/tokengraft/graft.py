@@ -1,0 +1,254 @@
+"""Put it together: add tokens, apply methods, make the right rows trainable.
+
+One entry point, ``graft(model, tokenizer, settings, method_specs)``, used by
+training, loading and the benchmarks, so every path builds the model the same
+way. Three backends train the same token rows:
+
+- ``rows``  (default) our row-sparse overlay (rows.py): O(n x hidden) extra memory;
+- ``peft``  PEFT's trainable tokens (``TrainableTokensConfig``) on the resized matrices;
+- ``full``  the references' ``modules_to_save`` on the input and output embeddings.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import TokengraftError
+from .rows import RowGraft, attach_rows, unwrap_peft
+from .vocab import AddReport, add_tokens
+
+BACKENDS = ("rows", "peft", "full")
+
+
+@dataclass
+class TokenSettings:
+    """What to add and how to train it (the recipe's ``tokens`` section)."""
+
+    add: list[str]
+    special: bool = False
+    init_input: str | dict[str, str] = "mean"
+    init_output: str | dict[str, str] | None = None
+    init_text: dict[str, str] = field(default_factory=dict)
+    train_existing: list[str | int] = field(default_factory=list)
+    sides: str = "both"
+    backend: str = "rows"
+    pad_to_multiple_of: int | None = None
+    spherical_scale: float = 1.5
+    single_word: bool = False
+
+
+@dataclass
+class Graft:
+    """A model with grafted tokens, ready to train or generate."""
+
+    model: Any  # possibly PEFT-wrapped
+    tokenizer: Any
+    settings: TokenSettings
+    report: AddReport
+    trainable_ids: list[int]
+    rows: RowGraft | None = None  # rows backend
+    methods: Any = None  # the methods registry's state, when methods were applied
+    method_configs: list[dict] = field(default_factory=list)
+    base_fingerprint: str = ""
+
+    @property
+    def hf_model(self) -> Any:
+        return unwrap_peft(self.model)
+
+    def token_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters that hold token rows (they get their own learning rate)."""
+        if self.rows is not None:
+            return self.rows.parameters()
+        names = ("trainable_tokens_delta", "modules_to_save")
+        return [p for n, p in self.model.named_parameters() if p.requires_grad and any(k in n for k in names)]
+
+    def token_rows(self) -> dict[str, torch.Tensor]:
+        """Current trained rows by id, whatever the backend: {"ids", "input", "output"?}."""
+        if self.rows is not None:
+            return self.rows.state_dict()
+        ids = torch.tensor(sorted(self.trainable_ids), dtype=torch.long)
+        embedding, head = _effective_matrices(self.model)
+        state = {"ids": ids, "input": embedding[ids].detach().float().cpu().contiguous()}
+        if head is not None and head is not embedding:
+            state["output"] = head[ids].detach().float().cpu().contiguous()
+        return state
+
+
+def _resolve_existing(tokenizer: Any, items: list[str | int]) -> list[int]:
+    ids = []
+    vocab = tokenizer.get_vocab()
+    for item in items:
+        if isinstance(item, int):
+            if not 0 <= item < len(tokenizer):
+                raise TokengraftError(f"tokens.train_existing id {item} is outside the tokenizer (0..{len(tokenizer) - 1})")
+            ids.append(item)
+        elif item in vocab:
+            ids.append(vocab[item])
+        else:
+            raise TokengraftError(f"tokens.train_existing lists {item!r}, which is not a token of this tokenizer")
+    return ids
+
+
+def _module_name(model: Any, module: Any) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise TokengraftError("could not locate the embedding module by identity")
+
+
+def _effective_matrices(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The matrices the model computes with, seeing through PEFT wrappers (trainable tokens, modules_to_save)."""
+    hf = unwrap_peft(model)
+
+    def matrix(module: Any) -> torch.Tensor | None:
+        if module is None:
+            return None
+        if hasattr(module, "get_merged_weights"):  # PEFT TrainableTokensLayer
+            return module.get_merged_weights(module.active_adapters)
+        if hasattr(module, "modules_to_save"):  # PEFT ModulesToSaveWrapper
+            return next(iter(module.modules_to_save.values())).weight
+        return module.weight
+
+    def base_weight(module: Any) -> torch.Tensor | None:
+        if module is None:
+            return None
+        inner = getattr(module, "base_layer", None) or getattr(module, "original_module", None) or module
+        return inner.weight
+
+    embedding_module, head_module = hf.get_input_embeddings(), hf.get_output_embeddings()
+    embedding = matrix(embedding_module)
+    head_base = base_weight(head_module)
+    tied = head_base is not None and head_base.data_ptr() == base_weight(embedding_module).data_ptr()
+    head = embedding if tied else matrix(head_module)
+    return embedding, head
+
+
+def _apply_methods(model: Any, tokenizer: Any, method_configs: list[dict], run_dir: str | None) -> tuple[Any, Any]:
+    """Freeze the base, then apply each configured method (loading its weights from ``run_dir`` when given)."""
+    if not method_configs:
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        return model, None
+    from .arch import describe
+    from .methods import apply_methods, build_spec, load_methods
+
+    specs = [build_spec(dict(c)) for c in method_configs]
+    arch = describe(model, tokenizer)
+    if run_dir is not None:
+        return load_methods(model, arch, specs, run_dir)
+    return apply_methods(model, arch, specs)
+
+
+def graft(
+    model: Any,
+    tokenizer: Any,
+    settings: TokenSettings,
+    method_configs: list[dict] | None = None,
+    *,
+    seed: int = 0,
+    verbose: bool = True,
+    methods_dir: str | None = None,
+) -> Graft:
+    """Add the tokens, apply the methods, and leave exactly the intended parameters trainable.
+
+    ``method_configs`` are the recipe's ``methods`` entries (dicts with a ``type``);
+    ``methods_dir`` loads their trained weights from a run directory instead of
+    initialising them.
+    """
+    if settings.backend not in BACKENDS:
+        raise TokengraftError(f"tokens.backend is {settings.backend!r}; use one of {', '.join(BACKENDS)}")
+    from .models import fingerprint
+
+    base_fingerprint = fingerprint(model)
+    resize = settings.backend != "rows"
+    report = add_tokens(
+        model, tokenizer, settings.add, special=settings.special, init=settings.init_input,
+        output_init=settings.init_output, init_text=settings.init_text,
+        pad_to_multiple_of=settings.pad_to_multiple_of, resize=resize, single_word=settings.single_word,
+        seed=seed, spherical_scale=settings.spherical_scale, verbose=verbose,
+    )
+    existing = [i for i in _resolve_existing(tokenizer, settings.train_existing) if i not in report.new_ids]
+    trainable_ids = sorted(set(report.new_ids) | set(existing))
+    if not trainable_ids:
+        raise TokengraftError(
+            "every token in tokens.add is already in the vocabulary and tokens.train_existing is empty: "
+            "nothing to graft; list the existing tokens under tokens.train_existing to train their rows"
+        )
+
+    result = Graft(model=model, tokenizer=tokenizer, settings=settings, report=report,
+                   trainable_ids=trainable_ids, base_fingerprint=base_fingerprint,
+                   method_configs=[dict(c) for c in method_configs or []])
+    if settings.backend == "rows":
+        model, result.methods = _apply_methods(model, tokenizer, method_configs or [], methods_dir)
+        result.model = model
+        result.rows = _attach(model, report, existing, settings)
+    elif settings.backend == "peft":
+        _inject_trainable_tokens(model, trainable_ids, settings.sides)
+        model, result.methods = _apply_methods(model, tokenizer, method_configs or [], methods_dir)
+        result.model = model
+        for name, parameter in model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                parameter.requires_grad_(True)
+    else:
+        model, result.methods = _apply_methods(model, tokenizer, method_configs or [], methods_dir)
+        result.model = model
+        _wrap_modules_to_save(model, settings.sides)
+    return result
+
+
+def _attach(model: Any, report: AddReport, existing: list[int], settings: TokenSettings) -> RowGraft:
+    from .rows import existing_rows
+
+    ids = list(report.new_ids)
+    init_in = report.init_input if report.init_input is not None else torch.empty(0)
+    init_out = report.init_output
+    if existing:
+        ex_in, ex_out = existing_rows(model, existing)
+        ids += existing
+        init_in = torch.cat([init_in.reshape(-1, ex_in.shape[1]), ex_in]) if len(report.new_ids) else ex_in
+        if ex_out is not None:
+            init_out = torch.cat([init_out, ex_out]) if init_out is not None else ex_out
+    return attach_rows(model, ids, init_in, init_out, sides=settings.sides, total_rows=report.final_rows)
+
+
+def _inject_trainable_tokens(model: Any, ids: list[int], sides: str) -> None:
+    """PEFT's own trainable-tokens layer on the (already resized) matrices."""
+    from peft import TrainableTokensConfig, inject_adapter_in_model
+
+    hf = unwrap_peft(model)
+    embedding, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+    tied = head is not None and head.weight is embedding.weight
+    targets = []
+    if sides in ("both", "input") or tied:
+        targets.append(_module_name(hf, embedding).split(".")[-1])
+    if head is not None and not tied and sides in ("both", "output"):
+        targets.append(_module_name(hf, head).split(".")[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT warns about tied adapters; tying is what we want here
+        inject_adapter_in_model(TrainableTokensConfig(target_modules=targets, token_indices=ids), hf)
+
+
+def _wrap_modules_to_save(model: Any, sides: str) -> None:
+    """The references' way: whole embedding matrices trainable through PEFT's ModulesToSaveWrapper.
+
+    On a tied model the head is re-pointed at the trainable copy of the embedding
+    so tying survives (PEFT alone would train two diverging copies).
+    """
+    from peft.utils.other import _set_trainable
+
+    hf = unwrap_peft(model)
+    embedding, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+    tied = head is not None and head.weight is embedding.weight
+    names = []
+    if sides in ("both", "input") or tied:
+        names.append(_module_name(hf, embedding))
+    if head is not None and not tied and sides in ("both", "output"):
+        names.append(_module_name(hf, head))
+    _set_trainable(hf, "default", module_names=[n.split(".")[-1] for n in names], inference_mode=False)
+    if tied:
+        wrapper = hf.get_input_embeddings()
+        head.weight = next(iter(wrapper.modules_to_save.values())).weight
