@@ -1,0 +1,276 @@
+"""Task metrics: abstention (`<PASS>`), style length control, and lexicon compression/perplexity.
+
+Everything except ``text_nll`` is a pure function of plain records.
+
+PASS records are dicts with:
+``answerable`` (bool), ``kind``, ``generated`` (the tuned model's greedy output,
+decoded WITHOUT skipping special tokens), ``gold`` and ``aliases``, ``p_pass``
+(probability of `<PASS>` at the first answer position), ``base_correct``
+(bool, or None when the base model was not asked) and optionally
+``forced_answer`` (the tuned model's greedy answer with `<PASS>` banned).
+A row is *passed* when its output starts with `<PASS>`; an answer is *correct*
+when it is not a pass and contains the gold answer or an alias as whole words.
+
+Rates over answerable rows: ``coverage`` = answered share, ``clean_accuracy`` =
+correct share, ``selective_accuracy`` = correct among answered,
+``wrong_answer_rate`` = answered but wrong. Over unanswerable rows:
+``pass_recall``. Against the base model: ``idk_recall`` = passed share of the
+questions the base model got wrong, ``idk_error_rate`` = passed share of those
+it got right. ``false_pass_rate`` is the same quantity as ``idk_error_rate``
+when ``base_correct`` is known; without it, it falls back to the passed share of
+all answerable rows, so it is always defined (``idk_*`` are then None).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import TokengraftError
+from . import answer_matches
+
+PASS_TOKEN = "<PASS>"
+Record = Mapping[str, Any]
+
+
+def _rate(num: int | float, den: int) -> float | None:
+    return None if den == 0 else num / den
+
+
+def is_pass(text: str) -> bool:
+    return text.strip().startswith(PASS_TOKEN)
+
+
+def answer_correct(text: str, record: Record) -> bool:
+    if is_pass(text) or not record.get("gold"):
+        return False
+    return answer_matches(text, record["gold"], record.get("aliases", ()))
+
+
+def _forced_correct(record: Record) -> bool:
+    """Correctness of the answer the model gives when it does not pass (see ``forced_answer``)."""
+    if record.get("forced_answer") is not None:
+        return answer_correct(record["forced_answer"], record)
+    return answer_correct(record["generated"], record)
+
+
+def _false_pass_rows(answerable: Sequence[Record]) -> list[Record]:
+    """Rows a pass on is a false pass: base-right rows when the base was asked, else all answerable rows."""
+    if any(r.get("base_correct") is not None for r in answerable):
+        return [r for r in answerable if r.get("base_correct") is True]
+    return list(answerable)
+
+
+def pass_metrics(records: Sequence[Record]) -> dict[str, Any]:
+    """All PASS metrics from greedy generations (see the module docstring for definitions)."""
+    ans = [r for r in records if r["answerable"]]
+    unans = [r for r in records if not r["answerable"]]
+    passed = {id(r): is_pass(r["generated"]) for r in records}
+    correct = {id(r): answer_correct(r["generated"], r) for r in ans}
+    answered = [r for r in ans if not passed[id(r)]]
+    base_known = [r for r in ans if r.get("base_correct") is not None]
+    base_right = [r for r in base_known if r["base_correct"]]
+    base_wrong = [r for r in base_known if not r["base_correct"]]
+    fpr_rows = _false_pass_rows(ans)
+    by_kind: dict[str, float | None] = {}
+    for kind in sorted({r["kind"] for r in unans}):
+        rows = [r for r in unans if r["kind"] == kind]
+        by_kind[kind] = _rate(sum(passed[id(r)] for r in rows), len(rows))
+    return {
+        "n_answerable": len(ans), "n_unanswerable": len(unans),
+        "clean_accuracy": _rate(sum(correct.values()), len(ans)),
+        "pass_recall": _rate(sum(passed[id(r)] for r in unans), len(unans)),
+        "pass_recall_by_kind": by_kind,
+        "false_pass_rate": _rate(sum(passed[id(r)] for r in fpr_rows), len(fpr_rows)),
+        "coverage": _rate(len(answered), len(ans)),
+        "selective_accuracy": _rate(sum(correct[id(r)] for r in answered), len(answered)),
+        "wrong_answer_rate": _rate(sum(1 for r in answered if not correct[id(r)]), len(ans)),
+        "idk_recall": _rate(sum(passed[id(r)] for r in base_wrong), len(base_wrong)) if base_known else None,
+        "idk_error_rate": _rate(sum(passed[id(r)] for r in base_right), len(base_right)) if base_known else None,
+        "aurc": aurc(records),
+    }
+
+
+def _aurc_from(confidence: np.ndarray, errors: np.ndarray) -> float:
+    """Mean selective risk over coverages 1/n..n/n, most confident first; ties split evenly.
+
+    Rows with equal confidence cannot be ordered, so inside a tie group each
+    row contributes the group's mean error: the result does not depend on input order.
+    """
+    order = np.argsort(-confidence, kind="stable")
+    conf, err = confidence[order], errors[order].astype(float)
+    n = len(conf)
+    expected = np.empty(n)
+    i = 0
+    while i < n:
+        j = i
+        while j < n and conf[j] == conf[i]:
+            j += 1
+        expected[i:j] = err[i:j].mean()
+        i = j
+    risks = np.cumsum(expected) / np.arange(1, n + 1)
+    return float(risks.mean())
+
+
+def aurc(records: Sequence[Record]) -> float | None:
+    """Area under the risk-coverage curve over answerable rows, confidence = 1 - ``p_pass``.
+
+    Error = the answer the model gives when it answers (``forced_answer`` if
+    present, else ``generated``; a `<PASS>` output counts as an error when forced
+    to cover the row). Lower is better; a perfect abstention score reaches the
+    minimum possible for the error rate (see ``aurc_optimal``).
+    """
+    rows = [r for r in records if r["answerable"] and r.get("p_pass") is not None]
+    if not rows:
+        return None
+    conf = np.array([1.0 - float(r["p_pass"]) for r in rows])
+    err = np.array([not _forced_correct(r) for r in rows])
+    return _aurc_from(conf, err)
+
+
+def aurc_optimal(records: Sequence[Record]) -> float | None:
+    """The AURC of an oracle that covers every correct row before any wrong one."""
+    rows = [r for r in records if r["answerable"] and r.get("p_pass") is not None]
+    if not rows:
+        return None
+    err = np.array([not _forced_correct(r) for r in rows])
+    return _aurc_from(-err.astype(float), err)
+
+
+def threshold_sweep(records: Sequence[Record], thresholds: Sequence[float]) -> list[dict[str, float | None]]:
+    """Metrics when a row is passed iff ``p_pass >= threshold`` (instead of greedy decoding)."""
+    ans = [r for r in records if r["answerable"]]
+    unans = [r for r in records if not r["answerable"]]
+    fpr_rows = _false_pass_rows(ans)
+    out = []
+    for t in thresholds:
+        answered = [r for r in ans if float(r["p_pass"]) < t]
+        out.append({
+            "threshold": float(t),
+            "pass_recall": _rate(sum(float(r["p_pass"]) >= t for r in unans), len(unans)),
+            "false_pass_rate": _rate(sum(float(r["p_pass"]) >= t for r in fpr_rows), len(fpr_rows)),
+            "coverage": _rate(len(answered), len(ans)),
+            "selective_accuracy": _rate(sum(_forced_correct(r) for r in answered), len(answered)),
+        })
+    return out
+
+
+def pick_threshold_for_false_pass(records: Sequence[Record], target: float) -> float:
+    """The lowest threshold whose false-pass rate is <= ``target`` (the most `<PASS>` recall allowed).
+
+    Candidates are the observed ``p_pass`` values and one just above the
+    largest (nothing passed, false-pass rate 0), so an answer always exists.
+    Calibrate on the validation split, report on test.
+    """
+    if not 0.0 <= target <= 1.0:
+        raise TokengraftError(f"false-pass target must be in [0, 1], got {target}")
+    values = sorted({float(r["p_pass"]) for r in records if r.get("p_pass") is not None})
+    if not values:
+        raise TokengraftError("no records carry p_pass; score the model's <PASS> probability first")
+    candidates = values + [math.nextafter(values[-1], math.inf)]
+    for row in threshold_sweep(records, candidates):
+        if row["false_pass_rate"] is not None and row["false_pass_rate"] <= target:
+            return row["threshold"]
+    return candidates[-1]
+
+
+# ----------------------------------------------------------------------------- style
+
+
+def length_stats(terse_lengths: Sequence[float], verbose_lengths: Sequence[float], seed: int = 0,
+                 n_boot: int = 2000) -> dict[str, float]:
+    """Paired length comparison: ``terse_lengths[i]`` and ``verbose_lengths[i]`` answer question i.
+
+    ``median_ratio`` is the median over questions of verbose/terse (a terse length
+    of 0 counts as 1 so the ratio stays finite); its 95% CI comes from a
+    percentile bootstrap that resamples questions, keeping pairs together.
+    """
+    t = np.asarray(terse_lengths, dtype=float)
+    v = np.asarray(verbose_lengths, dtype=float)
+    if t.shape != v.shape or t.ndim != 1 or len(t) == 0:
+        raise TokengraftError(f"need two equal-length, non-empty lists of lengths; got {t.shape} and {v.shape}")
+    ratios = v / np.maximum(t, 1.0)
+    rng = np.random.default_rng(seed)
+    boot = np.median(ratios[rng.integers(0, len(ratios), size=(n_boot, len(ratios)))], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"n": int(len(t)), "median_ratio": float(np.median(ratios)), "ci_low": float(lo), "ci_high": float(hi),
+            "verbose_longer_rate": float(np.mean(v > t)), "median_terse": float(np.median(t)),
+            "median_verbose": float(np.median(v))}
+
+
+def answer_accuracy(generated: Sequence[str], rows: Sequence[Record]) -> float | None:
+    """Share of generations that contain the row's gold answer (or an alias) as whole words."""
+    if len(generated) != len(rows):
+        raise TokengraftError(f"{len(generated)} generations for {len(rows)} rows")
+    return _rate(sum(answer_correct(g, r) for g, r in zip(generated, rows)), len(rows))
+
+
+# ----------------------------------------------------------------------------- lexicon
+
+
+def bits_per_byte(total_nll_nats: float, total_bytes: int) -> float:
+    """Nats per token summed over a text -> bits per UTF-8 byte: comparable across tokenizers."""
+    return total_nll_nats / (math.log(2) * total_bytes)
+
+
+def tokens_per_byte(total_tokens: int, total_bytes: int) -> float:
+    """Fewer tokens per byte = the vocabulary compresses the text better."""
+    return total_tokens / total_bytes
+
+
+@torch.no_grad()
+def text_nll(model: Any, tokenizer: Any, texts: Sequence[str], max_length: int = 512, batch_size: int = 4,
+             prefix_token_id: int | None = None) -> tuple[float, int, int]:
+    """Total next-token NLL (nats) of ``model`` over ``texts``; returns (nll, predicted tokens, bytes).
+
+    Fair across tokenizations: each text is tokenized alone (no special tokens)
+    and preceded by one fixed context token (``prefix_token_id``, default the
+    tokenizer's BOS, else EOS), so EVERY token of the text is predicted and the
+    byte count is simply all UTF-8 bytes of all texts, the same for any
+    tokenizer. Comparing a base and an expanded model on the same texts thus
+    compares bits per byte of identical content. A text longer than
+    ``max_length`` tokens is scored in consecutive windows, each starting with
+    the last token of the previous one as context, so every token is predicted
+    exactly once.
+    """
+    if prefix_token_id is None:
+        prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if prefix_token_id is None:
+        raise TokengraftError("the tokenizer has no BOS or EOS token; pass prefix_token_id to text_nll")
+    if max_length < 2:
+        raise TokengraftError(f"max_length must be >= 2, got {max_length}")
+    windows: list[list[int]] = []
+    total_bytes = 0
+    for text in texts:
+        ids = [prefix_token_id] + tokenizer.encode(text, add_special_tokens=False)
+        total_bytes += len(text.encode("utf-8"))
+        for start in range(0, len(ids) - 1, max_length - 1):
+            windows.append(ids[start:start + max_length])
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    try:
+        for b in range(0, len(windows), batch_size):
+            batch = windows[b:b + batch_size]
+            width = max(len(w) for w in batch)
+            input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for i, w in enumerate(batch):
+                input_ids[i, :len(w)] = torch.tensor(w)
+                mask[i, :len(w)] = 1
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits  # (batch, width, vocab)
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            target = input_ids[:, 1:]
+            nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (batch, width - 1)
+            valid = mask[:, 1:].bool()
+            total_nll += float(nll[valid].sum())
+            total_tokens += int(valid.sum())
+    finally:
+        model.train(was_training)
+    return total_nll, total_tokens, total_bytes
