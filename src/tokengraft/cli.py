@@ -51,6 +51,37 @@ def _inspect(args: argparse.Namespace) -> int:
     return run_inspect(args.model, as_json=args.json, top_k=args.top_k, trust_remote_code=args.trust_remote_code)
 
 
+# ----------------------------------------------------------------------------- validate
+
+
+def _configure_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="recipe YAML file")
+    parser.add_argument("overrides", nargs="*",
+                        help="dotted key=value overrides, e.g. train.lr=1e-4 methods.0.r=8 (put --flags before CONFIG)")
+    parser.add_argument("--check-model", action="store_true",
+                        help="also run model-dependent checks on the meta device (no weights are read)")
+    parser.add_argument("--print", dest="print_config", action="store_true", help="print the effective recipe as YAML")
+
+
+@command("validate", "check a recipe (keys, types, values, files) without loading weights", _configure_validate)
+def _validate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import load_recipe, validate_recipe
+
+    recipe = load_recipe(args.config, args.overrides, validate=False)
+    try:
+        notes = validate_recipe(recipe, check_model=args.check_model)
+    except TokengraftError as exc:
+        raise TokengraftError(f"{args.config}: {exc}") from None
+    if args.print_config:
+        print(yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True), end="")
+    print(f"OK: {recipe.summary()}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
