@@ -360,3 +360,44 @@ def test_to_dict_is_json_ready():
     data = json.loads(json.dumps(info.to_dict()))
     assert data["attention"]["q"] == "self_attn.q_proj" and data["mlp"]["down"] == "mlp.down_proj"
     assert info.block_path(1) == "model.layers.1"
+
+
+def test_projections_spread_over_sibling_modules_bert_decoder():
+    """BERT as a decoder keeps q/k/v in `attention.self`, o in `attention.output`, and the MLP
+    halves in `intermediate` / `output`: groups that only make sense merged."""
+    cfg = AutoConfig.for_model("bert", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128, vocab_size=256, is_decoder=True)
+    info = describe(AutoModelForCausalLM.from_config(cfg))
+    assert info.blocks == "bert.encoder.layer"
+    assert info.linear_roles == {"attention.self.query": "q", "attention.self.key": "k", "attention.self.value": "v",
+                                 "attention.output.dense": "o", "intermediate.dense": "up", "output.dense": "down"}
+    assert info.attention.module == "attention" and info.mlp.module is None
+    assert info.position_embedding == "bert.embeddings.position_embeddings"
+
+
+class FlatLayer(nn.Module):
+    """Attention and MLP projections as direct siblings in the block (no sub-modules)."""
+
+    def __init__(self, c: OddConfig):
+        super().__init__()
+        self.a1, self.a2, self.a3 = (nn.Linear(c.width, w, bias=False) for w in (c.width, c.kv_width, c.kv_width))
+        self.a4 = nn.Linear(c.width, c.width, bias=False)
+        self.f1, self.f2 = nn.Linear(c.width, c.ffn), nn.Linear(c.width, c.ffn)
+        self.f3 = nn.Linear(c.ffn, c.width)
+
+
+def test_flat_block_splits_attention_from_mlp():
+    model = OddForCausalLM(OddConfig())
+    model.backbone.stack = nn.ModuleList(FlatLayer(model.config) for _ in range(3))
+    info = describe(model)
+    assert info.linear_roles == {"a1": "q", "a2": "k", "a3": "v", "a4": "o", "f1": "gate", "f2": "up", "f3": "down"}
+    assert info.attention.module is None and info.mlp.module is None
+
+
+def test_peft_wrapped_layers_keep_their_names():
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_model("qwen2")
+    expected = describe(base).linear_roles
+    wrapped = get_peft_model(tiny_model("qwen2"), LoraConfig(r=2, target_modules=["q_proj", "down_proj"]))
+    assert describe(wrapped.base_model.model).linear_roles == expected

@@ -245,10 +245,15 @@ def _parse_group(lins: list[_Linear], hidden: int, cfg_i: int | None, cfg_qkv: i
     strict = [l for l in writers if l.in_f != hidden]
     if len(strict) > 1 or not writers:
         return None
+    # Without a widening/narrowing writer every writer is hidden->hidden, as attention's o (and
+    # q) when heads x head_dim == hidden. An MLP there would need intermediate == hidden, which
+    # no real model has, so such groups may only parse as attention (this keeps BERT-style
+    # `attention.self.{query,key,value}` from looking like a gated MLP).
+    square = not strict
     if strict:
         w = strict[0]
-    else:  # every writer is hidden->hidden (MHA q and o look alike): hint, else the last registered
-        w = next((l for l in writers if _hints(l.leaf) & {"o", "down"}), writers[-1])
+    else:  # q and o look alike: name hint, else the last registered
+        w = next((l for l in writers if "o" in _hints(l.leaf)), writers[-1])
     x = w.in_f
     readers = [l for l in lins if l is not w and l.in_f == hidden]
     if len(readers) != len(lins) - 1:
@@ -257,17 +262,17 @@ def _parse_group(lins: list[_Linear], hidden: int, cfg_i: int | None, cfg_qkv: i
     if len(readers) == 1:
         r, out = readers[0], outs[0]
         if out == x:
-            return _Unit("mlp", {"up": r, "down": w})
+            return None if square else _Unit("mlp", {"up": r, "down": w})
         if out == 2 * x:
             # Fused gate+up (Phi-3) or fused GQA qkv with kv = q/2: names and config decide.
-            qkv_like = "qkv" in _hints(r.leaf) or (cfg_qkv == out and (cfg_i is None or 2 * cfg_i != out))
+            qkv_like = square or "qkv" in _hints(r.leaf) or (cfg_qkv == out and (cfg_i is None or 2 * cfg_i != out))
             if not qkv_like:
                 return _Unit("mlp", {"up": r, "down": w}, fused_gate_up=True)
             return _Unit("attention", {"qkv": r, "o": w})
         if x < out <= 3 * x and (out - x) % 2 == 0:
             return _Unit("attention", {"qkv": r, "o": w})
         return None
-    if len(readers) == 2 and outs[0] == outs[1] == x:
+    if len(readers) == 2 and outs[0] == outs[1] == x and not square:
         picked = _assign(readers, ["gate", "up"])
         return _Unit("mlp", {**picked, "down": w})
     if len(readers) == 3:
@@ -360,6 +365,34 @@ def _heads(config: Any, q_size: int | None, kv_size: int | None, notes: list[str
     return kind, heads, kv_heads, head_dim
 
 
+def _norms(model: nn.Module, blocks_path: str, block: nn.Module) -> dict:
+    """Block norms (type, block-relative names, any bias) and the final norm outside the blocks."""
+    types: dict[str, str] = {}
+    bias = False
+    for name, mod in block.named_modules():
+        kind = _norm_type(mod) if name else None
+        if kind:
+            types[name] = kind
+            bias = bias or getattr(mod, "bias", None) is not None
+    # The last norm outside the blocks, skipping embedding norms (BLOOM's word_embeddings_layernorm).
+    final = [n for n, m in model.named_modules()
+             if n != blocks_path and not n.startswith(blocks_path + ".") and _norm_type(m)
+             and "emb" not in n.rpartition(".")[2]]
+    return {"type": "/".join(sorted(set(types.values()))) or None, "names": list(types),
+            "final": final[-1] if final else None, "bias": bias}
+
+
+def _parameters(model: nn.Module, emb: nn.Module, head: nn.Module | None, blocks: nn.ModuleList, position: str | None) -> dict[str, int]:
+    """Counts by role; ``head`` is None when tied, so a shared matrix is counted once (as embedding)."""
+    counts = {
+        "total": _numel(model), "embedding": _numel(emb), "head": _numel(head) if head is not None else 0,
+        "blocks": _numel(blocks), "position_embedding": _numel(model.get_submodule(position)) if position else 0,
+    }
+    counts["per_block"] = counts["blocks"] // len(blocks)
+    counts["other"] = counts["total"] - sum(counts[k] for k in ("embedding", "head", "blocks", "position_embedding"))
+    return counts
+
+
 def describe(model: nn.Module, tokenizer: Any = None) -> ArchInfo:
     """Discover a causal LM's structure by roles; works on real and meta-device models."""
     config = getattr(model, "config", None)
@@ -433,30 +466,15 @@ def describe(model: nn.Module, tokenizer: Any = None) -> ArchInfo:
     if attn is not None and "qkv" in attn.roles:
         notes.append(f"{attention.qkv} is a fused q/k/v projection; LoRA on it adapts all three")
 
-    norm_types: dict[str, str] = {}
-    norm_bias = False
-    for nname, mod in blocks[0].named_modules():
-        ntype = _norm_type(mod) if nname else None
-        if ntype:
-            norm_types[nname] = ntype
-            norm_bias = norm_bias or getattr(mod, "bias", None) is not None
-    outside = [(n, m) for n, m in model.named_modules()
-               if n != blocks_path and not n.startswith(blocks_path + ".") and _norm_type(m)]
-    final = [n for n, _ in outside if "emb" not in n.rpartition(".")[2]]
-    norms = {
-        "type": "/".join(sorted(set(norm_types.values()))) or None,
-        "names": list(norm_types),
-        "final": final[-1] if final else None,
-        "bias": norm_bias,
-    }
+    norms = _norms(model, blocks_path, blocks[0])
 
     biases: dict[str, bool] = {}
     for lin in lins:
         role = roles[lin.name]
         if role != "other":
             biases[role] = biases.get(role, False) or lin.bias
-    if norm_types:
-        biases["norm"] = norm_bias
+    if norms["names"]:
+        biases["norm"] = norms["bias"]
 
     position = _position_embedding(model, emb, head, blocks_path)
 
@@ -468,16 +486,7 @@ def describe(model: nn.Module, tokenizer: Any = None) -> ArchInfo:
 
     attn_names = [l.name for l in lins if roles[l.name] in ATTENTION_ROLES]
     mlp_names = [l.name for l in lins if roles[l.name] in MLP_ROLES]
-    block_params = _numel(blocks)
-    emb_params = _numel(emb)
-    head_params = 0 if tied or head is None else _numel(head)
-    pos_params = _numel(model.get_submodule(position)) if position else 0
-    total = _numel(model)
-    parameters = {
-        "total": total, "embedding": emb_params, "head": head_params, "blocks": block_params,
-        "per_block": block_params // len(blocks), "position_embedding": pos_params,
-        "other": total - emb_params - head_params - block_params - pos_params,
-    }
+    parameters = _parameters(model, emb, None if tied else head, blocks, position)
 
     return ArchInfo(
         model_type=str(getattr(config, "model_type", type(model).__name__)),
@@ -501,7 +510,10 @@ def _position_embedding(model: nn.Module, emb: nn.Module, head: nn.Module | None
     named = [n for n in cands if "pos" in n.rpartition(".")[2].lower() or n.endswith("wpe")]
     if named:
         return named[0]
-    return cands[0] if len(cands) == 1 else None
+    # An unnamed table counts only when it is sized like the context (OPT-style tables add 2 rows).
+    max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    sized = [n for n in cands if max_pos and 0 <= model.get_submodule(n).num_embeddings - max_pos <= 2]
+    return sized[0] if len(sized) == 1 else None
 
 
 # ----------------------------------------------------------------------------- helpers for methods
