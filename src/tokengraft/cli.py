@@ -51,6 +51,23 @@ def _inspect(args: argparse.Namespace) -> int:
     return run_inspect(args.model, as_json=args.json, top_k=args.top_k, trust_remote_code=args.trust_remote_code)
 
 
+# ----------------------------------------------------------------------------- methods
+
+
+def _configure_methods(parser: argparse.ArgumentParser) -> None:
+    _model_arg(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (stable keys for scripts)")
+    parser.add_argument("--top-k", type=int, default=4, help="blocks the freeze rows unfreeze, counted from the top")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (off by default)")
+
+
+@command("methods", "trainable parameters and placement of each PEFT method on a model (meta device)", _configure_methods)
+def _methods(args: argparse.Namespace) -> int:
+    from .methods_report import run_methods
+
+    return run_methods(args.model, as_json=args.json, top_k=args.top_k, trust_remote_code=args.trust_remote_code)
+
+
 # ----------------------------------------------------------------------------- validate
 
 
