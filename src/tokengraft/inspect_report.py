@@ -104,6 +104,7 @@ def render(model: nn.Module, arch: ArchInfo, summary: dict[str, Any], spec: str,
     out: list[str] = []
     add = out.append
     shapes = linear_shapes(model, arch)
+    width = max((len(f"{arch.blocks}.[i].{n}") for n in arch.linear_roles), default=0)
     p = arch.parameters
     add(f"tokengraft inspect: {spec}")
     add(f"  model type {arch.model_type} ({type(model).__name__}), hidden size {arch.hidden_size}")
@@ -120,14 +121,14 @@ def render(model: nn.Module, arch: ArchInfo, summary: dict[str, Any], spec: str,
         name = getattr(a, role)
         if name:
             bias = "bias" if arch.biases.get(role) else "no bias"
-            add(f"    {_ROLE_LABELS[role]:<11} {arch.blocks}.[i].{name:<28} {_shape(shapes, name):>14}  {bias}")
+            add(f"    {_ROLE_LABELS[role]:<11} {f'{arch.blocks}.[i].{name}':<{width}} {_shape(shapes, name):>14}  {bias}")
     m = arch.mlp
     add(f"  mlp (intermediate {arch.intermediate_size}) in `{m.module or '(the block itself)'}`:")
     for role in ("gate", "up", "down"):
         name = getattr(m, role)
         if name:
             bias = "bias" if arch.biases.get(role) else "no bias"
-            add(f"    {_ROLE_LABELS[role]:<11} {arch.blocks}.[i].{name:<28} {_shape(shapes, name):>14}  {bias}")
+            add(f"    {_ROLE_LABELS[role]:<11} {f'{arch.blocks}.[i].{name}':<{width}} {_shape(shapes, name):>14}  {bias}")
     others = [n for n, r in arch.linear_roles.items() if r == "other"]
     if others:
         add(f"  other linears (no role): {', '.join(others)}")
