@@ -10,7 +10,7 @@ import pytest
 
 from tokengraft.errors import TokengraftError
 from tokengraft.tasks import (TEMPLATES, answer_matches, bank_entities, check_disjoint, load_countries, load_facts,
-                              make_question, read_jsonl, split_bank, write_jsonl)
+                              make_question, read_jsonl, split_bank, write_jsonl, write_splits)
 from tokengraft.tasks import lexicon_data as L
 from tokengraft.tasks import pass_data as P
 from tokengraft.tasks import style_data as S
@@ -79,6 +79,9 @@ def test_answer_matching_is_whole_word_and_accent_blind():
     assert answer_matches("It is BOGOTÁ", "Bogota")
     assert answer_matches("Washington, D.C.", "Washington D.C.")
     assert not answer_matches("18", "8")
+    # Numeric golds: the last number written in digits is the answer.
+    assert answer_matches("To add 4 and 11, we get 15.", "15")
+    assert not answer_matches("7 + 5 = 12", "7") and not answer_matches("4 and 11", "15")
     assert not answer_matches("Parisian", "Paris")
     assert answer_matches("Spiders have eight legs", "8", ["eight"])
 
@@ -87,6 +90,9 @@ def test_jsonl_roundtrip(tmp_path):
     rows = [{"prompt": "Qué?", "completion": "<PASS>", "kind": "x"}, {"prompt": "b", "completion": None}]
     path = write_jsonl(rows, tmp_path / "sub" / "rows.jsonl")
     assert read_jsonl(path) == rows
+    paths = write_splits({"train": rows[:1], "test": rows[1:]}, tmp_path / "splits")
+    assert sorted(p.name for p in paths.values()) == ["test.jsonl", "train.jsonl"]
+    assert read_jsonl(paths["test"]) == rows[1:]
 
 
 # ----------------------------------------------------------------------------- PASS data

@@ -48,6 +48,11 @@ def write_jsonl(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def write_splits(splits: Mapping[str, Iterable[Mapping[str, Any]]], out_dir: str | Path) -> dict[str, Path]:
+    """``<out_dir>/<split>.jsonl`` for every split of a ``generate_splits`` result."""
+    return {name: write_jsonl(rows, Path(out_dir) / f"{name}.jsonl") for name, rows in splits.items()}
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read rows written by ``write_jsonl`` (blank lines are skipped)."""
     with Path(path).open(encoding="utf-8") as f:
@@ -69,12 +74,24 @@ def normalize_answer(text: str) -> str:
 
 
 def answer_matches(answer: str, gold: str, aliases: Sequence[str] = ()) -> bool:
-    """True when the gold answer or an alias occurs in ``answer`` as whole words.
+    """True when ``answer`` gives the gold answer.
 
-    Whole-word matching matters for numbers: gold "8" must not match "18".
+    Text golds: the gold or an alias occurs in ``answer`` as whole words, so
+    "Parisian" is not "Paris". Numeric golds: the LAST number written in digits
+    must equal the gold (the convention of math evals: "4 + 11 is 15" answers 15
+    but not 4, and "18" is not 8); an answer with no digits is matched on the
+    aliases as words ("eight legs").
     """
-    hay = f" {normalize_answer(answer)} "
-    for target in (gold, *aliases):
+    norm_answer = normalize_answer(answer)
+    if gold.isdigit():
+        numbers = re.findall(r"\d+", answer.replace(",", ""))
+        if numbers:
+            return int(numbers[-1]) == int(gold)
+        targets: Sequence[str] = aliases
+    else:
+        targets = (gold, *aliases)
+    hay = f" {norm_answer} "
+    for target in targets:
         norm = normalize_answer(target)
         if norm and f" {norm} " in hay:
             return True

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokengraftError
-from . import SPLITS, write_jsonl
+from . import SPLITS
 
 # Identifier-like words: letters, digits and underscores, starting with a letter or underscore,
 # at least 3 characters, containing a letter. Underscores are kept because dunder names
@@ -247,8 +247,3 @@ def write_lexicon(words: Iterable[str], path: str | Path, header: str = "") -> P
     lines = [f"# {h}" for h in header.splitlines()] + list(words)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def write_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: str | Path) -> dict[str, Path]:
-    """``<out_dir>/<split>.jsonl`` for every split."""
-    return {s: write_jsonl(rows, Path(out_dir) / f"{s}.jsonl") for s, rows in splits.items()}

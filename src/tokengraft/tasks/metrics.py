@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 from ..errors import TokengraftError
-from . import answer_matches
+from .pass_data import PASS_TOKEN, is_correct
 
-PASS_TOKEN = "<PASS>"
 Record = Mapping[str, Any]
 
 
@@ -46,9 +45,8 @@ def is_pass(text: str) -> bool:
 
 
 def answer_correct(text: str, record: Record) -> bool:
-    if is_pass(text) or not record.get("gold"):
-        return False
-    return answer_matches(text, record["gold"], record.get("aliases", ()))
+    """Not a pass, and the gold answer (or an alias) is in ``text``: ``pass_data.is_correct``."""
+    return is_correct(text, record)
 
 
 def _forced_correct(record: Record) -> bool:
