@@ -384,3 +384,50 @@ def test_methods_cli_json(capsys, tmp_path) -> None:
     by_settings = {r["settings"]: r for r in payload["rows"]}
     assert by_settings["bitfit k=1"]["trainable"] == 704  # gpt2 block: ln_1, c_attn, c_proj, ln_2, c_fc, mlp.c_proj biases
     assert by_settings["bottleneck 64 both"]["mergeable"] is False
+
+
+def test_lora_classifier_merges_with_its_trained_head() -> None:
+    clf = build_classifier(tiny_model("llama"), num_labels=2)
+    model, state = apply_methods(clf, describe(clf), [{"type": "lora", "dropout": 0.0}])
+    assert "classification head 'score'" in state.records[0].where
+    ids = _ids(8)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(input_ids=ids, labels=torch.tensor([0, 1])).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    trained = _logits(model, ids)
+    merged = state.merge()
+    assert type(merged).__name__ == "LlamaForSequenceClassification" and type(merged.score).__name__ == "Linear"
+    assert torch.allclose(_logits(merged, ids), trained, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- composition with token rows
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix", "adapter", "bitfit"])
+def test_token_rows_attach_after_methods(tmp_path, method: str) -> None:
+    """rows.py attaches after apply_methods: its rows train, and the methods' state does not include them."""
+    from tokengraft.rows import attach_rows
+
+    model, state = _applied("qwen2", METHODS[method])
+    emb = model.get_input_embeddings().weight.detach()
+    graft = attach_rows(model, [256, 257], emb[:2].clone(), emb[2:4].clone())
+    ids = torch.tensor([[5, 6, 256, 257, 9]])
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+    out.loss.backward()
+    assert out.logits.shape[-1] == 258
+    assert all(p.grad is not None for p in graft.parameters())
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert total == state.num_trainable + graft.num_trainable()
+    state.save(tmp_path)
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(tmp_path / "methods.safetensors"))) == {n for r in state.records for n in r.names}
+
+
+def test_applying_twice_is_refused() -> None:
+    for method in ("lora", "adapter"):
+        model, _ = _applied("llama", METHODS[method])
+        with pytest.raises(TokengraftError, match="already applied"):
+            apply_methods(model, describe(tiny_model("llama")), METHODS[method])

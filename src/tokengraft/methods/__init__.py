@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import TokengraftError
-from .adapter import AdapterSpec
+from .adapter import CONTAINER, AdapterSpec
 from .classification import head_module_name
 from .freeze import FreezeSpec
 from .lora import LoraSpec
@@ -68,6 +68,8 @@ def apply_methods(model: nn.Module, arch: Any, specs: list[dict[str, Any] | Meth
     classification.py) is always made trainable and recorded as ``head``.
     """
     specs = build_specs(list(specs))
+    if hasattr(model, "peft_config") or hasattr(unwrap(model), CONTAINER):
+        raise TokengraftError("methods were already applied to this model; apply them once, to a fresh base model")
     was_training = model.training
     for p in model.parameters():
         p.requires_grad_(False)
@@ -91,10 +93,13 @@ def apply_methods(model: nn.Module, arch: Any, specs: list[dict[str, Any] | Meth
         new = {k: v for k, v in _trainable(model).items() if k not in before}
         if new:
             records.append(MethodRecord.from_params(None, f"classification head '{head}'", new.values()))
-    # Records follow the order the user wrote, with the head last.
+        for record in records:  # PEFT's classifier wrapper trains the head as part of lora/prefix
+            if any(f"{head}.modules_to_save." in n for n in record.names):
+                record.where += f" + classification head '{head}'"
     # New modules (LoRA dropout, adapters) are born in train mode; match the model's mode so an
     # eval-mode model stays deterministic after methods are applied.
     model.train(was_training)
+    # Records follow the order the user wrote, with the head last.
     position = {id(s): i for i, s in enumerate(specs)}
     records.sort(key=lambda r: position[id(r.spec)] if r.spec is not None else len(specs))
     return model, MethodsState(model=model, specs=specs, records=records)
