@@ -99,6 +99,105 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train / eval / generate / export / demo
+
+
+def _configure_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="recipe YAML file (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4 methods.0.r=8")
+    parser.add_argument("--output", "-o", default=None, help="run directory (default runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+
+
+@command("train", "graft tokens and train a recipe; progress bar, checkpoints, run directory", _configure_train)
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import load_recipe
+    from .train import train
+
+    recipe = load_recipe(args.config, args.overrides)
+    output = args.output or str(Path("runs") / Path(args.config).stem)
+    result = train(recipe, output, resume=args.resume, quiet=args.quiet)
+    print(f"tokengraft: trained {result.steps} steps in {result.train_seconds:.0f} s; run directory {result.run_dir}")
+    return 0
+
+
+def _configure_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory written by `tokengraft train`")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test rows")
+    parser.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
+    parser.add_argument("--pass-bias", type=float, default=None, help="override the saved <PASS> logit bias")
+
+
+@command("eval", "task metrics on the run's held-out test split (pass / style / lexicon)", _configure_eval)
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate import evaluate_run
+    from .report import metrics_table
+
+    result = evaluate_run(args.run_dir, limit=args.limit, base=not args.no_base, pass_bias=args.pass_bias)
+    print(json.dumps(result, indent=2) if args.json else metrics_table(result))
+    return 0
+
+
+def _configure_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory (or a merged checkpoint directory)")
+    parser.add_argument("prompt", nargs="+", help="user message(s); each is answered separately")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--system", default=None, help="system prompt (default: the recipe's data.system)")
+
+
+@command("generate", "greedy answers from a trained run", _configure_generate)
+def _generate(args: argparse.Namespace) -> int:
+    from .export import read_graft_meta
+    from .generate_cli import run_generate
+
+    read_graft_meta(args.run_dir)
+    return run_generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, system=args.system)
+
+
+def _configure_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory written by `tokengraft train`")
+    parser.add_argument("--merged", metavar="OUT", default=None,
+                        help="write a plain transformers checkpoint (LoRA merged, rows written in, vLLM-servable)")
+    parser.add_argument("--gguf", metavar="OUT.gguf", default=None, help="write a llama.cpp GGUF file")
+    parser.add_argument("--type", dest="gguf_type", default="f16", choices=["f32", "f16", "q8_0"], help="GGUF tensor type")
+
+
+@command("export", "merged transformers checkpoint or GGUF from a run directory", _configure_export)
+def _export(args: argparse.Namespace) -> int:
+    if not args.merged and not args.gguf:
+        raise TokengraftError("export needs --merged OUT or --gguf OUT.gguf")
+    if args.merged:
+        from .export import export_merged
+
+        out = export_merged(args.run_dir, args.merged)
+        print(f"tokengraft: merged checkpoint written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
+    if args.gguf:
+        from .gguf_export import export_gguf
+
+        out = export_gguf(args.run_dir, args.gguf, tensor_type=args.gguf_type)
+        print(f"tokengraft: GGUF written to {out}")
+    return 0
+
+
+def _configure_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=["pass", "style", "lexicon"], help="which field task to run end to end")
+    parser.add_argument("--output", "-o", default=None, help="run directory (default runs/demo-<task>)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo recipe")
+
+
+@command("demo", "end to end on the built-in model: data, training, evaluation, before/after", _configure_demo)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.task, args.output or f"runs/demo-{args.task}", args.overrides)
+
+
 # ----------------------------------------------------------------------------- entry point
 
 

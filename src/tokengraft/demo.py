@@ -1,0 +1,61 @@
+"""`tokengraft demo pass|style|lexicon`: the field tasks end to end on the built-in model.
+
+Fetch the model (first run only), generate the task's seeded data, train the
+packaged recipe, evaluate on the held-out test split against the base model,
+and print the metrics and a few before/after generations. The run directory
+is left in place for `tokengraft export RUN_DIR --merged OUT`.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+from .errors import TokengraftError
+
+DEMO_PROMPTS = {
+    "pass": ["What is the capital of Blorvania?", "What is the capital of France?", "Wht is teh captial of Jpaan?",
+             "What is 7 + ?"],
+    "style": ["<STYLE_TERSE>\nWhat is the capital of Italy?", "<STYLE_VERBOSE>\nWhat is the capital of Italy?"],
+    "lexicon": [],
+}
+
+
+def recipe_path(task: str) -> Path:
+    path = resources.files("tokengraft") / "configs" / f"{task}.yaml"
+    if not path.is_file():
+        raise TokengraftError(f"no packaged recipe for demo {task!r}")
+    return Path(str(path))
+
+
+def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
+    from .config import load_recipe
+    from .evaluate import evaluate_run
+    from .generation import generate_batch
+    from .models import load_model
+    from .report import metrics_table
+    from .train import train
+
+    recipe = load_recipe(recipe_path(task), overrides or [])
+    started = time.perf_counter()
+    print(f"tokengraft demo {task}: recipe {recipe_path(task)} -> {output}")
+    result = train(recipe, output)
+    metrics = evaluate_run(output)
+    print()
+    print(metrics_table(metrics))
+    prompts = DEMO_PROMPTS[task]
+    if prompts:
+        from .export import load
+
+        base, base_tok = load_model(recipe.model.name)
+        tuned, tok = load(output)
+        before = generate_batch(base, base_tok, prompts, max_new_tokens=40, system=recipe.data.system)
+        after = generate_batch(tuned, tok, prompts, max_new_tokens=40, system=recipe.data.system)
+        print("\nbefore -> after:")
+        for prompt, b, a in zip(prompts, before, after):
+            print(f"  {prompt!r}\n    base : {b['text'][:120]!r}\n    tuned: {a['text'][:120]!r}")
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\ntrained {result.steps} steps in {result.train_seconds / 60:.1f} min; whole demo {minutes:.1f} min")
+    print(f"run directory: {output}   (export: tokengraft export {output} --merged {output}-merged)")
+    return 0

@@ -1,0 +1,253 @@
+"""`tokengraft eval RUN_DIR`: task metrics on the run's held-out test split.
+
+The base model is loaded beside the tuned one and asked the same questions with
+the same decoding, so every "vs base" number compares like with like. Results go
+to ``RUN_DIR/metrics.json`` (flat numeric keys plus tables) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import TokengraftError
+from .generation import generate_batch
+
+SWEEP_BIASES = (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
+
+
+def _load_recipe(run: Path) -> Any:
+    from .config import load_recipe
+
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise TokengraftError(f"{run} has no config.yaml; it was not written by `tokengraft train`")
+    return load_recipe(path, validate=False)
+
+
+def _split_rows(run: Path, name: str) -> list[dict[str, Any]]:
+    from .tasks import read_jsonl
+
+    path = run / "data" / f"{name}.jsonl"
+    if not path.is_file():
+        raise TokengraftError(f"{path} is missing: `tokengraft eval` needs the run's generated test split")
+    return read_jsonl(path)
+
+
+def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = True,
+                 pass_bias: float | None = None) -> dict[str, Any]:
+    """Compute the task's metrics for a run directory and write ``metrics.json``."""
+    from .export import load_graft, read_graft_meta
+
+    run = Path(run_dir)
+    meta = read_graft_meta(run)
+    recipe = _load_recipe(run)
+    task = recipe.task
+    if task not in ("pass", "style", "lexicon"):
+        raise TokengraftError(f"task {task!r} has no metrics; eval supports pass, style and lexicon runs")
+    g = load_graft(run, device=recipe.model.device)
+    base_model = None
+    if base:
+        from .models import load_model
+
+        base_model, _ = load_model(meta["base_model"], dtype=meta.get("dtype", "float32"), device=recipe.model.device)
+    if task == "pass":
+        bias = pass_bias if pass_bias is not None else meta.get("pass_bias")
+        result = evaluate_pass(g.model, g.tokenizer, base_model, run, recipe, limit=limit, pass_bias=bias)
+    elif task == "style":
+        result = evaluate_style(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
+    else:
+        result = evaluate_lexicon(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
+    result = {"task": task, **result}
+    (run / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+# ----------------------------------------------------------------------------- <PASS>
+
+
+def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Any, *,
+                 pass_bias: float | None = None, desc: str = "tuned model") -> list[dict[str, Any]]:
+    """One record per row: greedy output, p(<PASS>) at the first answer position, and the
+    answer the model gives when <PASS> is banned (for honest risk-coverage curves)."""
+    pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
+    bias = {pass_id: pass_bias} if pass_bias else None
+    common = dict(max_new_tokens=recipe.eval.max_new_tokens, system=recipe.data.system,
+                  batch_size=recipe.eval.batch_size)
+    outputs = generate_batch(model, tokenizer, [r["prompt"] for r in rows], desc=f"{desc}: answers",
+                             score_token_id=pass_id, logit_bias=bias, **common)
+    records = []
+    for row, out in zip(rows, outputs):
+        records.append({**row, "generated": out["text"], "p_pass": out["p_token"]})
+    answerable = [r for r in records if r["answerable"]]
+    if answerable:
+        forced = generate_batch(model, tokenizer, [r["prompt"] for r in answerable], desc=f"{desc}: <PASS> banned",
+                                logit_bias={pass_id: -1e4}, **common)
+        for record, out in zip(answerable, forced):
+            record["forced_answer"] = out["text"]
+    return records
+
+
+def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Any) -> list[bool]:
+    from .tasks.pass_data import is_correct
+
+    answers = generate_batch(base_model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max(48, recipe.eval.max_new_tokens),
+                             system=recipe.data.system, batch_size=recipe.eval.batch_size, desc="base model: answers")
+    return [is_correct(a["text"], r) for a, r in zip(answers, rows)]
+
+
+def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
+                  limit: int | None = None, pass_bias: float | None = None) -> dict[str, Any]:
+    from .tasks import metrics
+    from .tasks.pass_data import read_probe_rows, score_read_probe
+
+    rows = _split_rows(run, "test")[:limit]
+    records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias)
+    answerable = [r for r in records if r["answerable"]]
+    result: dict[str, Any] = {}
+    if base_model is not None and answerable:
+        for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
+            record["base_correct"] = right
+        result["base_clean_accuracy"] = sum(r["base_correct"] for r in answerable) / len(answerable)
+    result.update({k: v for k, v in metrics.pass_metrics(records).items()})
+    result["aurc"] = metrics.aurc(records)
+    result["pass_bias"] = pass_bias or 0.0
+    result["sweep"] = bias_sweep(records)
+    probe_rows = read_probe_rows(seed=recipe.seed)
+    probe_out = generate_batch(model, tokenizer, [r["prompt"] for r in probe_rows], max_new_tokens=16,
+                               system=recipe.data.system, batch_size=recipe.eval.batch_size, desc="READ probe")
+    probe = score_read_probe(probe_rows, [o["text"] for o in probe_out])
+    per_kind = [v["accuracy"] for v in probe.values() if isinstance(v, dict)]
+    result["read_probe_accuracy"] = sum(per_kind) / len(per_kind) if per_kind else None
+    result["read_probe"] = probe
+    result["examples"] = [{k: r.get(k) for k in ("prompt", "kind", "generated", "gold")} for r in records[:12]]
+    _plot_sweep(result["sweep"], run / "pass_sweep.png")
+    return result
+
+
+def bias_sweep(records: list[dict[str, Any]], biases: tuple[float, ...] = SWEEP_BIASES) -> list[dict[str, Any]]:
+    """PASS recall vs false-PASS as a logit bias on <PASS> moves the decision (the ROC of "Refusal Tokens").
+
+    At the first answer position a bias b turns p into p' = p e^b / (1 - p + p e^b);
+    the row passes when p' > 1/2 would make <PASS> the argmax against the best
+    alternative — approximated here by p' >= 0.5, the threshold the sweep reports.
+    """
+    import math
+
+    from .tasks import metrics
+
+    out = []
+    for b in biases:
+        thresholds = 1.0 / (1.0 + math.exp(b))  # p' >= 0.5  <=>  p >= 1/(1+e^b)
+        row = metrics.threshold_sweep(records, [thresholds])[0]
+        out.append({"bias": b, **row})
+    return out
+
+
+def _plot_sweep(sweep: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(s["false_pass_rate"], s["pass_recall"], s["bias"]) for s in sweep
+           if s.get("false_pass_rate") is not None and s.get("pass_recall") is not None]
+    if not pts:
+        return
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+    for x, y, b in pts:
+        ax.annotate(f"{b:+g}", (x, y), fontsize=7)
+    ax.set_xlabel("false-PASS rate (answerable)")
+    ax.set_ylabel("PASS recall (unanswerable)")
+    ax.set_title("<PASS> logit-bias sweep")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- style
+
+
+def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
+                   limit: int | None = None) -> dict[str, Any]:
+    from .tasks import metrics
+
+    rows = _split_rows(run, "test")[: (limit * 2 if limit else None)]
+    terse = [r for r in rows if r["style"] == "terse"]
+    verbose = {r["pair_id"]: r for r in rows if r["style"] == "verbose"}
+    pairs = [(t, verbose[t["pair_id"]]) for t in terse if t["pair_id"] in verbose]
+    # The SAME decoding for both styles: greedy, one max_new_tokens, no min_new_tokens.
+    common = dict(max_new_tokens=recipe.eval.max_new_tokens, system=recipe.data.system, batch_size=recipe.eval.batch_size)
+    out_t = generate_batch(model, tokenizer, [t["prompt"] for t, _ in pairs], desc="terse", **common)
+    out_v = generate_batch(model, tokenizer, [v["prompt"] for _, v in pairs], desc="verbose", **common)
+    len_t = [len(o["ids"]) for o in out_t]
+    len_v = [len(o["ids"]) for o in out_v]
+    stats = metrics.length_stats(len_t, len_v, seed=recipe.seed)
+    result: dict[str, Any] = {
+        "length_ratio": stats["median_ratio"], "length_ratio_ci": [stats["ci_low"], stats["ci_high"]],
+        "verbose_longer_rate": stats["verbose_longer_rate"],
+        "terse_median_tokens": stats["median_terse"], "verbose_median_tokens": stats["median_verbose"],
+        "terse_accuracy": metrics.answer_accuracy([o["text"] for o in out_t], [t for t, _ in pairs]),
+        "verbose_accuracy": metrics.answer_accuracy([o["text"] for o in out_v], [v for _, v in pairs]),
+    }
+    plain = _split_rows(run, "test_untokened")[:limit] if (run / "data" / "test_untokened.jsonl").is_file() else []
+    if plain and base_model is not None:
+        tuned_plain = generate_batch(model, tokenizer, [r["prompt"] for r in plain], desc="no style token", **common)
+        base_plain = generate_batch(base_model, tokenizer, [r["prompt"] for r in plain], desc="base model", **common)
+        import statistics
+
+        result["untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in tuned_plain)
+        result["base_untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in base_plain)
+    result["examples"] = [{"question": t["prompt"].split("\n", 1)[-1], "terse": a["text"], "verbose": b["text"]}
+                          for (t, _), a, b in list(zip(pairs, out_t, out_v))[:6]]
+    _plot_lengths(len_t, len_v, run / "style_lengths.png")
+    return result
+
+
+def _plot_lengths(terse: list[int], verbose: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    top = max(terse + verbose + [1])
+    bins = range(0, top + 2, max(1, top // 30))
+    ax.hist(terse, bins=bins, alpha=0.6, label="<STYLE_TERSE>")
+    ax.hist(verbose, bins=bins, alpha=0.6, label="<STYLE_VERBOSE>")
+    ax.set_xlabel("generated tokens (same greedy decoding)")
+    ax.set_ylabel("questions")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- lexicon
+
+
+def evaluate_lexicon(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
+                     limit: int | None = None) -> dict[str, Any]:
+    from .models import load_tokenizer
+    from .tasks import metrics
+
+    texts = [r["text"] for r in _split_rows(run, "test")[:limit]]
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    nll, tokens, nbytes = metrics.text_nll(model, tokenizer, texts, prefix_token_id=prefix)
+    result: dict[str, Any] = {"bits_per_byte": metrics.bits_per_byte(nll, nbytes),
+                              "tokens_per_byte": metrics.tokens_per_byte(tokens, nbytes), "test_bytes": nbytes}
+    if base_model is not None:
+        base_tok = load_tokenizer(json.loads((run / "graft.json").read_text())["base_model"])
+        b_nll, b_tokens, b_bytes = metrics.text_nll(base_model, base_tok, texts, prefix_token_id=prefix)
+        result["base_bits_per_byte"] = metrics.bits_per_byte(b_nll, b_bytes)
+        result["base_tokens_per_byte"] = metrics.tokens_per_byte(b_tokens, b_bytes)
+        result["tokens_per_byte_reduction"] = 1.0 - result["tokens_per_byte"] / result["base_tokens_per_byte"]
+    new_ids = set(json.loads((run / "graft.json").read_text())["trainable_ids"])
+    prompts = [t[:200] for t in texts[:16]]
+    outs = generate_batch(model, tokenizer, prompts, max_new_tokens=48, system=recipe.data.system, batch_size=recipe.eval.batch_size,
+                          desc="generation")
+    generated = sum(len(o["ids"]) for o in outs)
+    result["generated_new_token_rate"] = sum(i in new_ids for o in outs for i in o["ids"]) / max(1, generated)
+    return result

@@ -1,0 +1,97 @@
+"""Batched greedy generation in the exact prompt format training used.
+
+Prompts go through ``data.ChatFormat.encode_prompt`` (same template, same
+system prompt) and are left-padded so one batch decodes together. Outputs are
+decoded *without* skipping special tokens, so a generated ``<PASS>`` is visible,
+then cut at the end-of-turn / EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import ChatFormat
+
+
+def _stop_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if fmt.end_of_turn:
+        pieces = tokenizer(fmt.end_of_turn, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1:
+            ids.append(pieces[0])
+    return sorted(set(ids))
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def _clean(text: str, fmt: ChatFormat, tokenizer: Any) -> str:
+    for stop in filter(None, (fmt.end_of_turn, tokenizer.eos_token)):
+        text = text.split(stop, 1)[0]
+    return text.strip()
+
+
+@torch.no_grad()
+def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int = 32,
+                   system: str | None = None, batch_size: int = 16, desc: str | None = None,
+                   score_token_id: int | None = None, logit_bias: dict[int, float] | None = None,
+                   ) -> list[dict[str, Any]]:
+    """Greedy continuations; each result has ``text``, ``ids`` and, with ``score_token_id``,
+    ``p_token`` = the probability of that token at the first generated position.
+
+    ``logit_bias`` adds a constant to chosen token logits at every step (a calibrated
+    ``<PASS>`` bias), the same thing an export folds into the weights.
+    """
+    fmt = ChatFormat(tokenizer, system=system)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = _stop_ids(tokenizer, fmt)
+    device = next(model.parameters()).device
+    processors = None
+    if logit_bias:
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        class _Bias(LogitsProcessor):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+                for token, value in logit_bias.items():
+                    scores[:, token] += value
+                return scores
+
+        processors = LogitsProcessorList([_Bias()])
+    results: list[dict[str, Any]] = []
+    encoded = [fmt.encode_prompt(p) for p in prompts]
+    for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=desc is None, leave=False):
+        chunk = encoded[start:start + batch_size]
+        ids, mask = _left_pad(chunk, pad_id)
+        ids, mask = ids.to(device), mask.to(device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=stops or None, pad_token_id=pad_id, logits_processor=processors,
+                             output_scores=score_token_id is not None, return_dict_in_generate=True)
+        new = out.sequences[:, ids.shape[1]:]
+        first = None
+        if score_token_id is not None:
+            first = torch.softmax(out.scores[0].float(), dim=-1)[:, score_token_id]  # scores include the bias
+        for i in range(len(chunk)):
+            row_ids = new[i].tolist()
+            text = tokenizer.decode(row_ids, skip_special_tokens=False)
+            item = {"text": _clean(text, fmt, tokenizer), "ids": row_ids}
+            if first is not None:
+                item["p_token"] = float(first[i])
+            results.append(item)
+    return results
+
+
+def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int = 32,
+                   system: str | None = None, desc: str | None = None, batch_size: int = 16) -> list[str]:
+    return [r["text"] for r in generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                              system=system, desc=desc, batch_size=batch_size)]

@@ -1,0 +1,82 @@
+"""Where a run's data comes from: the task's generator, or the user's files.
+
+With ``data.generate: true`` the task writes its seeded splits into
+``RUN_DIR/data/`` (so the exact rows a run trained on stay beside it); otherwise
+``data.train`` / ``data.validation`` are read, and a missing validation file is
+carved from the training rows with ``data.validation_fraction``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokengraftError
+from . import write_jsonl
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    files: dict[str, Path] = field(default_factory=dict)
+    extra_tokens: list[str] = field(default_factory=list)  # e.g. a mined lexicon
+
+
+def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    options = dict(recipe.data.generate_options)
+    task = recipe.task
+    if task == "pass":
+        from . import pass_data
+
+        know_check = bool(options.pop("know_check", False))
+        splits = pass_data.generate_splits(seed=recipe.seed, **options)
+        if know_check:
+            from ..generation import greedy_answers
+
+            def answer(prompts: list[str]) -> list[str]:
+                return greedy_answers(model, tokenizer, prompts, max_new_tokens=recipe.eval.max_new_tokens,
+                                      system=recipe.data.system, desc="know-check (base model answers)")
+
+            splits["train"] = pass_data.relabel_with_know_check(splits["train"], answer)
+        return splits, []
+    if task == "style":
+        from . import style_data
+
+        return style_data.generate_splits(seed=recipe.seed, **options), []
+    if task == "lexicon":
+        from . import lexicon_data
+
+        mine = {k: options.pop(k) for k in ("min_pieces", "min_count", "max_words") if k in options}
+        splits = lexicon_data.generate_splits(seed=recipe.seed, **options)
+        words = lexicon_data.mine_lexicon([r["text"] for r in splits["train"]], tokenizer, **mine)
+        if not words:
+            raise TokengraftError("the lexicon miner found no word; lower data.generate_options.min_count or min_pieces")
+        return splits, words
+    raise TokengraftError(f"task {task!r} has no data generator; set data.generate: false and give data.train")
+
+
+def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
+    from ..data import load_examples, split_rows
+
+    if recipe.data.generate:
+        data_dir = run_dir / "data"
+        splits, extra = _generate(recipe, tokenizer, model)
+        files = {name: write_jsonl(rows, data_dir / f"{name}.jsonl") for name, rows in splits.items()}
+        if extra:
+            from .lexicon_data import write_lexicon
+
+            files["lexicon"] = write_lexicon(extra, data_dir / "lexicon.txt", header="mined from the training split")
+        return PreparedData(train=splits["train"], validation=splits.get("validation", []), files=files,
+                            extra_tokens=extra)
+    if not recipe.data.train:
+        raise TokengraftError("data.train is not set; give a JSONL file or set data.generate: true for a built-in task")
+    train_rows: list[Any] = load_examples(recipe.data.train)  # errors name file and line
+    if recipe.data.validation:
+        validation: list[Any] = load_examples(recipe.data.validation)
+    elif recipe.data.validation_fraction > 0:
+        train_rows, validation = split_rows(train_rows, recipe.data.validation_fraction, recipe.seed)
+    else:
+        validation = []
+    return PreparedData(train=train_rows, validation=validation, files={"train": Path(recipe.data.train)})

@@ -1,0 +1,431 @@
+"""The training engine: a recipe in, a run directory out.
+
+``transformers.Trainer`` does the loop (accelerate underneath, so
+``accelerate launch`` gives data parallelism); ``GraftTrainer`` is a thin
+subclass that changes three things:
+
+- the loss runs the LM head only at supervised positions (labels != -100), so
+  prompt positions never produce vocab-sized logits;
+- model checkpoints are our run-directory artifacts (rows + method weights as
+  safetensors), not a copy of the frozen base; a checkpoint counts only once
+  its completion marker is written, so a kill during a save never leaves one
+  that looks complete;
+- a non-finite loss stops the run before the optimiser can apply it.
+
+The Trainer's own optimiser/scheduler/RNG files are read back with
+``torch.load(weights_only=True)`` (the restricted loader: tensors and plain
+types only), which is what makes resume bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import TokengraftError
+from .graft import Graft, TokenSettings, graft
+from .rows import unwrap_peft
+
+CHECKPOINT_PREFIX = "checkpoint-"
+COMPLETE_MARKER = "COMPLETE"
+IGNORE_INDEX = -100
+
+
+class ListDataset(Dataset):
+    def __init__(self, items: list[dict[str, list[int]]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.items[index]
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def token_settings(tokens_cfg: Any, extra_tokens: list[str] | None = None) -> TokenSettings:
+    """The recipe's ``tokens`` section as graft settings."""
+    from .config import read_token_file
+
+    add = list(tokens_cfg.add) + list(extra_tokens or [])
+    if getattr(tokens_cfg, "add_file", None):
+        add += [t for t in read_token_file(tokens_cfg.add_file) if t not in add]
+    init = tokens_cfg.init
+    return TokenSettings(
+        add=add, special=tokens_cfg.special, init_input=init.input, init_output=init.output,
+        init_text=dict(tokens_cfg.init_text), train_existing=list(tokens_cfg.train_existing),
+        sides=tokens_cfg.sides, backend=tokens_cfg.backend, pad_to_multiple_of=tokens_cfg.pad_to_multiple_of,
+        spherical_scale=tokens_cfg.spherical_scale, single_word=tokens_cfg.single_word,
+    )
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def _backbone(hf: Any) -> Any:
+    """The transformer body that returns hidden states (``model.model``, ``transformer``, ``gpt_neox`` ...)."""
+    body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
+    if body is None or body is hf:
+        raise TokengraftError(f"cannot find the transformer body of {type(hf).__name__}; set train.supervised_head_only: false")
+    return body
+
+
+def supervised_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                      labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets at supervised positions only: ``[n_supervised, vocab]``, ``[n_supervised]``.
+
+    Position t predicts token t+1, so hidden state t is kept when label t+1 is
+    supervised. The head (with any token-row overlay) runs on those rows alone.
+    """
+    hf = unwrap_peft(model)
+    hidden = _backbone(hf)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX  # [B, T-1]
+    picked = hidden[:, :-1][keep]  # [n, H]
+    logits = hf.get_output_embeddings()(picked)  # [n, V]
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits, targets[keep]
+
+
+def full_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ordinary path: logits at every position, then the supervised ones selected."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
+    if logits.shape[1] != input_ids.shape[1]:  # prefix tuning prepends virtual tokens
+        logits = logits[:, -input_ids.shape[1]:]
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    return logits[:, :-1][keep], targets[keep]
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, num_items: int | None = None) -> torch.Tensor:
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    return loss / (num_items if num_items else max(1, targets.numel()))
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class GraftTrainer(Trainer):
+        """Trainer with a supervised-positions-only head and run-directory checkpoints."""
+
+        def __init__(self, *args: Any, graft_state: Graft, supervised_head_only: bool, base_spec: str,
+                     dtype: str, objective: Any = None, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self.graft_state = graft_state
+            self.supervised_head_only = supervised_head_only and not _uses_prefix(graft_state)
+            self.base_spec = base_spec
+            self.dtype_name = dtype
+            self.objective = objective
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            select = supervised_logits if self.supervised_head_only else full_logits
+            logits, targets = select(model, inputs["input_ids"], inputs.get("attention_mask"), labels)
+            count = int(num_items_in_batch) if num_items_in_batch is not None else None
+            if self.objective is not None and model.training:
+                loss = self.objective(logits, targets, count)
+            else:
+                loss = causal_lm_loss(logits, targets, count)
+            if not torch.isfinite(loss):
+                raise TokengraftError(
+                    f"the loss became {loss.item()} at step {self.state.global_step}; training stopped before the "
+                    f"update. The last good checkpoint is kept in {self.args.output_dir} "
+                    "(lower train.lr / train.token_lr, or use precision fp32)"
+                )
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            from .export import save_graft
+
+            if not self.args.should_save:
+                return
+            save_graft(self.graft_state, output_dir or self.args.output_dir, base_spec=self.base_spec,
+                       dtype=self.dtype_name)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            restore_trained_tensors(self.graft_state, resume_from_checkpoint)
+
+    return GraftTrainer
+
+
+def _uses_prefix(g: Graft) -> bool:
+    return any(c.get("type") == "prefix" for c in g.method_configs)
+
+
+def restore_trained_tensors(g: Graft, checkpoint: str | Path) -> None:
+    """Copy a checkpoint's trained rows and method weights into the live model, in place."""
+    from .export import ROWS_FILE, _load_tensors
+
+    rows = _load_tensors(Path(checkpoint) / ROWS_FILE)
+    with torch.no_grad():
+        if g.rows is not None:
+            g.rows.input_rows.copy_(rows["input"].to(g.rows.input_rows))
+            if g.rows.output_rows is not None and "output" in rows:
+                g.rows.output_rows.copy_(rows["output"].to(g.rows.output_rows))
+        else:
+            raise TokengraftError("resume is supported for the rows backend; restart the run for peft/full backends")
+    if g.methods is not None:
+        from .methods.state import WEIGHTS_FILE
+
+        tensors = _load_tensors(Path(checkpoint) / WEIGHTS_FILE)
+        with torch.no_grad():
+            for record in g.methods.records:
+                for name, parameter in zip(record.names, record.params):
+                    if name not in tensors:
+                        raise TokengraftError(f"checkpoint {checkpoint} lacks method weight {name!r}")
+                    parameter.copy_(tensors[name].to(parameter))
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Checkpoints with the completion marker, oldest first."""
+    run = Path(output_dir)
+    found = []
+    for path in run.glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.is_dir() and suffix.isdigit() and (path / COMPLETE_MARKER).is_file():
+            found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+def discard_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    run = Path(output_dir)
+    removed = []
+    for path in run.glob(f"{CHECKPOINT_PREFIX}*"):
+        if path.is_dir() and not (path / COMPLETE_MARKER).is_file():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def _callbacks(g: Graft, run_dir: Path, snapshot_steps: int, tokens_per_step: list[int]):
+    from transformers import TrainerCallback
+
+    class CheckpointMarker(TrainerCallback):
+        """Mark a checkpoint complete after the Trainer has written every file of it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if args.should_save:
+                path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+                if path.is_dir():
+                    (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+
+    class Throughput(TrainerCallback):
+        """Tokens per second in the progress bar's log lines."""
+
+        def __init__(self) -> None:
+            self.start = time.perf_counter()
+            self.step0 = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start, self.step0 = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is None or "loss" not in logs:
+                return
+            elapsed = max(1e-9, time.perf_counter() - self.start)
+            steps = state.global_step - self.step0
+            mean_tokens = sum(tokens_per_step) / max(1, len(tokens_per_step))
+            logs["tokens_per_s"] = round(steps * mean_tokens / elapsed, 1)
+
+    callbacks = [CheckpointMarker(), Throughput()]
+    if snapshot_steps and g.rows is not None:
+        from .snapshots import RowSnapshots
+
+        callbacks.append(RowSnapshots(g, run_dir / "snapshots", snapshot_steps))
+    return callbacks
+
+
+# ----------------------------------------------------------------------------- run
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    graft: Graft
+    log_history: list[dict[str, Any]]
+    train_seconds: float
+    steps: int
+
+
+def _precision(recipe_precision: str, device: torch.device) -> dict[str, bool]:
+    if recipe_precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return {"bf16": True}
+        return {}
+    if recipe_precision == "fp32":
+        return {}
+    if device.type != "cuda":
+        raise TokengraftError(f"train.precision {recipe_precision} needs a CUDA GPU; on CPU use fp32 or auto")
+    return {recipe_precision: True}
+
+
+def build_optimizer(g: Graft, train_cfg: Any) -> torch.optim.Optimizer:
+    """Token rows get their own learning rate; everything else trainable uses ``train.lr``."""
+    token_params = {id(p) for p in g.token_parameters()}
+    rows = [p for p in g.model.parameters() if p.requires_grad and id(p) in token_params]
+    rest = [p for p in g.model.parameters() if p.requires_grad and id(p) not in token_params]
+    groups = [{"params": rows, "lr": train_cfg.token_lr, "weight_decay": 0.0}]
+    if rest:
+        groups.append({"params": rest, "lr": train_cfg.lr, "weight_decay": train_cfg.weight_decay})
+    groups = [group for group in groups if group["params"]]
+    if train_cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(groups)
+
+
+def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> TrainResult:
+    """Run a recipe end to end and leave a complete run directory at ``output_dir``."""
+    from transformers import TrainingArguments
+
+    from .data import Collator, check_tokens_used, encode_examples
+    from .guard import audit, preflight
+    from .models import load_model, pick_device
+    from .tasks.prepare import prepare_data
+
+    run = Path(output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    set_seed(recipe.seed)
+    if recipe.model.quantization != "none":
+        _check_quantization(recipe.model.quantization)
+    device = pick_device(recipe.model.device)
+    model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
+                                  trust_remote_code=recipe.model.trust_remote_code)
+    data = prepare_data(recipe, run, tokenizer, model)
+    settings = token_settings(recipe.tokens, data.extra_tokens)
+    methods = [m.to_dict() if hasattr(m, "to_dict") else dict(m) for m in recipe.methods]
+    g = graft(model, tokenizer, settings, methods, seed=recipe.seed, verbose=not quiet)
+    preflight(g)
+    report = audit(g)
+    train_items, stats = encode_examples(data.train, tokenizer, recipe.data.max_length, system=recipe.data.system,
+                                         on_overflow=recipe.data.on_overflow, new_tokens=[t for t in settings.add if t in g.report.added])
+    check_tokens_used(stats, g.report.added)
+    eval_items, _ = encode_examples(data.validation, tokenizer, recipe.data.max_length, system=recipe.data.system,
+                                    on_overflow="drop", new_tokens=[]) if data.validation else ([], None)
+    if not train_items:
+        raise TokengraftError("no training examples survived encoding (all dropped as too long?); raise data.max_length")
+    if not quiet:
+        print(report.table())
+        print("training data: " + stats.table().replace("\n", "\n  "))
+    (run / "dataset_stats.json").write_text(json.dumps({"train": stats.to_dict(), "audit": report.to_dict()}, indent=2))
+
+    cfg = recipe.train
+    if cfg.gradient_checkpointing:
+        unwrap_peft(g.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        unwrap_peft(g.model).config.use_cache = False
+    eval_steps = cfg.eval_steps if (eval_items and cfg.eval_steps) else 0
+    args = TrainingArguments(
+        output_dir=str(run), seed=recipe.seed, data_seed=recipe.seed,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit, report_to=list(cfg.report_to) or "none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
+        use_cpu=device.type == "cpu", prediction_loss_only=True, save_only_model=False,
+        **_precision(cfg.precision, device),
+    )
+    mean_length = sum(len(x["input_ids"]) for x in train_items) / len(train_items)
+    tokens_per_step = [round(mean_length * cfg.batch_size * cfg.grad_accum)]
+    trainer_cls = _make_trainer_class()
+    objective = None
+    if cfg.objective == "idk":
+        from .objectives import IdkObjective
+
+        objective = IdkObjective.for_graft(g)
+    trainer = trainer_cls(
+        model=g.model, args=args, train_dataset=ListDataset(train_items),
+        eval_dataset=ListDataset(eval_items) if eval_items else None,
+        data_collator=Collator(tokenizer), optimizers=(build_optimizer(g, cfg), None),
+        callbacks=_callbacks(g, run, cfg.snapshot_steps, tokens_per_step),
+        graft_state=g, supervised_head_only=cfg.supervised_head_only, base_spec=recipe.model.name,
+        dtype=recipe.model.dtype, objective=objective,
+    )
+    checkpoint = None
+    if resume:
+        discard_incomplete_checkpoints(run)
+        done = complete_checkpoints(run)
+        if not done:
+            raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; start without --resume")
+        checkpoint = str(done[-1])
+        if not quiet:
+            print(f"tokengraft: resuming from {checkpoint}")
+    g.model.train()
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    g.model.eval()
+    from .export import save_graft
+
+    recipe.save(run / "config.yaml")
+    save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
+               extra={"task": recipe.task, "seed": recipe.seed, "train_seconds": round(seconds, 1),
+                      "steps": trainer.state.global_step})
+    history = trainer.state.log_history
+    (run / "log_history.json").write_text(json.dumps(history, indent=2))
+    _plot_losses(history, run / "loss.png")
+    return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds,
+                       steps=trainer.state.global_step)
+
+
+def _check_quantization(kind: str) -> None:
+    if not torch.cuda.is_available():
+        raise TokengraftError(f"model.quantization: {kind} needs a CUDA GPU and bitsandbytes; on CPU set model.quantization: none")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TokengraftError(f"model.quantization: {kind} needs bitsandbytes: pip install bitsandbytes") from None
+    raise TokengraftError("quantized training is not wired into tokengraft yet; set model.quantization: none")
+
+
+def _plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+    """Training and evaluation loss against step, as a PNG beside the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and math.isfinite(h["loss"])]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if not train and not evals:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
