@@ -431,3 +431,61 @@ def test_applying_twice_is_refused() -> None:
         model, _ = _applied("llama", METHODS[method])
         with pytest.raises(TokengraftError, match="already applied"):
             apply_methods(model, describe(tiny_model("llama")), METHODS[method])
+
+
+# ----------------------------------------------------------------------------- independent formulas
+
+
+def _formula(model, arch, d: dict) -> int | None:
+    """Trainable count from module shapes alone (the textbook formulas), to cross-check the applied counts."""
+    from tokengraft.methods.lora import resolve_relative_targets
+
+    spec = build_spec(d)
+    block = lambda i: model.get_submodule(arch.block_path(i))  # noqa: E731
+    n, h = arch.num_blocks, arch.hidden_size
+    if spec.type == "lora":
+        total = 0
+        for rel in resolve_relative_targets(spec, arch):
+            w = block(0).get_submodule(rel).weight
+            total += spec.r * (w.shape[0] + w.shape[1])  # A: r x in, B: out x r (Conv1D only transposes)
+        return total * n
+    if spec.type == "adapter":
+        b = spec.width(h)
+        return len(spec.sites()) * n * (h * b + b + b * h + h)
+    if spec.type == "prefix":
+        kv_width = arch.attention.num_kv_heads * arch.head_dim
+        return spec.num_virtual_tokens * n * 2 * kv_width
+    top = range(n - spec.top_k, n)
+    if spec.mode == "attention_only":
+        rels = [r for r in (arch.attention.q, arch.attention.k, arch.attention.v, arch.attention.o, arch.attention.qkv) if r]
+        return sum(p.numel() for i in top for r in rels for p in block(i).get_submodule(r).parameters())
+    if spec.mode == "bitfit":
+        return sum(p.numel() for i in top for name, p in block(i).named_parameters() if name.endswith("bias")) or None
+    return sum(p.numel() for i in top for p in block(i).parameters())
+
+
+def _check_formulas(make_model, top_k: int = 4) -> int:
+    from tokengraft.methods_report import default_specs
+
+    arch, rows = method_table(make_model, top_k=top_k)
+    model = make_model()
+    for (label, d), row in zip(default_specs(min(top_k, arch.num_blocks)), rows[:-1]):
+        assert row.trainable == _formula(model, arch, d), label
+    assert rows[-1].trainable == 2 * arch.hidden_size  # score: hidden x num_labels, no bias
+    return len(rows)
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["phi3", "opt"])
+def test_table_counts_match_shape_formulas(family: str) -> None:
+    def meta_model():
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(tiny_config(family))
+
+    assert _check_formulas(meta_model) == 14
+
+
+@pytest.mark.slow
+def test_table_counts_match_shape_formulas_builtin() -> None:
+    from tokengraft.models import load_config_model
+
+    assert _check_formulas(load_config_model) == 14
