@@ -53,7 +53,11 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
 
         base_model, _ = load_model(meta["base_model"], dtype=meta.get("dtype", "float32"), device=recipe.model.device)
     if task == "pass":
-        bias = pass_bias if pass_bias is not None else meta.get("pass_bias")
+        bias = pass_bias if pass_bias is not None else recipe.eval.pass_bias
+        if bias is None:
+            bias = meta.get("pass_bias")
+        if bias is None and base_model is not None:
+            bias = calibrate_pass_bias(g.model, g.tokenizer, base_model, run, recipe)
         result = evaluate_pass(g.model, g.tokenizer, base_model, run, recipe, limit=limit, pass_bias=bias)
     elif task == "style":
         result = evaluate_style(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
@@ -97,6 +101,29 @@ def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]]
     return [is_correct(a["text"], r) for a, r in zip(answers, rows)]
 
 
+def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any) -> float:
+    """Choose the <PASS> logit bias on the validation split for ``eval.target_false_pass``; save it in graft.json.
+
+    The bias is what `generate`, `eval` and the exports apply, so plain greedy decoding
+    of an exported model behaves as calibrated.
+    """
+    rows = _split_rows(run, "validation")
+    records = pass_records(model, tokenizer, rows, recipe, desc="calibration")
+    answerable = [r for r in records if r["answerable"]]
+    for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
+        record["base_correct"] = right
+    bias, sweep = choose_pass_bias(records, recipe.eval.target_false_pass)
+    meta_path = run / "graft.json"
+    meta = json.loads(meta_path.read_text())
+    meta["pass_bias"] = bias
+    meta["calibration"] = {"split": "validation", "target_false_pass": recipe.eval.target_false_pass,
+                           "rows": len(records), "sweep": sweep}
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(meta_path)
+    return bias
+
+
 def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
                   limit: int | None = None, pass_bias: float | None = None) -> dict[str, Any]:
     from .tasks import metrics
@@ -127,22 +154,44 @@ def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe
 
 
 def bias_sweep(records: list[dict[str, Any]], biases: tuple[float, ...] = SWEEP_BIASES) -> list[dict[str, Any]]:
-    """PASS recall vs false-PASS as a logit bias on <PASS> moves the decision (the ROC of "Refusal Tokens").
+    """PASS recall vs false-PASS as a logit bias b on <PASS> moves the decision (the ROC of "Refusal Tokens").
 
-    At the first answer position a bias b turns p into p' = p e^b / (1 - p + p e^b);
-    the row passes when p' > 1/2 would make <PASS> the argmax against the best
-    alternative — approximated here by p' >= 0.5, the threshold the sweep reports.
+    Exact for greedy decoding: a row starts with <PASS> under bias b iff its first-position
+    margin (PASS logit minus the best other logit, measured at the bias the records were
+    made with) plus b is >= 0; otherwise the model gives its <PASS>-banned answer.
     """
-    import math
+    from .tasks.pass_data import is_correct
 
-    from .tasks import metrics
+    answerable = [r for r in records if r["answerable"]]
+    unanswerable = [r for r in records if not r["answerable"]]
+    base_right = [r for r in answerable if r.get("base_correct")]
+
+    def rate(rows: list[dict[str, Any]], hit) -> float | None:
+        return sum(1 for r in rows if hit(r)) / len(rows) if rows else None
 
     out = []
     for b in biases:
-        thresholds = 1.0 / (1.0 + math.exp(b))  # p' >= 0.5  <=>  p >= 1/(1+e^b)
-        row = metrics.threshold_sweep(records, [thresholds])[0]
-        out.append({"bias": b, **row})
+        passes = lambda r, b=b: r["margin"] + b >= 0  # noqa: E731
+        answered = [r for r in answerable if not passes(r)]
+        correct = [r for r in answered if is_correct(r.get("forced_answer") or r["generated"], r)]
+        out.append({
+            "bias": b,
+            "pass_recall": rate(unanswerable, passes),
+            "false_pass_rate": rate(base_right, passes) if base_right else rate(answerable, passes),
+            "coverage": len(answered) / len(answerable) if answerable else None,
+            "selective_accuracy": len(correct) / len(answered) if answered else None,
+            "wrong_answer_rate": (len(answered) - len(correct)) / len(answerable) if answerable else None,
+        })
     return out
+
+
+def choose_pass_bias(records: list[dict[str, Any]], target_false_pass: float,
+                     biases: tuple[float, ...] = tuple(x / 2 for x in range(-12, 13))) -> tuple[float, list[dict[str, Any]]]:
+    """The largest bias whose false-PASS rate stays within the target (recall grows with the bias)."""
+    sweep = bias_sweep(records, biases)
+    ok = [row for row in sweep if row["false_pass_rate"] is not None and row["false_pass_rate"] <= target_false_pass]
+    best = max(ok, key=lambda row: row["bias"]) if ok else min(sweep, key=lambda row: row["bias"])
+    return float(best["bias"]), sweep
 
 
 def _plot_sweep(sweep: list[dict[str, Any]], path: Path) -> None:

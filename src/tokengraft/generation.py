@@ -36,6 +36,14 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
+def _until_stop(ids: list[int], stops: list[int]) -> list[int]:
+    """Generated ids up to (not including) the first stop token: what follows is padding."""
+    for index, token in enumerate(ids):
+        if token in stops:
+            return ids[:index]
+    return ids
+
+
 def _clean(text: str, fmt: ChatFormat, tokenizer: Any) -> str:
     for stop in filter(None, (fmt.end_of_turn, tokenizer.eos_token)):
         text = text.split(stop, 1)[0]
@@ -48,7 +56,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
                    score_token_id: int | None = None, logit_bias: dict[int, float] | None = None,
                    ) -> list[dict[str, Any]]:
     """Greedy continuations; each result has ``text``, ``ids`` and, with ``score_token_id``,
-    ``p_token`` = the probability of that token at the first generated position.
+    ``p_token`` = the probability of that token at the first generated position and
+    ``margin`` = its logit minus the best other logit there.
 
     ``logit_bias`` adds a constant to chosen token logits at every step (a calibrated
     ``<PASS>`` bias), the same thing an export folds into the weights.
@@ -78,15 +87,21 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
                              eos_token_id=stops or None, pad_token_id=pad_id, logits_processor=processors,
                              output_scores=score_token_id is not None, return_dict_in_generate=True)
         new = out.sequences[:, ids.shape[1]:]
-        first = None
+        first = margin = None
         if score_token_id is not None:
-            first = torch.softmax(out.scores[0].float(), dim=-1)[:, score_token_id]  # scores include the bias
+            scores = out.scores[0].float()  # [B, V], after any logit bias
+            first = torch.softmax(scores, dim=-1)[:, score_token_id]
+            others = scores.clone()
+            others[:, score_token_id] = float("-inf")
+            # <PASS> is the greedy first token exactly when this margin (+ any extra bias) is >= 0.
+            margin = scores[:, score_token_id] - others.max(dim=-1).values
         for i in range(len(chunk)):
-            row_ids = new[i].tolist()
+            row_ids = _until_stop(new[i].tolist(), stops)
             text = tokenizer.decode(row_ids, skip_special_tokens=False)
             item = {"text": _clean(text, fmt, tokenizer), "ids": row_ids}
             if first is not None:
                 item["p_token"] = float(first[i])
+                item["margin"] = float(margin[i])
             results.append(item)
     return results
 
