@@ -73,23 +73,23 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
 
 def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Any, *,
                  pass_bias: float | None = None, desc: str = "tuned model") -> list[dict[str, Any]]:
-    """One record per row: greedy output, p(<PASS>) at the first answer position, and the
-    answer the model gives when <PASS> is banned (for honest risk-coverage curves)."""
+    """One record per row: the unbiased first-position ``margin`` and ``p_pass``, the answer the
+    model gives when <PASS> is banned (``forced_answer``), and ``generated`` = what greedy
+    decoding with ``pass_bias`` outputs: <PASS> when margin + bias >= 0, else the forced answer."""
     pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
-    bias = {pass_id: pass_bias} if pass_bias else None
     common = dict(max_new_tokens=recipe.eval.max_new_tokens, system=recipe.data.system,
                   batch_size=recipe.eval.batch_size)
-    outputs = generate_batch(model, tokenizer, [r["prompt"] for r in rows], desc=f"{desc}: answers",
-                             score_token_id=pass_id, logit_bias=bias, **common)
+    prompts = [r["prompt"] for r in rows]
+    first = generate_batch(model, tokenizer, prompts, desc=f"{desc}: first token", score_token_id=pass_id,
+                           **{**common, "max_new_tokens": 1})
+    forced = generate_batch(model, tokenizer, prompts, desc=f"{desc}: answers (<PASS> banned)",
+                            logit_bias={pass_id: -1e4}, **common)
+    bias = pass_bias or 0.0
     records = []
-    for row, out in zip(rows, outputs):
-        records.append({**row, "generated": out["text"], "p_pass": out["p_token"]})
-    answerable = [r for r in records if r["answerable"]]
-    if answerable:
-        forced = generate_batch(model, tokenizer, [r["prompt"] for r in answerable], desc=f"{desc}: <PASS> banned",
-                                logit_bias={pass_id: -1e4}, **common)
-        for record, out in zip(answerable, forced):
-            record["forced_answer"] = out["text"]
+    for row, head, answer in zip(rows, first, forced):
+        passes = head["margin"] + bias >= 0
+        records.append({**row, "margin": head["margin"], "p_pass": head["p_token"], "forced_answer": answer["text"],
+                        "generated": "<PASS>" if passes else answer["text"]})
     return records
 
 

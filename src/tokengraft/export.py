@@ -230,6 +230,22 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cp
     tokenizer = g.tokenizer
     out.mkdir(parents=True, exist_ok=True)
     model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+    bias = read_graft_meta(run_dir).get("pass_bias")
+    if bias:
+        fold_pass_bias(model, tokenizer, float(bias))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def fold_pass_bias(model: Any, tokenizer: Any, bias: float) -> None:
+    """Carry the calibrated <PASS> logit bias into the checkpoint's generation config.
+
+    Llama-style heads have no bias vector and a constant cannot be folded exactly into
+    one row of ``h @ W.T``; ``generation_config.sequence_bias`` is what transformers'
+    ``generate`` applies by default when it loads the checkpoint, so plain greedy
+    decoding needs nothing extra. (Servers that ignore generation_config, such as
+    vLLM, need the same value as a ``logit_bias`` request parameter.)
+    """
+    pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
+    model.generation_config.sequence_bias = [[[int(pass_id)], float(bias)]]

@@ -68,7 +68,9 @@ def apply_methods(model: nn.Module, arch: Any, specs: list[dict[str, Any] | Meth
     classification.py) is always made trainable and recorded as ``head``.
     """
     specs = build_specs(list(specs))
-    if hasattr(model, "peft_config") or hasattr(unwrap(model), CONTAINER):
+    # A PeftModel or our adapter container means methods ran already. (A plain model may carry
+    # ``peft_config`` from PEFT's trainable-tokens injection, which graft.py does before us: fine.)
+    if unwrap(model) is not model or hasattr(unwrap(model), CONTAINER):
         raise TokengraftError("methods were already applied to this model; apply them once, to a fresh base model")
     was_training = model.training
     for p in model.parameters():

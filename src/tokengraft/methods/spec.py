@@ -58,15 +58,15 @@ def _check_type(spec_type: str, name: str, value: Any, hint: Any) -> Any:
         args = typing.get_args(hint)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _check_type(spec_type, name, value, arg)
-            except TokengraftError as exc:
-                errors.append(str(exc))
-        allowed = " or ".join(_type_name(a) for a in args)
+            except TokengraftError:
+                continue  # try the next member of the union
+        allowed = " or ".join(_type_name(a) for a in args if a is not type(None))
+        allowed += " (or left out)" if type(None) in args else ""
         raise fail(spec_type, name, f"must be {allowed}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)
