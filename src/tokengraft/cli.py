@@ -198,6 +198,27 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.task, args.output or f"runs/demo-{args.task}", args.overrides)
 
 
+def _configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipes", nargs="+", help="two or more recipe YAML files of the same task")
+    parser.add_argument("--output", "-o", default="runs/compare", help="directory for the runs and the table")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override applied to every recipe (repeatable), e.g. --set train.max_steps=50")
+    parser.add_argument("--no-eval", action="store_true", help="skip task metrics (eval loss only)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test rows")
+
+
+@command("compare", "train recipes on the same data, split and seed; side-by-side table", _configure_compare)
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import compare
+
+    result = compare(args.recipes, args.output, evaluate=not args.no_eval, eval_limit=args.eval_limit,
+                     overrides=args.overrides)
+    from .compare import markdown_table
+
+    print(markdown_table(result))
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
 

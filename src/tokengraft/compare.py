@@ -1,0 +1,148 @@
+"""`tokengraft compare A.yaml B.yaml ...`: the same data, split and seed, side by side.
+
+Each recipe is trained in turn into ``OUT/<name>/``. Data comes from the FIRST
+recipe's generated (or given) splits and is handed to every other recipe as
+files, with the first recipe's seed, so differences come from the methods, not
+from the data. The table (markdown + JSON) has trainable parameters, peak memory
+(process peak RSS growth during training, measured per run in a fresh
+subprocess so runs do not inherit each other's peak), time per step, final eval
+loss and the task's metrics; a PNG overlays the eval-loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import TokengraftError
+
+METRIC_KEYS = {
+    "pass": ("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy", "aurc"),
+    "style": ("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"),
+    "lexicon": ("bits_per_byte", "tokens_per_byte"),
+    "classification": ("accuracy",),
+}
+
+# Run in a fresh interpreter: trains one recipe and prints a JSON line with its measurements.
+_CHILD = r"""
+import json, resource, sys, time
+from tokengraft.config import load_recipe
+from tokengraft.train import train
+recipe = load_recipe(sys.argv[1], json.loads(sys.argv[3]))
+result = train(recipe, sys.argv[2], quiet=True)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+from tokengraft.guard import audit
+losses = [h["eval_loss"] for h in result.log_history if "eval_loss" in h]
+print("TOKENGRAFT_COMPARE " + json.dumps({
+    "trainable": audit(result.graft).trainable, "steps": result.steps, "train_seconds": result.train_seconds,
+    "peak_rss_mb": peak / 1024,
+    "final_eval_loss": losses[-1] if losses else None,
+    "eval_curve": [(h["step"], h["eval_loss"]) for h in result.log_history if "eval_loss" in h]}))
+"""
+
+
+def _child(recipe_path: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(recipe_path), str(out), json.dumps(overrides)],
+                          capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("TOKENGRAFT_COMPARE "):
+            return json.loads(line.split(" ", 1)[1])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise TokengraftError(f"compare: training {recipe_path} failed: {tail}")
+
+
+def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, eval_limit: int | None = None,
+            overrides: list[str] | None = None) -> dict[str, Any]:
+    from .config import load_recipe
+
+    if len(recipes) < 2:
+        raise TokengraftError("compare needs at least two recipes")
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [load_recipe(r, overrides or []) for r in recipes]
+    tasks = {r.task for r in loaded}
+    if len(tasks) != 1:
+        raise TokengraftError(f"compare needs recipes of one task, got {sorted(tasks)}")
+    names = [Path(r).stem for r in recipes]
+    if len(set(names)) != len(names):
+        raise TokengraftError("compare: recipe file names must differ (they name the run directories)")
+    rows: list[dict[str, Any]] = []
+    shared: list[str] = []
+    for index, (path, recipe, name) in enumerate(zip(recipes, loaded, names)):
+        run = out / name
+        print(f"tokengraft compare: [{index + 1}/{len(recipes)}] {name}", file=sys.stderr)
+        measured = _child(Path(path), run, list(overrides or []) + shared)
+        if index == 0:
+            shared = _shared_data_overrides(run, loaded[0])
+        else:
+            _copy_eval_splits(out / names[0] / "data", run / "data")
+        row = {"recipe": name, **measured,
+               "seconds_per_step": measured["train_seconds"] / max(1, measured["steps"])}
+        if evaluate and recipe.task in ("pass", "style", "lexicon"):
+            from .evaluate import evaluate_run
+
+            metrics = evaluate_run(run, limit=eval_limit)
+            row.update({k: metrics.get(k) for k in METRIC_KEYS[recipe.task]})
+        rows.append(row)
+    task = loaded[0].task
+    result = {"task": task, "recipes": recipes, "rows": rows}
+    (out / "compare.json").write_text(json.dumps(result, indent=2))
+    (out / "compare.md").write_text(markdown_table(result))
+    _plot_curves(rows, out / "compare_eval_loss.png")
+    return result
+
+
+def _shared_data_overrides(first_run: Path, first: Any) -> list[str]:
+    """Point later recipes at the first run's data files and seed (same data, same split)."""
+    data = first_run / "data"
+    extra = [f"seed={first.seed}"]
+    if (data / "train.jsonl").is_file():
+        extra += [f"data.train={data / 'train.jsonl'}", "data.generate=false"]
+        if (data / "validation.jsonl").is_file():
+            extra.append(f"data.validation={data / 'validation.jsonl'}")
+    return extra
+
+
+def _copy_eval_splits(source: Path, target: Path) -> None:
+    """Later runs read their data from the first run's files; give them its held-out splits too."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.glob("*.jsonl"):
+        if not (target / path.name).exists():
+            shutil.copy2(path, target / path.name)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    keys = ["trainable", "peak_rss_mb", "seconds_per_step", "final_eval_loss"] + list(METRIC_KEYS.get(result["task"], ()))
+    lines = ["| recipe | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for row in result["rows"]:
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            cells.append("n/a" if value is None else (f"{value:,}" if isinstance(value, int) else f"{value:.4g}"))
+        lines.append(f"| {row['recipe']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not any(r.get("eval_curve") for r in rows):
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for row in rows:
+        if row.get("eval_curve"):
+            ax.plot(*zip(*row["eval_curve"]), marker="o", label=row["recipe"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("eval loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
