@@ -229,7 +229,7 @@ def test_prefix_forward_backward_generate(family: str) -> None:
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
     gen = model.generate(input_ids=ids[:1], attention_mask=torch.ones_like(ids[:1]), max_new_tokens=3, do_sample=False)
     assert gen.shape == (1, ids.shape[1] + 3)
-    assert not state.mergeable and "run directory" in state.merge_blockers[0]
+    assert not state.mergeable and "not a weight delta" in state.unmergeable_reason
 
 
 def test_prefix_refuses_multi_query_falcon() -> None:
@@ -270,7 +270,7 @@ def test_merge_rules() -> None:
     model, state = _applied("llama", METHODS["attention_only"])
     assert state.mergeable and state.merge() is model
     _, state = _applied("llama", METHODS["adapter"])
-    with pytest.raises(TokengraftError, match=r"export --merged is unavailable; use the run directory form \(tokengraft.load\(run_dir\)\)"):
+    with pytest.raises(TokengraftError, match=r"cannot be folded into the base weights; export --merged is unavailable, use the run directory form \(tokengraft.load\(run_dir\)\)"):
         state.merge()
 
 

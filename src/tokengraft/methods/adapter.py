@@ -122,8 +122,7 @@ class AdapterSpec(MethodSpec):
         return f"{' + '.join(text[s] for s in self.sites())} (bottleneck {self.width(arch.hidden_size)}), {blocks}"
 
     def merge_blocker(self) -> str | None:
-        return ("adapter: bottleneck adapters are extra non-linear modules and cannot be folded into the base weights, "
-                "so export --merged is unavailable; use the run directory form (tokengraft.load(run_dir))")
+        return "adapter: bottleneck adapters are extra non-linear modules and cannot be folded into the base weights"
 
     def apply(self, model: nn.Module, arch: Any) -> nn.Module:
         """Attach adapters and hooks; the handles are kept on the container for `remove_adapters`."""

@@ -41,8 +41,7 @@ class PrefixSpec(MethodSpec):
         return f"{self.num_virtual_tokens} virtual K/V positions in all {arch.num_blocks} blocks"
 
     def merge_blocker(self) -> str | None:
-        return ("prefix: a learned prefix is extra attention context, not a weight delta, so export --merged is "
-                "unavailable; use the run directory form (tokengraft.load(run_dir))")
+        return "prefix: a learned prefix is extra attention context, not a weight delta to fold into the weights"
 
     def apply(self, model: nn.Module, arch: Any) -> nn.Module:
         from peft import PrefixTuningConfig, get_peft_model

@@ -43,7 +43,7 @@ class MethodSpec:
         return ""
 
     def merge_blocker(self) -> str | None:
-        """None when the trained weights fold into a plain checkpoint, else why not."""
+        """None when the trained weights fold into a plain checkpoint, else why not (one clause, no advice)."""
         return None
 
 

@@ -75,6 +75,11 @@ class MethodsState:
     def mergeable(self) -> bool:
         return not self.merge_blockers
 
+    @property
+    def unmergeable_reason(self) -> str | None:
+        """Why a merged export is impossible (export.py words the advice), or None."""
+        return "; ".join(self.merge_blockers) or None
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for record in self.records:
@@ -84,7 +89,8 @@ class MethodsState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": 1, "specs": [s.to_dict() for s in self.specs], "num_trainable": self.num_trainable,
-                "mergeable": self.mergeable, "records": [r.to_dict() for r in self.records]}
+                "mergeable": self.mergeable, "unmergeable_reason": self.unmergeable_reason,
+                "records": [r.to_dict() for r in self.records]}
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``methods.safetensors`` + ``methods.json`` into ``run_dir``; returns the weights path."""
@@ -106,7 +112,8 @@ class MethodsState:
         """
         model = self.model if model is None else model
         if not self.mergeable:
-            raise TokengraftError("; ".join(self.merge_blockers))
+            raise TokengraftError(f"{self.unmergeable_reason}; export --merged is unavailable, use the run directory "
+                                  "form (tokengraft.load(run_dir))")
         if hasattr(model, "merge_and_unload"):
             merged = model.merge_and_unload()
         else:
