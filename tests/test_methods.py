@@ -49,7 +49,7 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits.detach().clone()
 
 
-def _train(model, steps: int = 3, lr: float = 1e-2) -> None:
+def _train(model, steps: int = 2, lr: float = 1e-2) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model.train()
