@@ -1,0 +1,248 @@
+"""GGUF export on tiny llama grafts: metadata, vocabulary, token types, exact weights, q/k layout.
+
+The q/k check un-permutes what we wrote with transformers' own GGUF loader logic
+(``LlamaTensorProcessor``), so a wrong permutation fails here, not in llama.cpp.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gguf  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from tiny import tiny_model, tiny_tokenizer  # noqa: E402
+from tokengraft.errors import TokengraftError  # noqa: E402
+from tokengraft.export import load_graft, merge_graft, save_graft  # noqa: E402
+from tokengraft.graft import TokenSettings, graft  # noqa: E402
+from tokengraft.gguf_export import detect_pre_tokenizer, export_gguf, permute_qk  # noqa: E402
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n")]
+
+
+def byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    """A real byte-level BPE (GPT-2 pre-tokenizer) over the 256 byte symbols plus a few merges."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    pieces = specials + sorted(pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in MERGES]
+    backend = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=MERGES))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    return tok
+
+
+def _train_two_steps(g) -> None:
+    """Two optimiser steps on a fixed batch so rows and LoRA leave their initial values."""
+    params = [p for p in g.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    ids = g.tokenizer(["<|im_start|>user\nthe tin<|im_end|>\n<|im_start|>assistant\n<PASS><|im_end|>"] * 2,
+                      return_tensors="pt")["input_ids"]
+    g.model.train()
+    for _ in range(2):
+        loss = g.model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    g.model.eval()
+
+
+def make_run(tmp_path: Path, *, family: str = "llama", tokenizer=None, tie: bool = True) -> Path:
+    """Base saved to disk (with one normal added token), then a graft: <PASS> special + that token trained."""
+    tok = tokenizer or byte_level_tokenizer()
+    tok.add_tokens(["<STYLE_TERSE>"])  # a normal added token, present in the base
+    overrides = {"vocab_size": len(tok), "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    if family == "llama":
+        overrides["tie_word_embeddings"] = tie
+    model = tiny_model(family, **overrides)
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    g = graft(model, tok, TokenSettings(add=["<PASS>"], special=True, train_existing=["<STYLE_TERSE>"]),
+              [{"type": "lora", "targets": "attention_mlp", "r": 4, "alpha": 8, "dropout": 0.0}], verbose=False)
+    if family == "llama":
+        _train_two_steps(g)
+    run = tmp_path / "run"
+    save_graft(g, run, base_spec=str(base))
+    return run
+
+
+def _merged(run: Path):
+    g = load_graft(run, device="cpu")
+    return merge_graft(g), g.tokenizer
+
+
+def _tensors(reader: gguf.GGUFReader) -> dict[str, np.ndarray]:
+    out = {}
+    for t in reader.tensors:
+        if t.tensor_type == gguf.GGMLQuantizationType.Q8_0:
+            out[t.name] = gguf.quants.dequantize(t.data, t.tensor_type)
+        else:
+            out[t.name] = np.asarray(t.data, dtype=np.float32)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tied_run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("gguf"))
+
+
+@pytest.fixture(scope="module")
+def tied_f32(tied_run: Path) -> Path:
+    return export_gguf(tied_run, tied_run.parent / "model-f32.gguf", tensor_type="f32")
+
+
+def test_metadata_vocab_and_token_types(tied_run: Path, tied_f32: Path) -> None:
+    model, tok = _merged(tied_run)
+    reader = gguf.GGUFReader(str(tied_f32))
+    f = reader.fields
+    rows = model.get_input_embeddings().weight.shape[0]
+    pass_id, style_id = tok.convert_tokens_to_ids(["<PASS>", "<STYLE_TERSE>"])
+    assert pass_id == rows - 1  # the new token is the last row
+    assert f["general.architecture"].contents() == "llama"
+    assert f["llama.vocab_size"].contents() == rows
+    assert f["llama.block_count"].contents() == model.config.num_hidden_layers
+    assert f["llama.attention.head_count_kv"].contents() == model.config.num_key_value_heads
+    assert f["tokenizer.ggml.model"].contents() == "gpt2"
+    assert f["tokenizer.ggml.pre"].contents() == "gpt-2"
+    tokens = f["tokenizer.ggml.tokens"].contents()
+    types = f["tokenizer.ggml.token_type"].contents()
+    assert len(tokens) == len(types) == rows
+    assert tokens[pass_id] == "<PASS>" and tokens[style_id] == "<STYLE_TERSE>"
+    assert tokens == tok.convert_ids_to_tokens(list(range(rows)))
+    assert types[pass_id] == gguf.TokenType.CONTROL
+    assert types[style_id] == gguf.TokenType.USER_DEFINED
+    assert types[0] == types[2] == gguf.TokenType.CONTROL  # the base's special tokens
+    assert types[10] == gguf.TokenType.NORMAL
+    assert f["tokenizer.ggml.merges"].contents() == [f"{a} {b}" for a, b in MERGES]
+    assert f["tokenizer.chat_template"].contents() == CHATML
+    assert f["tokenizer.ggml.bos_token_id"].contents() == tok.bos_token_id == 1
+    assert f["tokenizer.ggml.eos_token_id"].contents() == tok.eos_token_id == 2
+    assert f["tokenizer.ggml.padding_token_id"].contents() == 0
+    assert f["tokenizer.ggml.eot_token_id"].contents() == 2  # <|im_end|> closes a turn in the template
+    assert f["general.file_type"].contents() == gguf.LlamaFileType.ALL_F32
+    assert f["tokengraft.tokens"].contents() == ["<PASS>"]
+
+
+def test_tensor_names_shapes_and_exact_weights(tied_run: Path, tied_f32: Path) -> None:
+    """Every weight is the merged HF weight (q/k after transformers' un-permutation), bit for bit in f32."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    model, _ = _merged(tied_run)
+    cfg = model.config
+    reader = gguf.GGUFReader(str(tied_f32))
+    written = _tensors(reader)
+    n = cfg.num_hidden_layers
+    expected = {"token_embd.weight", "output_norm.weight"} | {
+        f"blk.{i}.{part}.weight" for i in range(n)
+        for part in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")}
+    assert set(written) == expected  # tied: no output.weight, llama.cpp falls back to token_embd
+    processor = LlamaTensorProcessor(config={"num_attention_heads": cfg.num_attention_heads,
+                                             "num_key_value_heads": cfg.num_key_value_heads})
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n)
+    state = model.state_dict()
+    for hf_name, tensor in state.items():
+        name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name == "output.weight":
+            continue
+        data = written[name]
+        assert data.shape == tuple(tensor.shape), name
+        back = processor.process(data, name).weights
+        assert np.array_equal(back, tensor.float().numpy()), name
+        if ".attn_q." in name or ".attn_k." in name:
+            assert not np.array_equal(data, tensor.float().numpy()), f"{name} was not permuted"
+    # the trained rows and the merged LoRA really are in the file
+    base = tiny_model("llama", vocab_size=264, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    base_q = base.state_dict()["model.layers.0.self_attn.q_proj.weight"].numpy()
+    assert not np.allclose(processor.process(written["blk.0.attn_q.weight"], "blk.0.attn_q.weight").weights, base_q)
+
+
+def test_permute_qk_inverts_transformers_loader() -> None:
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    rng = np.random.default_rng(0)
+    for heads, kv, head_dim in ((4, 2, 16), (9, 3, 64), (8, 8, 8)):
+        q = rng.standard_normal((heads * head_dim, 32)).astype(np.float32)
+        k = rng.standard_normal((kv * head_dim, 32)).astype(np.float32)
+        bias = rng.standard_normal(heads * head_dim).astype(np.float32)
+        proc = LlamaTensorProcessor(config={"num_attention_heads": heads, "num_key_value_heads": kv})
+        assert np.array_equal(proc.process(permute_qk(q, heads), "blk.0.attn_q.weight").weights, q)
+        assert np.array_equal(proc.process(permute_qk(k, kv), "blk.0.attn_k.weight").weights, k)
+        assert np.array_equal(proc.process(permute_qk(bias, heads), "blk.0.attn_q.bias").weights, bias)
+    # one head, head_dim 4: HF halves [x0 x1 | y0 y1] become pairs (x0 y0)(x1 y1)
+    w = np.arange(4, dtype=np.float32)[:, None]
+    assert permute_qk(w, 1)[:, 0].tolist() == [0.0, 2.0, 1.0, 3.0]
+
+
+def test_transformers_reads_the_gguf_back_with_same_logits(tied_run: Path, tied_f32: Path) -> None:
+    """transformers' own GGUF loader rebuilds the merged model from our file: same logits."""
+    from transformers import AutoModelForCausalLM
+
+    model, tok = _merged(tied_run)
+    loaded = AutoModelForCausalLM.from_pretrained(str(tied_f32.parent), gguf_file=tied_f32.name, dtype=torch.float32)
+    ids = tok("<|im_start|>user\nthe tin<|im_end|>\n<PASS>", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected, got = model(ids).logits, loaded(ids).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_f16_and_q8_0_types_and_error(tied_run: Path) -> None:
+    model, _ = _merged(tied_run)
+    embed = model.get_input_embeddings().weight.detach().numpy()
+    for kind, qtype, ftype, tol in (("f16", gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16, 1e-3),
+                                    ("q8_0", gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0, 2e-2)):
+        out = export_gguf(tied_run, tied_run.parent / f"model-{kind}.gguf", tensor_type=kind)
+        reader = gguf.GGUFReader(str(out))
+        types = {t.name: t.tensor_type for t in reader.tensors}
+        assert types["token_embd.weight"] == qtype and types["blk.0.ffn_up.weight"] == qtype
+        assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == gguf.GGMLQuantizationType.F32
+        assert reader.fields["general.file_type"].contents() == ftype
+        got = _tensors(reader)["token_embd.weight"]
+        assert got.shape == embed.shape and np.abs(got - embed).max() < tol * np.abs(embed).max() + 1e-4
+    with pytest.raises(TokengraftError, match="q4_k"):
+        export_gguf(tied_run, tied_run.parent / "x.gguf", tensor_type="q4_k")
+
+
+def test_untied_writes_output_tensor(tmp_path: Path) -> None:
+    run = make_run(tmp_path, tie=False)
+    out = export_gguf(run, tmp_path / "untied.gguf", tensor_type="f32")
+    model, tok = _merged(run)
+    written = _tensors(gguf.GGUFReader(str(out)))
+    head = model.get_output_embeddings().weight.detach().numpy()
+    assert np.array_equal(written["output.weight"], head)
+    assert not np.array_equal(written["output.weight"], written["token_embd.weight"])
+    pass_id = tok.convert_tokens_to_ids("<PASS>")
+    assert np.array_equal(written["output.weight"][pass_id], head[pass_id])
+
+
+def test_not_llama_family_is_a_clear_error(tmp_path: Path) -> None:
+    run = make_run(tmp_path, family="gpt2")
+    with pytest.raises(TokengraftError, match="GGUF export supports llama-family models; gpt2 is not supported yet"):
+        export_gguf(run, tmp_path / "gpt2.gguf")
+    assert not (tmp_path / "gpt2.gguf").exists()
+
+
+def test_non_byte_level_tokenizer_is_a_clear_error(tmp_path: Path) -> None:
+    run = make_run(tmp_path, tokenizer=tiny_tokenizer(vocab_size=256))
+    with pytest.raises(TokengraftError, match="byte-level BPE"):
+        export_gguf(run, tmp_path / "chars.gguf")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))
+
+
+def test_detect_pre_tokenizer_shapes() -> None:
+    assert detect_pre_tokenizer({"type": "ByteLevel", "use_regex": True}) == "gpt-2"
+    assert detect_pre_tokenizer({"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": True}]}) == "smollm"
+    assert detect_pre_tokenizer({"type": "Metaspace"}) is None
+    assert detect_pre_tokenizer(None) is None
