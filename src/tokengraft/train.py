@@ -78,12 +78,11 @@ def token_settings(tokens_cfg: Any, extra_tokens: list[str] | None = None) -> To
 # ----------------------------------------------------------------------------- the loss
 
 
-def _backbone(hf: Any) -> Any:
-    """The transformer body that returns hidden states (``model.model``, ``transformer``, ``gpt_neox`` ...)."""
-    body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
-    if body is None or body is hf:
-        raise TokengraftError(f"cannot find the transformer body of {type(hf).__name__}; set train.supervised_head_only: false")
-    return body
+def _unwrap(model: Any) -> Any:
+    """The transformers model under DDP/DeepSpeed wrappers (accelerate) and PEFT."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return unwrap_peft(extract_model_from_parallel(model))
 
 
 def supervised_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
@@ -91,17 +90,31 @@ def supervised_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch
     """Logits and targets at supervised positions only: ``[n_supervised, vocab]``, ``[n_supervised]``.
 
     Position t predicts token t+1, so hidden state t is kept when label t+1 is
-    supervised. The head (with any token-row overlay) runs on those rows alone.
+    supervised. A forward pre-hook on the head hands it those rows alone, so the
+    head (with any token-row overlay) never produces vocab-sized logits for prompt
+    positions. The call still goes through ``model(...)``, whatever wraps it: under
+    DistributedDataParallel only a forward through the wrapper arms the gradient
+    all-reduce (calling the inner body directly would leave ranks silently unsynced).
     """
-    hf = unwrap_peft(model)
-    hidden = _backbone(hf)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    head = _unwrap(model).get_output_embeddings()
+    if head is None:
+        raise TokengraftError("the model has no output head; set train.supervised_head_only: false")
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX  # [B, T-1]
-    picked = hidden[:, :-1][keep]  # [n, H]
-    logits = hf.get_output_embeddings()(picked)  # [n, V]
-    cap = getattr(hf.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+
+    def select_rows(module: Any, args: tuple) -> tuple:
+        hidden = args[0]  # [B, T, H]
+        if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(input_ids.shape):
+            raise TokengraftError(f"the head of {type(_unwrap(model)).__name__} received hidden states of shape "
+                                  f"{tuple(hidden.shape)}, not [batch, sequence, hidden]; "
+                                  "set train.supervised_head_only: false")
+        return (hidden[:, :-1][keep],) + tuple(args[1:])  # [n, H]
+
+    handle = head.register_forward_pre_hook(select_rows)
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [n, V]
+    finally:
+        handle.remove()
     return logits, targets[keep]
 
 
@@ -133,6 +146,10 @@ def _make_trainer_class():
         def __init__(self, *args: Any, graft_state: Graft, supervised_head_only: bool, base_spec: str,
                      dtype: str, objective: Any = None, **kwargs: Any):
             super().__init__(*args, **kwargs)
+            # compute_loss divides by num_items_in_batch (the supervised-token count over the whole
+            # accumulated, all-rank batch); this tells the Trainer so for every model family, so it
+            # neither divides again by grad_accum nor skips the x world-size that undoes DDP's mean.
+            self.model_accepts_loss_kwargs = True
             self.graft_state = graft_state
             self.supervised_head_only = supervised_head_only and not _uses_prefix(graft_state)
             self.base_spec = base_spec
@@ -148,12 +165,12 @@ def _make_trainer_class():
                 loss = self.objective(logits, targets, count)
             else:
                 loss = causal_lm_loss(logits, targets, count)
+            if count is not None and self.args.average_tokens_across_devices:
+                # `count` covers every rank's tokens, and DDP averages gradients over ranks: scale back
+                # up so the update is the mean over all supervised tokens (what Trainer.compute_loss does).
+                loss = loss * self.accelerator.num_processes
             if not torch.isfinite(loss):
-                raise TokengraftError(
-                    f"the loss became {loss.item()} at step {self.state.global_step}; training stopped before the "
-                    f"update. The last good checkpoint is kept in {self.args.output_dir} "
-                    "(lower train.lr / train.token_lr, or use precision fp32)"
-                )
+                raise non_finite_error("loss", loss.item(), self.state.global_step + 1, self.args.output_dir)
             return (loss, {"logits": logits}) if return_outputs else loss
 
         def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
@@ -168,6 +185,15 @@ def _make_trainer_class():
             restore_trained_tensors(self.graft_state, resume_from_checkpoint)
 
     return GraftTrainer
+
+
+def non_finite_error(what: str, value: float | str, step: int, output_dir: str | Path) -> TokengraftError:
+    done = complete_checkpoints(output_dir)
+    kept = f"the last good checkpoint is {done[-1]}" if done else f"no checkpoint was written yet in {output_dir}"
+    return TokengraftError(
+        f"the {what} became {value} at step {step}; training stopped before that step's update and {kept} "
+        "(lower train.lr / train.token_lr, or use precision fp32)"
+    )
 
 
 def _uses_prefix(g: Graft) -> bool:
@@ -210,10 +236,12 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def discard_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Delete step checkpoints without the completion marker (a kill mid-save); other folders are left alone."""
     run = Path(output_dir)
     removed = []
     for path in run.glob(f"{CHECKPOINT_PREFIX}*"):
-        if path.is_dir() and not (path / COMPLETE_MARKER).is_file():
+        step = path.name[len(CHECKPOINT_PREFIX):]
+        if path.is_dir() and step.isdigit() and not (path / COMPLETE_MARKER).is_file():
             shutil.rmtree(path)
             removed.append(path)
     return removed
@@ -222,17 +250,51 @@ def discard_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
 # ----------------------------------------------------------------------------- callbacks
 
 
-def _callbacks(g: Graft, run_dir: Path, snapshot_steps: int, tokens_per_step: list[int]):
+def rotate_checkpoints(output_dir: str | Path, keep: int | None) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond ``keep``; incomplete ones never count."""
+    done = complete_checkpoints(output_dir)
+    if keep is None or len(done) <= keep:
+        return []
+    removed = done[:len(done) - keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def _callbacks(g: Graft, run_dir: Path, snapshot_steps: int, tokens_per_step: list[int], keep: int | None = None):
+    from accelerate import PartialState
     from transformers import TrainerCallback
 
     class CheckpointMarker(TrainerCallback):
-        """Mark a checkpoint complete after the Trainer has written every file of it."""
+        """Mark a checkpoint complete after every process has written its part, then rotate.
+
+        Every rank writes into the checkpoint (rank r its ``rng_state_r.pth``), so the
+        marker waits at a barrier. Rotation runs here, after the marker, and counts
+        complete checkpoints only: the Trainer's own rotation runs before the marker
+        exists and could delete the last complete checkpoint while the new one is not
+        yet marked, so it is switched off (``save_total_limit=None`` on the Trainer).
+        """
 
         def on_save(self, args, state, control, **kwargs):
+            PartialState().wait_for_everyone()
             if args.should_save:
                 path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
                 if path.is_dir():
                     (path / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+                rotate_checkpoints(args.output_dir, keep)
+
+    class NonFiniteGuard(TrainerCallback):
+        """Refuse an update whose gradients are not finite.
+
+        A loss can be finite while its gradients overflow; applying them would write
+        NaN into the rows, and the next checkpoint would save them. Checked after
+        clipping and the all-reduce, so every rank sees the same verdict.
+        """
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            grads = [p.grad for p in g.model.parameters() if p.requires_grad and p.grad is not None]
+            if grads and not bool(torch.stack([torch.isfinite(x).all() for x in grads]).all()):
+                raise non_finite_error("gradient", "non-finite", state.global_step + 1, args.output_dir)
 
     class Throughput(TrainerCallback):
         """Tokens per second in the progress bar's log lines."""
@@ -252,7 +314,7 @@ def _callbacks(g: Graft, run_dir: Path, snapshot_steps: int, tokens_per_step: li
             mean_tokens = sum(tokens_per_step) / max(1, len(tokens_per_step))
             logs["tokens_per_s"] = round(steps * mean_tokens / elapsed, 1)
 
-    callbacks = [CheckpointMarker(), Throughput()]
+    callbacks = [CheckpointMarker(), NonFiniteGuard(), Throughput()]
     if snapshot_steps and g.rows is not None:
         from .snapshots import RowSnapshots
 
@@ -300,8 +362,18 @@ def build_optimizer(g: Graft, train_cfg: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups)
 
 
-def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: bool = False) -> TrainResult:
-    """Run a recipe end to end and leave a complete run directory at ``output_dir``."""
+def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: bool = False,
+          callbacks: list[Any] | None = None) -> TrainResult:
+    """Run a recipe end to end and leave a complete run directory at ``output_dir``.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (they see the
+    model, state and control like any Trainer callback).
+    """
+    if recipe.task == "classification":  # a classifier head instead of the LM head: classify.py
+        from .classify import train_classifier
+
+        return train_classifier(recipe, output_dir, resume=resume, quiet=quiet, callbacks=callbacks)
+    from accelerate import PartialState
     from transformers import TrainingArguments
 
     from .data import Collator, check_tokens_used, encode_examples
@@ -333,7 +405,9 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
     if not quiet:
         print(report.table())
         print("training data: " + stats.table().replace("\n", "\n  "))
-    (run / "dataset_stats.json").write_text(json.dumps({"train": stats.to_dict(), "audit": report.to_dict()}, indent=2))
+    main_process = PartialState().is_main_process  # under `accelerate launch` only rank 0 writes the run directory
+    if main_process:
+        (run / "dataset_stats.json").write_text(json.dumps({"train": stats.to_dict(), "audit": report.to_dict()}, indent=2))
 
     cfg = recipe.train
     if cfg.gradient_checkpointing:
@@ -349,7 +423,7 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
         logging_steps=cfg.logging_steps, logging_first_step=True,
         eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
         save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit, report_to=list(cfg.report_to) or "none",
+        save_total_limit=None, report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
         use_cpu=device.type == "cpu", prediction_loss_only=True, save_only_model=False,
         **_precision(cfg.precision, device),
@@ -366,13 +440,16 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
         model=g.model, args=args, train_dataset=ListDataset(train_items),
         eval_dataset=ListDataset(eval_items) if eval_items else None,
         data_collator=Collator(tokenizer), optimizers=(build_optimizer(g, cfg), None),
-        callbacks=_callbacks(g, run, cfg.snapshot_steps, tokens_per_step),
+        callbacks=_callbacks(g, run, cfg.snapshot_steps, tokens_per_step, keep=cfg.save_total_limit)
+        + list(callbacks or []),
         graft_state=g, supervised_head_only=cfg.supervised_head_only, base_spec=recipe.model.name,
         dtype=recipe.model.dtype, objective=objective,
     )
     checkpoint = None
     if resume:
-        discard_incomplete_checkpoints(run)
+        if main_process:
+            discard_incomplete_checkpoints(run)
+        PartialState().wait_for_everyone()
         done = complete_checkpoints(run)
         if not done:
             raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; start without --resume")
@@ -386,15 +463,38 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
     g.model.eval()
     from .export import save_graft
 
-    recipe.save(run / "config.yaml")
-    save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
-               extra={"task": recipe.task, "seed": recipe.seed, "train_seconds": round(seconds, 1),
-                      "steps": trainer.state.global_step})
+    world_size = check_ranks_agree(g)
     history = trainer.state.log_history
-    (run / "log_history.json").write_text(json.dumps(history, indent=2))
-    _plot_losses(history, run / "loss.png")
+    if main_process:
+        recipe.save(run / "config.yaml")
+        save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
+                   extra={"task": recipe.task, "seed": recipe.seed, "train_seconds": round(seconds, 1),
+                          "steps": trainer.state.global_step, "world_size": world_size})
+        (run / "log_history.json").write_text(json.dumps(history, indent=2))
+        _plot_losses(history, run / "loss.png")
+    PartialState().wait_for_everyone()  # no rank returns before the run directory is complete
     return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds,
                        steps=trainer.state.global_step)
+
+
+def check_ranks_agree(g: Graft) -> int:
+    """Under data parallelism, make sure every rank ends with the same trained tensors; returns the world size.
+
+    DDP keeps replicas equal only if every update went through its gradient
+    all-reduce; a desync would otherwise go unnoticed, since only rank 0 saves.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 1
+    world = torch.distributed.get_world_size()
+    trained = [p for p in g.model.parameters() if p.requires_grad]
+    mine = torch.stack([p.detach().double().sum() for p in trained] or [torch.zeros((), dtype=torch.float64)])
+    mine = mine.to(trained[0].device if trained else "cpu")
+    every = [torch.empty_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(every, mine)
+    if any(not torch.equal(every[0], other) for other in every[1:]):
+        raise TokengraftError(f"the {world} data-parallel processes ended with different trained weights "
+                              "(their gradients were not synchronised); the run directory was not written")
+    return world
 
 
 def _check_quantization(kind: str) -> None:
