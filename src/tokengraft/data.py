@@ -328,8 +328,10 @@ def check_tokens_used(stats: DatasetStats, tokens: Iterable[str]) -> None:
     unused = [t for t in tokens if (u := stats.tokens.get(t)) is None or (u.read_count == 0 and u.write_count == 0)]
     if unused:
         names = ", ".join(repr(t) for t in unused)
+        dropped = (f" ({stats.dropped_total} example(s) longer than data.max_length were dropped and may have held "
+                   "them: raise data.max_length)") if stats.dropped_total else ""
         raise TokengraftError(f"new token(s) {names} never occur in the training data (neither in prompts nor in "
-                              "completions); add examples that use them or remove them from tokens.add")
+                              f"completions){dropped}; add examples that use them or remove them from tokens.add")
 
 
 # ----------------------------------------------------------------------------- encoding

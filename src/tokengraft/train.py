@@ -411,7 +411,11 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
 
     cfg = recipe.train
     if cfg.gradient_checkpointing:
-        unwrap_peft(g.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        hf = unwrap_peft(g.model)
+        if hasattr(hf, "activation_checkpointing_enable"):  # the name since transformers 5.x; the old one warns
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         unwrap_peft(g.model).config.use_cache = False
     eval_steps = cfg.eval_steps if (eval_items and cfg.eval_steps) else 0
     args = TrainingArguments(
