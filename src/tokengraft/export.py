@@ -142,11 +142,18 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
                 f"{run} was trained on a different base model: fingerprint {meta['base_fingerprint']} expected, "
                 f"{found} found for {meta['base_model']!r}; load it with the base it was trained on"
             )
+    from .models import _has_tokenizer
+
+    if not _has_tokenizer(run):  # transformers 5 would build an empty tokenizer instead of failing
+        raise TokengraftError(f"{run} is incomplete: its tokenizer (tokenizer.json) is missing; re-run training or restore it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(run))
     except (OSError, ValueError) as exc:
         raise TokengraftError(f"{run}: tokenizer files are missing or damaged ({str(exc).splitlines()[0]})") from None
     settings = TokenSettings(**meta["settings"])
+    base_embedding, base_head = unwrap_peft(model).get_input_embeddings(), unwrap_peft(model).get_output_embeddings()
+    _check_rows_file(run / ROWS_FILE, rows_state, base_embedding.weight.shape[1],
+                     untied=base_head is not None and base_head.weight is not base_embedding.weight)
     ids = [int(i) for i in rows_state["ids"].tolist()]
     if sorted(ids) != sorted(meta["trainable_ids"]):
         raise TokengraftError(f"{run / ROWS_FILE} does not match {GRAFT_FILE} (different token ids); the run directory is damaged")
@@ -177,6 +184,21 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
     return Graft(model=model, tokenizer=tokenizer, settings=settings, report=report, trainable_ids=ids,
                  rows=rows, methods=methods_state, base_fingerprint=meta["base_fingerprint"],
                  method_configs=meta.get("methods") or [])
+
+
+def _check_rows_file(path: Path, state: dict[str, torch.Tensor], hidden: int, *, untied: bool) -> None:
+    """A rows file with a missing tensor or a wrong shape is damaged: say so before any indexing fails.
+
+    An untied model without ``output`` rows would silently reuse the input rows as its head.
+    """
+    for key in ("ids", "input") + (("output",) if untied else ()):
+        if key not in state:
+            raise TokengraftError(f"{path} is damaged: tensor {key!r} is missing; re-run training or restore it")
+    n = state["ids"].numel()
+    for key in ("input", "output"):
+        if key in state and tuple(state[key].shape) != (n, hidden):
+            raise TokengraftError(f"{path} is damaged: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                                  f"expected ({n}, {hidden}) for {n} token ids and this base model's width")
 
 
 def _report_from_meta(meta: dict[str, Any]):

@@ -162,7 +162,11 @@ def graft(
     if settings.backend not in BACKENDS:
         raise TokengraftError(f"tokens.backend is {settings.backend!r}; use one of {', '.join(BACKENDS)}")
     from .models import fingerprint
+    from .rows import tied_sides_error
 
+    embedding, head = unwrap_peft(model).get_input_embeddings(), unwrap_peft(model).get_output_embeddings()
+    if settings.sides != "both" and head is not None and head.weight is embedding.weight:
+        raise tied_sides_error(settings.sides)  # before anything is added: the tokenizer stays untouched
     base_fingerprint = fingerprint(model)
     resize = settings.backend != "rows"
     report = add_tokens(
@@ -196,7 +200,7 @@ def graft(
     else:
         model, result.methods = _apply_methods(model, tokenizer, method_configs or [], methods_dir)
         result.model = model
-        _wrap_modules_to_save(model, settings.sides)
+        _wrap_modules_to_save(model, settings.sides, trainable_ids)
     return result
 
 
@@ -232,11 +236,15 @@ def _inject_trainable_tokens(model: Any, ids: list[int], sides: str) -> None:
         inject_adapter_in_model(TrainableTokensConfig(target_modules=targets, token_indices=ids), hf)
 
 
-def _wrap_modules_to_save(model: Any, sides: str) -> None:
+def _wrap_modules_to_save(model: Any, sides: str, trainable_ids: list[int]) -> None:
     """The references' way: whole embedding matrices trainable through PEFT's ModulesToSaveWrapper.
 
     On a tied model the head is re-pointed at the trainable copy of the embedding
-    so tying survives (PEFT alone would train two diverging copies).
+    so tying survives (PEFT alone would train two diverging copies). The copies'
+    gradients are masked to ``trainable_ids`` (reference 004's gradient mask), so
+    this backend teaches the same tokens as the others and leaves every other
+    row untouched (with weight decay 0 on the token group, as train.py sets);
+    the full vocab x hidden gradient is still allocated, which is its cost.
     """
     from peft.utils.other import _set_trainable
 
@@ -252,3 +260,15 @@ def _wrap_modules_to_save(model: Any, sides: str) -> None:
     if tied:
         wrapper = hf.get_input_embeddings()
         head.weight = next(iter(wrapper.modules_to_save.values())).weight
+    seen: set[int] = set()
+    for module in (hf.get_input_embeddings(), hf.get_output_embeddings()):
+        copies = getattr(module, "modules_to_save", None)
+        if copies is None:
+            continue
+        weight = next(iter(copies.values())).weight
+        if id(weight) in seen:  # tied: one copy, one hook
+            continue
+        seen.add(id(weight))
+        mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        mask[torch.tensor(trainable_ids, dtype=torch.long, device=weight.device)] = 1.0
+        weight.register_hook(lambda grad, mask=mask: grad * mask)

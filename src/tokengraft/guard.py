@@ -37,6 +37,9 @@ def preflight(g: Graft) -> None:
             raise TokengraftError(
                 f"token {token!r} is split into {len(pieces)} pieces by the tokenizer: it was not added as one token"
             )
+    # When nothing trains at all, say so rather than blaming one side.
+    if not any(p.requires_grad for p in g.model.parameters()):
+        raise TokengraftError("nothing is trainable: no token rows and no method selected any parameter")
     sides = g.settings.sides
     if sides in ("both", "input") and not _trains(hf.get_input_embeddings()):
         raise TokengraftError(
@@ -51,8 +54,6 @@ def preflight(g: Graft) -> None:
         missing = sorted(set(g.trainable_ids) - set(g.rows.ids.tolist()))
         if missing:
             raise TokengraftError(f"token ids {missing} have no trainable row")
-    if not any(p.requires_grad for p in g.model.parameters()):
-        raise TokengraftError("nothing is trainable: no token rows and no method selected any parameter")
 
 
 @dataclass

@@ -205,6 +205,14 @@ def _set_vocab_size(hf: Any, rows: int) -> None:
         hf.vocab_size = rows
 
 
+def tied_sides_error(sides: str) -> TokengraftError:
+    """A tied model has one row per token for READ and WRITE: one side alone cannot be trained or exported."""
+    return TokengraftError(
+        f"tokens.sides is {sides!r} but this model ties its input and output embeddings: each token has one row "
+        "that it both READS and WRITES, so one side cannot train alone (nor be saved apart); use tokens.sides: both"
+    )
+
+
 def attach_rows(
     model: Any,
     ids: list[int],
@@ -230,6 +238,8 @@ def attach_rows(
     if isinstance(embedding, RowEmbedding) or isinstance(head, RowHead):
         raise TokengraftError("this model already has token rows attached")
     tied = head is not None and head.weight is embedding.weight
+    if tied and sides != "both":
+        raise tied_sides_error(sides)
     order = sorted(range(len(ids)), key=lambda i: ids[i])
     id_tensor = torch.tensor([ids[i] for i in order], dtype=torch.long)
     if len(set(ids)) != len(ids):
