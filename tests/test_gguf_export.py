@@ -246,3 +246,158 @@ def test_detect_pre_tokenizer_shapes() -> None:
         {"type": "Digits", "individual_digits": True}, {"type": "ByteLevel", "use_regex": True}]}) == "smollm"
     assert detect_pre_tokenizer({"type": "Metaspace"}) is None
     assert detect_pre_tokenizer(None) is None
+
+
+# ----------------------------------------------------------------------------- llama.cpp proof (slow)
+#
+# The built-in model, a short <PASS> run, llama-cpp-python (``pip install tokengraft[gguf]``).
+# ``TOKENGRAFT_PASS_RUN=/path/to/run`` reuses a finished run instead of training 60 steps here.
+# The same measurement as a command: ``python tests/test_gguf_export.py RUN_DIR [N_PER_KIND]``.
+
+
+def _test_rows(run: Path, per_kind: int) -> tuple[list[str], list[str]]:
+    import json
+
+    rows = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines() if line.strip()]
+    unanswerable = [r["prompt"] for r in rows if r.get("answerable") is False][:per_kind]
+    answerable = [r["prompt"] for r in rows if r.get("answerable") is True][:per_kind]
+    return unanswerable, answerable
+
+
+def _hf_greedy(model, ids: list[int], steps: int, stop: set[int], bias: dict[int, float]) -> list[int]:
+    out, past, inputs = [], None, torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(steps):
+            result = model(input_ids=inputs, past_key_values=past, use_cache=True)
+            past, logits = result.past_key_values, result.logits[0, -1].clone()
+            for i, b in bias.items():
+                logits[i] += b
+            token = int(logits.argmax())
+            out.append(token)
+            if token in stop:
+                break
+            inputs = torch.tensor([[token]])
+    return out
+
+
+def _llama_greedy(llm, ids: list[int], steps: int, stop: set[int], bias: dict[int, float]) -> list[int]:
+    llm.reset()
+    llm.eval(ids)
+    out = []
+    for _ in range(steps):
+        logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        for i, b in bias.items():
+            logits[i] += b
+        token = int(logits.argmax())
+        out.append(token)
+        if token in stop:
+            break
+        llm.eval([token])
+    return out
+
+
+def measure_llama_cpp(run: Path, gguf_path: Path, per_kind: int = 20, steps: int = 12) -> dict:
+    """Load ``gguf_path`` in llama.cpp and compare it with the merged transformers model of ``run``."""
+    from llama_cpp import Llama
+
+    model, tok = _merged(run)
+    pass_id = tok.convert_tokens_to_ids("<PASS>")
+    unanswerable, answerable = _test_rows(run, per_kind)
+    stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
+    llm = Llama(model_path=str(gguf_path), n_ctx=512, logits_all=True, verbose=False, seed=0, n_threads=2)
+    result = {"gguf": gguf_path.name, "pass_id": pass_id,
+              "pass_tokenized": llm.tokenize(b"<PASS>", add_bos=False, special=True),
+              "pass_text_plain": llm.tokenize(b"<PASS>", add_bos=False, special=False)}
+    same_ids = top1_last = top1_all = positions = 0
+    greedy_same = 0
+    llama_first: dict[str, list[int]] = {"unanswerable": [], "answerable": []}
+    hf_first: dict[str, list[int]] = {"unanswerable": [], "answerable": []}
+    samples = []
+    for kind, prompts in (("unanswerable", unanswerable), ("answerable", answerable)):
+        for prompt in prompts:
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                           tokenize=False)
+            hf_ids = tok(text, add_special_tokens=False)["input_ids"]
+            ll_ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+            same_ids += ll_ids == hf_ids
+            with torch.no_grad():
+                hf_logits = model(torch.tensor([hf_ids])).logits[0].numpy()
+            llm.reset()
+            llm.eval(hf_ids)
+            ll_logits = np.array(llm.scores[: len(hf_ids)], dtype=np.float32)
+            agree = ll_logits.argmax(-1) == hf_logits.argmax(-1)
+            top1_all += int(agree.sum())
+            positions += len(hf_ids)
+            top1_last += bool(agree[-1])
+            ll_out = _llama_greedy(llm, ll_ids, steps, stop, {})
+            hf_out = _hf_greedy(model, hf_ids, steps, stop, {})
+            greedy_same += ll_out == hf_out
+            llama_first[kind].append(ll_out[0])
+            hf_first[kind].append(hf_out[0])
+            if len(samples) < 4 or kind == "answerable" and len(samples) < 8:
+                samples.append({"kind": kind, "prompt": prompt,
+                                "llama_cpp": llm.detokenize(ll_out, special=True).decode("utf-8", "replace")})
+    n = len(unanswerable) + len(answerable)
+    result.update({
+        "prompts": n, "tokenization_agreement": same_ids / n,
+        "top1_agreement_last_position": top1_last / n, "top1_agreement_all_positions": top1_all / positions,
+        "greedy_sequence_agreement": greedy_same / n,
+        "llama_cpp_pass_rate_unanswerable": float(np.mean([t == pass_id for t in llama_first["unanswerable"]])),
+        "llama_cpp_pass_rate_answerable": float(np.mean([t == pass_id for t in llama_first["answerable"]])),
+        "transformers_pass_rate_unanswerable": float(np.mean([t == pass_id for t in hf_first["unanswerable"]])),
+        "transformers_pass_rate_answerable": float(np.mean([t == pass_id for t in hf_first["answerable"]])),
+        "samples": samples,
+    })
+    return result
+
+
+def _pass_run(tmp_path: Path) -> Path:
+    reuse = os.environ.get("TOKENGRAFT_PASS_RUN")
+    if reuse:
+        return Path(reuse)
+    from tokengraft.config import load_recipe
+    from tokengraft.demo import recipe_path
+    from tokengraft.train import train
+
+    recipe = load_recipe(recipe_path("pass"), ["train.max_steps=60", "train.save_steps=0", "train.eval_steps=0"])
+    run = tmp_path / "pass"
+    train(recipe, run, quiet=True)
+    return run
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_pass_graft(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="pip install 'tokengraft[gguf]' (llama-cpp-python) for this proof")
+    run = _pass_run(tmp_path)
+    for kind in ("f32", "f16", "q8_0"):
+        out = export_gguf(run, tmp_path / f"pass-{kind}.gguf", tensor_type=kind)
+        m = measure_llama_cpp(run, out, per_kind=10, steps=8)
+        print(kind, {k: v for k, v in m.items() if k != "samples"})
+        assert m["pass_tokenized"] == [m["pass_id"]]  # one token, our id
+        assert len(m["pass_text_plain"]) > 1  # a CONTROL token: plain text is not parsed into it
+        assert m["tokenization_agreement"] == 1.0
+        # what llama.cpp decides at the first answer token is what transformers decides
+        assert m["llama_cpp_pass_rate_unanswerable"] == m["transformers_pass_rate_unanswerable"] or kind != "f32"
+        if kind == "f32":
+            assert m["top1_agreement_last_position"] == 1.0
+            assert m["top1_agreement_all_positions"] >= 0.98
+        else:
+            assert m["top1_agreement_last_position"] >= 0.9
+        assert m["llama_cpp_pass_rate_unanswerable"] >= 0.5
+        assert m["llama_cpp_pass_rate_answerable"] <= 0.3
+
+
+if __name__ == "__main__":  # python tests/test_gguf_export.py RUN_DIR [N_PER_KIND]
+    import json
+    import sys
+    import tempfile
+
+    run_dir = Path(sys.argv[1])
+    per = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+    with tempfile.TemporaryDirectory() as tmp:
+        report = {}
+        for kind in ("f32", "f16", "q8_0"):
+            path = export_gguf(run_dir, Path(tmp) / f"pass-{kind}.gguf", tensor_type=kind)
+            report[kind] = measure_llama_cpp(run_dir, path, per_kind=per)
+            report[kind]["file_mb"] = round(path.stat().st_size / 2**20, 1)
+    print(json.dumps(report, indent=2))
