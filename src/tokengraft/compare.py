@@ -23,7 +23,7 @@ METRIC_KEYS = {
     "pass": ("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy", "aurc"),
     "style": ("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"),
     "lexicon": ("bits_per_byte", "tokens_per_byte"),
-    "classification": ("accuracy",),
+    "classification": ("accuracy", "macro_accuracy"),
 }
 
 # Run in a fresh interpreter: trains one recipe and prints a JSON line with its measurements.
@@ -81,7 +81,7 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
             _copy_eval_splits(out / names[0] / "data", run / "data")
         row = {"recipe": name, **measured,
                "seconds_per_step": measured["train_seconds"] / max(1, measured["steps"])}
-        if evaluate and recipe.task in ("pass", "style", "lexicon"):
+        if evaluate and recipe.task in ("pass", "style", "lexicon", "classification"):
             from .evaluate import evaluate_run
 
             metrics = evaluate_run(run, limit=eval_limit)

@@ -35,7 +35,7 @@ from .errors import TokengraftError
 
 BUILTIN_MODEL = "smollm2-135m-instruct"  # models.BUILTIN_ALIAS, repeated so `validate` stays import-light
 INIT_STRATEGIES = ("mean", "hewitt", "text", "subwords", "spherical", "random")
-GENERATOR_TASKS = ("pass", "style", "lexicon")  # tasks that can write their own data (data.generate)
+GENERATOR_TASKS = ("pass", "style", "lexicon", "classification")  # tasks that can write their own data (data.generate)
 TASK_TOKENS = {"pass": ["<PASS>"], "style": ["<STYLE_TERSE>", "<STYLE_VERBOSE>"]}
 # Familiar names from transformers/PEFT, so a habit gets a precise hint.
 ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs", "per_device_train_batch_size":

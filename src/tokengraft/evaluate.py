@@ -44,6 +44,12 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
     meta = read_graft_meta(run)
     recipe = _load_recipe(run)
     task = recipe.task
+    if task == "classification":  # no generation and no base model to compare: classify.py scores it
+        from .classify import evaluate_classification
+
+        result = {"task": task, **evaluate_classification(run, limit=limit)}
+        (run / "metrics.json").write_text(json.dumps(result, indent=2))
+        return result
     if task not in ("pass", "style", "lexicon"):
         raise TokengraftError(f"task {task!r} has no metrics; eval supports pass, style and lexicon runs")
     g = load_graft(run, device=recipe.model.device)

@@ -54,6 +54,10 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
         if not words:
             raise TokengraftError("the lexicon miner found no word; lower data.generate_options.min_count or min_pieces")
         return splits, words
+    if task == "classification":
+        from . import classify_data
+
+        return classify_data.generate_splits(seed=recipe.seed, **options), []
     raise TokengraftError(f"task {task!r} has no data generator; set data.generate: false and give data.train")
 
 
