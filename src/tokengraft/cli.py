@@ -99,6 +99,31 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- plan
+
+
+def _configure_plan(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="recipe YAML file")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.batch_size=1 (put --flags before CONFIG)")
+    parser.add_argument("--budget", default=None, help="device memory to fit, e.g. 15GB (GB = GiB); exit code 1 when over")
+    parser.add_argument("--json", action="store_true", help="every line item in bytes, the total and the verdict as JSON")
+    parser.add_argument("--new-tokens", type=int, default=None,
+                        help="number of new tokens (for a lexicon task before mining; overrides tokens.add/add_file)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="plan for this device (default: model.device; auto = cuda when present or quantized)")
+    parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: scanned data, else data.max_length)")
+    parser.add_argument("--supervised-tokens", type=int, default=None,
+                        help="supervised positions per micro-batch (default: scanned data, else every position)")
+
+
+@command("plan", "per-device memory budget of a recipe, from the config alone (no weights loaded)", _configure_plan)
+def _plan(args: argparse.Namespace) -> int:
+    from .plan_report import run_plan
+
+    return run_plan(args.config, args.overrides, budget=args.budget, as_json=args.json, new_tokens=args.new_tokens,
+                    device=args.device, seq_len=args.seq_len, supervised_tokens=args.supervised_tokens)
+
+
 # ----------------------------------------------------------------------------- train / eval / generate / export / demo
 
 
