@@ -240,6 +240,30 @@ def test_non_byte_level_tokenizer_is_a_clear_error(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*partial"))
 
 
+def test_llama_cpp_reads_the_tiny_export(tied_run: Path, tied_f32: Path) -> None:
+    """llama.cpp itself: token types behave as intended and logits match transformers (f32)."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'tokengraft[gguf]')")
+    model, tok = _merged(tied_run)
+    llm = llama_cpp.Llama(model_path=str(tied_f32), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+    pass_id, style_id = tok.convert_tokens_to_ids(["<PASS>", "<STYLE_TERSE>"])
+    assert llm.n_vocab() == model.get_input_embeddings().weight.shape[0]
+    assert llm.tokenize(b"<PASS>", add_bos=False, special=True) == [pass_id]
+    assert pass_id not in llm.tokenize(b"<PASS>", add_bos=False, special=False)  # CONTROL: only when asked
+    assert llm.tokenize(b"<STYLE_TERSE>", add_bos=False, special=False) == [style_id]  # USER_DEFINED: always
+    assert llm.detokenize([pass_id]) == b"" and llm.detokenize([pass_id], special=True) == b"<PASS>"
+    assert llm.detokenize([style_id]) == b"<STYLE_TERSE>"
+    text = tok.apply_chat_template([{"role": "user", "content": "the tin in the"}], add_generation_prompt=True,
+                                   tokenize=False) + "<STYLE_TERSE><PASS>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)], dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+
 def test_detect_pre_tokenizer_shapes() -> None:
     assert detect_pre_tokenizer({"type": "ByteLevel", "use_regex": True}) == "gpt-2"
     assert detect_pre_tokenizer({"type": "Sequence", "pretokenizers": [
