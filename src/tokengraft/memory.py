@@ -24,17 +24,16 @@ rows trained. ``plan(recipe)`` builds that table from the config alone:
   PEFT's merged matrix copy, quantised weights) follows from shapes; each formula's
   comment says where it comes from.
 
-The peak is the largest of the step's phases (forward/backward start, backward
-end, optimiser step) on top of what lives across steps. ``assemble`` turns the
-measured facts into a `Plan` for any choice of the cheap knobs (batch size,
-backend, checkpointing, optimiser, ...), which is how the advice computes what a
-change would save without tracing again.
+The peak is the largest of the moments of a step (loss, head backward, blocks
+backward, backward end, optimiser step) on top of what lives across steps.
+`gather` here measures the facts; ``plan_report.assemble`` turns them into a `Plan`
+for any choice of the cheap knobs (batch size, backend, checkpointing, optimiser,
+...), which is how the advice computes what a change would save without tracing again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +50,6 @@ DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, 
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # LLM.int8: one int8 per weight plus an fp32 scale per output row (added separately).
 INT8_BYTES_PER_PARAM = 1.0
-# A CUDA context plus cuBLAS/cuDNN workspaces, outside PyTorch's allocator (typical 0.3-0.8 GiB).
-CUDA_CONTEXT_BYTES = int(0.5 * GiB)
-# PyTorch's caching allocator rounds and fragments: a few percent over live tensor bytes.
-CUDA_ALLOCATOR_SLACK = 0.05
-# On CPU: the Trainer, accelerate, the data loader and autograd bookkeeping during a step,
-# measured on this machine (benchmarks/plan_vs_measured.py) as RSS growth not explained by tensors.
-CPU_FRAMEWORK_BYTES = 24 * 1024**2
 PLAN_ATTENTION = "tokengraft_plan"
 
 
@@ -181,10 +173,6 @@ class Facts:
     trace: ActivationTrace
     block_input_bytes: int  # one block's input hidden state at (batch, seq_len): what checkpointing keeps
     notes: list[str] = field(default_factory=list)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape) if shape else 1
 
 
 def _weights_bytes(model: Any, arch: Any, quant: str, dtype_bytes: int) -> tuple[int, str]:
@@ -457,6 +445,7 @@ class Workload:
     seq_len: int  # longest sequence of the largest batch (batches are padded to their longest)
     supervised: int  # supervised positions in that batch (labels != -100)
     source: str  # how these were found
+    padded: bool = True  # batches carry a padding mask (examples of different lengths)
 
 
 def _token_count(recipe: Any, tokenizer: Any, new_tokens: int | None, notes: list[str]) -> tuple[int, int, list[str]]:
@@ -500,12 +489,14 @@ def _workload(recipe: Any, tokenizer: Any, tokens: list[str], seq_len: int | Non
             longest = max(len(i["input_ids"]) for i in items)
             counts = sorted((sum(1 for x in i["labels"][1:] if x != -100) for i in items), reverse=True)
             worst = sum(counts[:batch])
+            same_length = len({len(i["input_ids"]) for i in items}) == 1
             return Workload(min(batch, len(items)), longest, worst,
-                            f"scanned {len(items):,} training examples (longest {longest} tokens)")
+                            f"scanned {len(items):,} training examples (longest {longest} tokens)",
+                            padded=batch > 1 and not same_length)
     t = seq_len or max_length
     n = supervised if supervised is not None else batch * (t - 1)
     how = "given" if (seq_len or supervised is not None) else "worst case: every position at data.max_length supervised"
-    return Workload(batch, t, min(n, batch * (t - 1)), how)
+    return Workload(batch, t, min(n, batch * (t - 1)), how, padded=batch > 1)
 
 
 # --- gather ------------------------------------------------------------------------------------
@@ -587,8 +578,7 @@ def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", s
     if compute_bytes != dtype_bytes:  # trace in the dtype activations will have (autocast / quantised compute)
         model.to(torch.bfloat16 if compute_bytes == 2 else torch.float32)
     input_grad = recipe.tokens.sides in ("both", "input") and (n_new + n_existing) > 0
-    padded = workload.batch > 1  # a batch of one is never padded
-    trace = trace_activations(model, arch, workload.batch, workload.seq_len, input_grad=input_grad, padded=padded,
+    trace = trace_activations(model, arch, workload.batch, workload.seq_len, input_grad=input_grad, padded=workload.padded,
                               device=device)
     if trace.kernel == "traced-math":
         notes.append(f"{arch.model_type} calls attention its own way: counted with the math kernel "
@@ -605,229 +595,6 @@ def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", s
     return facts, workload
 
 
-# ----------------------------------------------------------------------------- assemble (cheap)
-
-
-@dataclass
-class Knobs:
-    """The settings the advice may change; everything else is fixed by the facts."""
-
-    backend: str
-    sides: str
-    gradient_checkpointing: bool
-    supervised_head_only: bool
-    batch: int
-    grad_accum: int
-    optimizer: str
-    device: str
-    quantization: str = "none"
-
-    @classmethod
-    def from_recipe(cls, recipe: Any, device: str, batch: int) -> "Knobs":
-        t = recipe.train
-        head_only = t.supervised_head_only and not any(
-            (m.type if hasattr(m, "type") else m.get("type")) == "prefix" for m in recipe.methods)
-        return cls(backend=recipe.tokens.backend, sides=recipe.tokens.sides,
-                   gradient_checkpointing=t.gradient_checkpointing, supervised_head_only=head_only,
-                   batch=batch, grad_accum=t.grad_accum, optimizer=t.optimizer, device=device,
-                   quantization=recipe.model.quantization)
-
-
-def _optimizer_state(shapes: list[tuple[int, int, tuple[int, ...]]], optimizer: str) -> int:
-    """AdamW: exp_avg and exp_avg_sq like the parameter (torch keeps them in the parameter's dtype).
-    Adafactor (beta1 None, as build_optimizer makes it): a row and a column second-moment
-    vector for each matrix, a full one for vectors."""
-    total = 0
-    for numel, size, shape in shapes:
-        if optimizer == "adafactor":
-            total += (_numel(shape[:-1]) + shape[-1]) * size if len(shape) >= 2 else numel * size
-        else:
-            total += 2 * numel * size
-    return total
-
-
-def _optimizer_temp(groups: list[list[tuple[int, int, tuple[int, ...]]]], optimizer: str, device: str) -> int:
-    """Temporaries of one optimiser step, per parameter group (build_optimizer: token rows, then the rest).
-
-    Single-tensor AdamW (CPU) computes ``denom = sqrt(v) / c`` (two temporaries) while the
-    previous parameter's ``denom`` is still bound to the loop variable: previous + 2 x current.
-    Foreach AdamW (CUDA) takes the square roots of a whole group at once: 1 x the group.
-    Adafactor (transformers) works in fp32 one parameter at a time: grad^2 and grad^2 + eps (or
-    the update and its negation) while the previous parameter's update is still bound;
-    half-precision parameters add fp32 copies of the gradient and the parameter.
-    """
-    worst = 0
-    for shapes in groups:
-        previous = 0
-        for numel, size, _ in shapes:
-            if optimizer == "adafactor":
-                half = size != 4
-                here = previous + 2 * numel * 4 + (2 * numel * 4 if half else 0)
-                previous = numel * 4 * (2 if half else 1)  # the last update (+ the fp32 parameter copy)
-            elif device == "cuda":
-                here = sum(n * s for n, s, _ in shapes)
-            else:
-                here = previous + 2 * numel * size
-                previous = numel * size
-            worst = max(worst, here)
-    return worst
-
-
-def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | None = None) -> Plan:
-    """Combine measured facts with the knobs into a peak, moment by moment.
-
-    What lives across steps (weights, trainable copies, optimiser state from step 2 on)
-    is under every moment. On top of it, the moments of one step:
-
-    - loss: every saved activation + the logits working set (+ PEFT's merged head copy,
-      which the head keeps for backward);
-    - head backward: every saved activation + the gradient of the logits + the dense
-      head gradient (full and peft backends);
-    - blocks backward: the block activations + one block's working gradients (with
-      checkpointing: the block inputs + one block recomputed) + head gradients that persist;
-    - backward end: every gradient + the dense embedding gradient the last op makes;
-    - optimizer step: every gradient + the step's temporaries.
-    """
-    H, c = facts.hidden, facts.compute_dtype_bytes
-    scale = knobs.batch / work.batch  # activations and logits scale exactly with the batch
-    n_sup = max(1, round(work.supervised * scale))
-    tokens = knobs.batch * work.seq_len
-    rows_trained = facts.new_tokens + facts.existing_trained
-    two_sided = knobs.sides == "both" and not facts.tied and facts.head_rows is not None
-    V = facts.vocab_after if knobs.backend != "rows" else facts.vocab_rows  # logits width after grafting
-    row_bytes = facts.matrix_bytes_per_row
-    persistent: dict[str, tuple[int, str, str]] = {}  # key -> (bytes, label, detail)
-
-    def put(key: str, value: int, label: str, detail: str = "") -> None:
-        if value:
-            persistent[key] = (int(value), label, detail)
-
-    weight_bytes, weight_detail = facts.weights_by_quant[knobs.quantization]
-    put("weights", weight_bytes, "frozen base weights", weight_detail)
-    sides_n = 2 if two_sided else 1
-    token_shapes: list[tuple[int, int, tuple[int, ...]]] = []
-    head_dense_grad = head_grad_kept = emb_grad_transient = merged_head = 0
-    head_trains = knobs.sides != "input" and facts.head_rows is not None
-    if rows_trained:
-        if knobs.backend == "rows":
-            # Row parameters are fp32 [n, H] (rows.py) beside the frozen matrices; no resize.
-            token_shapes = [(rows_trained * H, 4, (rows_trained, H))] * sides_n
-            put("token_rows", rows_trained * H * 4 * sides_n, "token rows (rows backend)",
-                f"{rows_trained:,} x {H} fp32 x {sides_n} side(s)")
-        else:
-            resize = (facts.vocab_after - facts.base_rows) * row_bytes * (1 if facts.tied or facts.head_rows is None else 2)
-            put("resized_rows", resize, "rows added to the base matrices by resizing",
-                f"{facts.base_rows:,} -> {facts.vocab_after:,} rows")
-            if knobs.backend == "peft":
-                # TrainableTokens: a delta [n, H] in the weight dtype per wrapped matrix ...
-                token_shapes = [(rows_trained * H, facts.load_dtype_bytes, (rows_trained, H))] * sides_n
-                put("token_rows", rows_trained * row_bytes * sides_n, "token deltas (PEFT trainable tokens)",
-                    f"{rows_trained:,} x {H} x {sides_n} side(s)")
-                # ... and every forward builds W.index_copy(delta): a full [V, H] copy. The head's copy
-                # is saved for backward (F.linear needs it) and its gradient is a dense [V, H] too;
-                # the embedding's dense gradient comes last, before its rows are gathered.
-                if head_trains:
-                    merged_head = head_dense_grad = V * row_bytes
-                emb_grad_transient = V * row_bytes if knobs.sides != "output" else 0
-            else:  # full: PEFT modules_to_save, a trainable copy of each whole matrix
-                token_shapes = [(V * H, facts.load_dtype_bytes, (V, H))] * sides_n
-                put("token_rows", V * row_bytes * sides_n, "trainable matrix copies (full backend)",
-                    f"{V:,} x {H} x {sides_n} matri{'ces' if sides_n > 1 else 'x'}")
-                head_dense_grad = head_grad_kept = V * row_bytes if head_trains else 0
-                # Tied: the head's gradient lands first, the embedding's dense gradient is added at
-                # the end (a second [V, H] for a moment). Untied: that gradient *is* the .grad.
-                emb_grad_transient = V * row_bytes if (facts.tied and knobs.sides == "both") else 0
-    put("method_params", sum(n * s for n, s, _ in facts.method_params), "method weights (" + "+".join(facts.method_names) + ")",
-        f"{sum(n for n, _, _ in facts.method_params):,} params")
-    trainable_shapes = token_shapes + facts.method_params + facts.unfrozen_params
-    grads = sum(n * s for n, s, _ in trainable_shapes)
-    put("optimizer_state", _optimizer_state(trainable_shapes, knobs.optimizer), f"optimizer state ({knobs.optimizer})",
-        "2 moments per parameter" if knobs.optimizer == "adamw" else "factored second moments")
-
-    tr = facts.trace
-    blocks_saved = sum(tr.per_block) * scale
-    widest_block = max(tr.per_block or [0]) * scale
-    outside = tr.outside * scale
-    per_token = sum(tr.per_block) / max(1, facts.num_blocks * work.batch * work.seq_len)
-    if knobs.gradient_checkpointing:
-        # Each block keeps only its input; backward recomputes one block at a time.
-        resident = facts.num_blocks * facts.block_input_bytes * scale + outside
-        in_backward = resident + widest_block
-        act_detail = f"checkpointed: {facts.num_blocks} block inputs; {gib(widest_block)} while one block is recomputed"
-    else:
-        resident = in_backward = blocks_saved + outside
-        act_detail = f"{facts.num_blocks} blocks x {per_token / 1024:.1f} KiB/token, attention {tr.kernel}"
-    act_label = f"activations (batch {knobs.batch} x {work.seq_len} tokens)"
-    # Backward works through one block at a time: the residual-stream gradient (twice: in and
-    # out of the block) plus gradients of the block's widest intermediates.
-    bwd_work = 2 * H * c * tokens + 0.25 * widest_block
-    loss_set, logit_grad, logit_detail = _logits(knobs, work, n_sup, V, c)
-    accumulated = {"grads_accumulated": (grads, "gradients held across micro-batches", f"grad_accum {knobs.grad_accum}")} \
-        if knobs.grad_accum > 1 else {}
-    moments: dict[str, dict[str, tuple[int, str, str]]] = {
-        "loss": {"activations": (int(resident), act_label, act_detail),
-                 "logits": (int(loss_set), "logits, log-softmax and their gradient", logit_detail),
-                 "peft_merged_head": (merged_head, "PEFT merged head copy (kept for backward)", f"{V:,} x {H}"),
-                 **accumulated},
-        "head backward": {"activations": (int(resident), act_label, act_detail),
-                          "logits_grad": (int(logit_grad), "gradient of the logits", logit_detail),
-                          "peft_merged_head": (merged_head, "PEFT merged head copy (kept for backward)", f"{V:,} x {H}"),
-                          "head_grad": (head_dense_grad, "dense head gradient", f"{V:,} x {H}"),
-                          **accumulated},
-        "blocks backward": {"activations": (int(in_backward), act_label, act_detail),
-                            "backward_work": (int(bwd_work), "backward working gradients", "residual stream + one block"),
-                            "head_grad": (head_grad_kept, "head gradient (kept)", f"{V:,} x {H}"),
-                            **accumulated},
-        "backward end": {"grads": (grads, "gradients of the trainable parameters", ""),
-                         "embedding_dense_grad": (emb_grad_transient, "dense embedding gradient (last op of backward)",
-                                                  f"{V:,} x {H}")},
-        "optimizer step": {"grads": (grads, "gradients of the trainable parameters", ""),
-                           "optimizer_temp": (_optimizer_temp([token_shapes, facts.method_params + facts.unfrozen_params],
-                                                              knobs.optimizer, knobs.device),
-                                              "optimizer step temporaries", "")},
-    }
-    base = sum(v[0] for v in persistent.values())
-    raw = {name: base + sum(v[0] for v in parts.values()) for name, parts in moments.items()}
-    if knobs.device == "cuda":
-        overhead = {name: int(CUDA_CONTEXT_BYTES + CUDA_ALLOCATOR_SLACK * value) for name, value in raw.items()}
-        over_label = "CUDA context + allocator slack"
-    else:
-        overhead = {name: CPU_FRAMEWORK_BYTES for name in raw}
-        over_label = "framework (Trainer, autograd bookkeeping)"
-    phases = {name: raw[name] + overhead[name] for name in raw}
-    peak_phase = max(phases, key=lambda k: phases[k])
-    line_items = [LineItem(k, label, v, d) for k, (v, label, d) in persistent.items()]
-    line_items += [LineItem(k, label, v, d) for k, (v, label, d) in moments[peak_phase].items() if v]
-    line_items.append(LineItem("overhead", over_label, overhead[peak_phase], ""))
-    every = {k: v[0] for k, v in persistent.items()}
-    for parts in moments.values():
-        for k, v in parts.items():
-            if v[0]:
-                every[k] = max(every.get(k, 0), int(v[0]))
-    every["overhead"] = overhead[peak_phase]
-    return Plan(items=line_items, phases=phases, peak_phase=peak_phase, total=phases[peak_phase],
-                budget=recipe_budget, device=knobs.device, assumptions={}, all_items=every,
-                loaded_weights=weight_bytes)
-
-
-def _logits(knobs: Knobs, work: Workload, n_sup: int, V: int, c: int) -> tuple[int, int, str]:
-    """(working set around the loss, gradient reaching the head, description).
-
-    Supervised-only head: logits for the n supervised positions only. Cross-entropy keeps
-    the fp32 log-softmax; its backward holds it with the incoming gradient and the outgoing
-    one: 3 x n x V fp32 (+ the half-precision logits while they are cast up).
-    All positions: the model's [B, T, V] logits (the row head builds them twice: base and
-    concatenated), then the supervised rows are gathered; backward scatters the gradient
-    back through the gather and the slice: two [B, T, V] tensors at once.
-    """
-    sup = n_sup * V * (12 + (c if c != 4 else 0))
-    if knobs.supervised_head_only:
-        return sup, n_sup * V * c, f"supervised positions only: {n_sup:,} x {V:,} vocab"
-    full = knobs.batch * work.seq_len * V * c
-    return max(sup, full + 2 * n_sup * V * 4, 2 * full), full, \
-        f"all positions: {knobs.batch} x {work.seq_len} x {V:,} vocab ({n_sup:,} supervised)"
-
-
 # ----------------------------------------------------------------------------- plan
 
 
@@ -841,6 +608,8 @@ def plan(recipe: Any, *, new_tokens: int | None = None, budget: int | None = Non
         warnings.simplefilter("ignore")
         facts, work = gather(recipe, new_tokens=new_tokens, device=dev, seq_len=seq_len,
                              supervised=supervised_tokens, scan_data=scan_data)
+    from .plan_report import Knobs, advise, assemble
+
     knobs = Knobs.from_recipe(recipe, dev, work.batch)
     result = assemble(facts, work, knobs, budget)
     result.assumptions = {
@@ -856,7 +625,5 @@ def plan(recipe: Any, *, new_tokens: int | None = None, budget: int | None = Non
         "activation_bytes_by_role": facts.trace.by_role,
     }
     result.notes = list(facts.notes)
-    from .plan_report import advise
-
     result.advice = advise(facts, work, knobs, result)
     return result
