@@ -51,6 +51,7 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
+    added = set(g.report.added)  # a set: list membership per token is quadratic on a 20,000-token lexicon
     with tempfile.TemporaryDirectory(dir=run, prefix=".saving-") as tmp:
         staged = Path(tmp)
         g.tokenizer.save_pretrained(staged)
@@ -69,7 +70,7 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
             "base_model": base_spec,
             "dtype": dtype,
             "base_fingerprint": g.base_fingerprint,
-            "tokens": [{"token": t, "id": g.report.ids[t], "new": t in g.report.added} for t in g.settings.add],
+            "tokens": [{"token": t, "id": g.report.ids[t], "new": t in added} for t in g.settings.add],
             "trainable_ids": g.trainable_ids,
             "settings": _settings_to_dict(g.settings),
             "methods": g.method_configs,
@@ -132,10 +133,6 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
 
     run = Path(run_dir)
     meta = read_graft_meta(run)
-    if meta.get("task") == "classification":  # a classifier (head + methods), rebuilt by classify.py
-        from .classify import load_classifier
-
-        return load_classifier(run, device=device, dtype=dtype, check_fingerprint=check_fingerprint, model=model)
     rows_state = _load_tensors(run / ROWS_FILE)
     if model is None:
         model, _ = load_model(meta["base_model"], dtype=dtype or meta.get("dtype", "float32"), device=device)
