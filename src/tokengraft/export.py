@@ -133,6 +133,10 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
 
     run = Path(run_dir)
     meta = read_graft_meta(run)
+    if meta.get("task") == "classification":  # a classifier (head + methods), rebuilt by classify.py
+        from .classify import load_classifier
+
+        return load_classifier(run, device=device, dtype=dtype, check_fingerprint=check_fingerprint, model=model)
     rows_state = _load_tensors(run / ROWS_FILE)
     if model is None:
         model, _ = load_model(meta["base_model"], dtype=dtype or meta.get("dtype", "float32"), device=device)
