@@ -169,7 +169,10 @@ def _make_trainer_class():
                 # `count` covers every rank's tokens, and DDP averages gradients over ranks: scale back
                 # up so the update is the mean over all supervised tokens (what Trainer.compute_loss does).
                 loss = loss * self.accelerator.num_processes
-            if not torch.isfinite(loss):
+            if not torch.isfinite(loss) and self.accelerator.num_processes == 1:
+                # With several processes a rank must not stop alone (the others would wait in the
+                # all-reduce forever): the NaN spreads to every rank's gradients, and the gradient
+                # guard stops all of them at the same step, still before the update.
                 raise non_finite_error("loss", loss.item(), self.state.global_step + 1, self.args.output_dir)
             return (loss, {"logits": logits}) if return_outputs else loss
 
@@ -387,6 +390,10 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
     if recipe.model.quantization != "none":
         _check_quantization(recipe.model.quantization)
     device = pick_device(recipe.model.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        # Under a launcher each process owns the GPU of its local rank; plain "cuda" would put
+        # every process's copy on GPU 0 before the Trainer moves it (not tested here: CPU only).
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
                                   trust_remote_code=recipe.model.trust_remote_code)
     data = prepare_data(recipe, run, tokenizer, model)
@@ -418,6 +425,10 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         unwrap_peft(g.model).config.use_cache = False
     eval_steps = cfg.eval_steps if (eval_items and cfg.eval_steps) else 0
+    # Untied input rows join the graph only in batches that contain one of their ids; DDP must
+    # then be told to expect unused parameters (the Trainer turns that off under gradient
+    # checkpointing, and the first such batch would stop the run with a reduction error).
+    sparse_inputs = g.rows is not None and g.rows.output_rows is not None
     args = TrainingArguments(
         output_dir=str(run), seed=recipe.seed, data_seed=recipe.seed,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -430,6 +441,7 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
         save_total_limit=None, report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
         use_cpu=device.type == "cpu", prediction_loss_only=True, save_only_model=False,
+        ddp_find_unused_parameters=True if sparse_inputs else None,
         **_precision(cfg.precision, device),
     )
     mean_length = sum(len(x["input_ids"]) for x in train_items) / len(train_items)
