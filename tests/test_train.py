@@ -249,8 +249,11 @@ def test_resume_equals_uninterrupted(tmp_path, llama_dir):
 
 
 def test_resume_skips_an_incomplete_checkpoint(tmp_path, llama_dir):
-    """A checkpoint without the marker (a kill mid-save) is discarded; resume uses the previous one."""
-    recipe = make_recipe(tmp_path, llama_dir, max_steps=4, save_steps=2)
+    """A checkpoint without the marker (a kill mid-save) is discarded; resume uses the previous one.
+
+    Row snapshots taken after the checkpoint are dropped too: those steps run again.
+    """
+    recipe = make_recipe(tmp_path, llama_dir, max_steps=4, save_steps=2, snapshot_steps=1)
     train(recipe, tmp_path / "run", quiet=True)
     last = tmp_path / "run" / "checkpoint-4"
     (last / COMPLETE_MARKER).unlink()
@@ -262,6 +265,8 @@ def test_resume_skips_an_incomplete_checkpoint(tmp_path, llama_dir):
     assert first.first == 3 and result.steps == 4
     assert (last / COMPLETE_MARKER).is_file()  # rewritten by the resumed run, whole this time
     assert torch.equal(load_file(rows_file)["input"], load_file(tmp_path / "run" / "rows.safetensors")["input"])
+    drift = (tmp_path / "run" / "snapshots" / "drift.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in drift] == [1, 2, 3, 4]  # steps 3-4 once, from the resumed run
 
 
 def test_resume_without_a_complete_checkpoint_is_refused(tmp_path, llama_dir):

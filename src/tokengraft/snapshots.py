@@ -62,6 +62,21 @@ class RowSnapshots(TrainerCallback):
         with (self.directory / "drift.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, "tokens": stats}) + "\n")
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        """On resume, forget snapshots taken after the checkpoint: those steps run again."""
+        if not args.should_save or not self.directory.is_dir():
+            return
+        for path in self.directory.glob("step-*.safetensors"):
+            step = path.name[len("step-"):-len(".safetensors")]
+            if step.isdigit() and int(step) > state.global_step:
+                path.unlink()
+        drift = self.directory / "drift.jsonl"
+        if drift.is_file():
+            lines = [x for x in drift.read_text(encoding="utf-8").splitlines() if x.strip()]
+            kept = [x for x in lines if json.loads(x)["step"] <= state.global_step]
+            if len(kept) != len(lines):
+                drift.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+
     def on_step_end(self, args, state, control, **kwargs):
         if args.should_save and state.global_step % self.every == 0:
             self._snapshot(state.global_step)
