@@ -62,15 +62,15 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def make_recipe(root: Path, model_dir: Path, *, rows: list[dict[str, str]] | None = None,
                 methods: list[dict[str, Any]] | None = None, tokens: dict[str, Any] | None = None,
-                **train: Any):
-    data = write_jsonl(root / "train.jsonl", rows if rows is not None else example_rows())
+                data: dict[str, Any] | None = None, **train: Any):
+    path = write_jsonl(root / "train.jsonl", rows if rows is not None else example_rows())
     settings = {"max_steps": 4, "batch_size": 4, "save_steps": 0, "logging_steps": 1, "eval_steps": 0,
                 "warmup_ratio": 0.0, "save_total_limit": None}
     settings.update(train)
     raw = {"seed": 3, "task": "generic", "model": {"name": str(model_dir), "device": "cpu"},
            "tokens": tokens or {"add": [TOKEN]},
            "methods": methods if methods is not None else [],
-           "data": {"train": str(data), "max_length": 64, "validation_fraction": 0.0},
+           "data": {"train": str(path), "max_length": 64, "validation_fraction": 0.0, **(data or {})},
            "train": settings}
     recipe = recipe_from_dict(raw)
     validate_recipe(recipe)
@@ -341,7 +341,8 @@ def test_nan_loss_stops_before_the_update(tmp_path, llama_dir):
 
 
 def test_run_directory_is_complete_and_loads(tmp_path, llama_dir):
-    recipe = make_recipe(tmp_path, llama_dir, methods=[dict(LORA, dropout=0.0)], max_steps=3)
+    recipe = make_recipe(tmp_path, llama_dir, methods=[dict(LORA, dropout=0.0)], max_steps=3, eval_steps=3,
+                         data={"validation_fraction": 0.25})
     result = train(recipe, tmp_path / "run", quiet=True)
     run = tmp_path / "run"
     for name in ("graft.json", "rows.safetensors", "config.yaml", "tokenizer.json", "tokenizer_config.json",
@@ -351,6 +352,8 @@ def test_run_directory_is_complete_and_loads(tmp_path, llama_dir):
     assert meta["steps"] == 3 and meta["world_size"] == 1 and meta["base_model"] == str(llama_dir)
     history = json.loads((run / "log_history.json").read_text())
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3]
+    evals = [h for h in history if "eval_loss" in h]  # evaluation runs through the same supervised-only loss
+    assert [h["step"] for h in evals] == [3] and 0 < evals[0]["eval_loss"] < 20
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert recipe_from_dict(yaml.safe_load((run / "config.yaml").read_text())) == recipe
 
