@@ -166,6 +166,7 @@ class Facts:
     weights_by_quant: dict[str, tuple[int, str]]  # "none" / "4bit" / "8bit" -> (bytes, detail), for the advice
     matrix_bytes_per_row: int  # one embedding row in the load dtype
     load_dtype_bytes: int
+    weights_mapped: bool  # CPU load in the stored dtype: tensors are views of the memory-mapped safetensors file
     compute_dtype_bytes: int
     method_params: list[tuple[int, int, tuple[int, ...]]]  # (numel, bytes per element, shape) of new method params
     unfrozen_params: list[tuple[int, int, tuple[int, ...]]]  # base params the methods made trainable
@@ -502,6 +503,13 @@ def _workload(recipe: Any, tokenizer: Any, tokens: list[str], seq_len: int | Non
 # --- gather ------------------------------------------------------------------------------------
 
 
+def _stored_dtype_bytes(config: Any) -> int | None:
+    """Element size the checkpoint is stored in (config ``dtype`` / ``torch_dtype``), when it says."""
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(stored).replace("torch.", "") if stored is not None else ""
+    return DTYPE_BYTES.get(name)
+
+
 def _device(recipe: Any, device: str | None) -> str:
     name = device or recipe.model.device
     if name == "auto":
@@ -588,6 +596,7 @@ def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", s
         base_rows=arch.embedding_rows, head_rows=head_rows, vocab_after=vocab_after, vocab_rows=vocab_rows, new_tokens=n_new,
         existing_trained=n_existing, weight_bytes=weights, weight_detail=weight_detail, weights_by_quant=by_quant,
         matrix_bytes_per_row=arch.hidden_size * dtype_bytes, load_dtype_bytes=dtype_bytes,
+        weights_mapped=device == "cpu" and _stored_dtype_bytes(config) == dtype_bytes,
         compute_dtype_bytes=compute_bytes, method_params=method_params, unfrozen_params=unfrozen,
         method_names=method_names, trace=trace,
         block_input_bytes=workload.batch * workload.seq_len * arch.hidden_size * compute_bytes, notes=notes,

@@ -146,8 +146,15 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
             put("token_rows", rows_trained * H * 4 * sides_n, "token rows (rows backend)",
                 f"{rows_trained:,} x {H} fp32 x {sides_n} side(s)")
         else:
-            resize = (facts.vocab_after - facts.base_rows) * row_bytes * (1 if facts.tied or facts.head_rows is None else 2)
-            put("resized_rows", resize, "rows added to the base matrices by resizing",
+            # Resizing allocates new [V', H] matrices and frees the old ones, except on CPU when the
+            # weights are views of the memory-mapped checkpoint: the old pages stay mapped (and
+            # resident) while the model lives, so the whole new matrix is extra.
+            matrices = 1 if facts.tied or facts.head_rows is None else 2
+            grown = facts.vocab_after > facts.base_rows
+            rows_added = facts.vocab_after if (grown and facts.weights_mapped) else facts.vocab_after - facts.base_rows
+            put("resized_rows", rows_added * row_bytes * matrices,
+                "resized matrices (new copies; the mapped originals stay)" if facts.weights_mapped and grown
+                else "rows added to the base matrices by resizing",
                 f"{facts.base_rows:,} -> {facts.vocab_after:,} rows")
             if knobs.backend == "peft":
                 # TrainableTokens: a delta [n, H] in the weight dtype per wrapped matrix ...
@@ -172,6 +179,13 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
         f"{sum(n for n, _, _ in facts.method_params):,} params")
     trainable_shapes = token_shapes + facts.method_params + facts.unfrozen_params
     grads = sum(n * s for n, s, _ in trainable_shapes)
+    # Gradients of weights inside the blocks (LoRA, adapters, unfrozen) appear block by block as
+    # backward descends. With checkpointing the resident set does not shrink meanwhile, so all of
+    # them meet the last recomputed block; without it, freed activations make room and one
+    # block's worth is what adds to the peak.
+    method_grads = sum(n * s for n, s, _ in facts.method_params + facts.unfrozen_params)
+    block_grads = method_grads if knobs.gradient_checkpointing else method_grads // max(1, facts.num_blocks)
+    block_grads_detail = "all blocks (checkpointing)" if knobs.gradient_checkpointing else "one block's"
     put("optimizer_state", _optimizer_state(trainable_shapes, knobs.optimizer), f"optimizer state ({knobs.optimizer})",
         "2 moments per parameter" if knobs.optimizer == "adamw" else "factored second moments")
 
@@ -208,6 +222,7 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
         "blocks backward": {"activations": (int(in_backward), act_label, act_detail),
                             "backward_work": (int(bwd_work), "backward working gradients", "residual stream + one block"),
                             "head_grad": (head_grad_kept, "head gradient (kept)", f"{V:,} x {H}"),
+                            "block_grads": (block_grads, "gradients of the block weights so far", block_grads_detail),
                             **accumulated},
         "backward end": {"grads": (grads, "gradients of the trainable parameters", ""),
                          "embedding_dense_grad": (emb_grad_transient, "dense embedding gradient (last op of backward)",
