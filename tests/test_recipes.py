@@ -87,6 +87,12 @@ def test_recipe_trains_on_a_tiny_model(name, tiny_dir, tmp_path, capsys):
     meta = json.loads((run / "graft.json").read_text())
     assert meta["steps"] == 2 and meta["tokens"] and all(t["new"] for t in meta["tokens"])
     assert (run / "rows.safetensors").is_file() and (run / "config.yaml").is_file()
+    recipe = load_recipe(CONFIGS / name)
+    if recipe.data.generate:  # the generated rows stay beside the run
+        assert (run / "data" / "train.jsonl").is_file() and (run / "data" / "test.jsonl").is_file()
+    if recipe.task == "lexicon":
+        mined = (run / "data" / "lexicon.txt").read_text().split("\n")
+        assert {t["token"] for t in meta["tokens"]} <= {line.strip() for line in mined}
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ carved from the training rows with ``data.validation_fraction``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,18 @@ def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> Prep
     if recipe.data.generate:
         data_dir = run_dir / "data"
         splits, extra = _generate(recipe, tokenizer, model)
-        files = {name: write_jsonl(rows, data_dir / f"{name}.jsonl") for name, rows in splits.items()}
+        files = {name: data_dir / f"{name}.jsonl" for name in splits}
         if extra:
-            from .lexicon_data import write_lexicon
+            files["lexicon"] = data_dir / "lexicon.txt"
+        # Under a launcher (torchrun, accelerate launch) every process generates the same seeded
+        # rows in memory; only global rank 0 writes them, so the run directory is written once.
+        if os.environ.get("RANK", "0") == "0":
+            for name, rows in splits.items():
+                write_jsonl(rows, files[name])
+            if extra:
+                from .lexicon_data import write_lexicon
 
-            files["lexicon"] = write_lexicon(extra, data_dir / "lexicon.txt", header="mined from the training split")
+                write_lexicon(extra, files["lexicon"], header="mined from the training split")
         return PreparedData(train=splits["train"], validation=splits.get("validation", []), files=files,
                             extra_tokens=extra)
     if not recipe.data.train:
