@@ -1,0 +1,107 @@
+"""Turn a `tokengraft compare` output directory into committed results (markdown + JSON + PNG).
+
+    python benchmarks/compare_results.py /tmp/cmp-cls benchmarks/results/compare_cls \
+        --command "tokengraft compare ... --output /tmp/cmp-cls" [--note "..."]
+
+The markdown starts with the exact command, then `compare`'s own table, then the
+per-run task details `compare` leaves out of its table (per-class accuracy and
+accuracy by corruption kind for classification; <PASS> recall by kind, the calibrated
+bias and the READ probe for pass), all read from each run's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + \
+        ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+
+
+def _run_metrics(out: Path, recipe: str) -> dict[str, Any]:
+    path = out / recipe / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _kind_counts(out: Path, first: str) -> dict[str, int]:
+    """Test rows per ``kind`` (the first run's test split, which every run was scored on)."""
+    path = out / first / "data" / "test.jsonl"
+    counts: dict[str, int] = {}
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        kind = json.loads(line).get("kind") if line.strip() else None
+        if kind is not None:
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _details(task: str, metrics: dict[str, dict[str, Any]], counts: dict[str, int]) -> list[str]:
+    lines: list[str] = []
+    names = list(metrics)
+
+    def head(kind: str) -> str:
+        return f"{kind} (n={counts[kind]})" if kind in counts else kind
+    if task == "classification":
+        classes = sorted({c for m in metrics.values() for c in m.get("per_class", {})})
+        lines += ["", "Per-class accuracy (recall of each true class) on the test split:", ""]
+        lines += _table(["recipe", *classes, "majority baseline", "test rows"],
+                        [[n, *[metrics[n].get("per_class", {}).get(c, {}).get("accuracy") for c in classes],
+                          metrics[n].get("majority_baseline"), metrics[n].get("test_rows")] for n in names])
+        kinds = sorted({k for m in metrics.values() for k in m.get("accuracy_by_kind", {})})
+        if kinds:
+            lines += ["", "Accuracy by row kind (answerable, and each corruption; `shuffled_words` and `truncated` "
+                      "never occur in training):", ""]
+            lines += _table(["recipe", *map(head, kinds)], [[n, *[metrics[n].get("accuracy_by_kind", {}).get(k) for k in kinds]]
+                                                 for n in names])
+    elif task == "pass":
+        kinds = sorted({k for m in metrics.values() for k in m.get("pass_recall_by_kind", {})})
+        lines += ["", "Calibrated <PASS> bias, READ probe and <PASS> recall by corruption kind "
+                  "(`shuffled_words` and `truncated` never occur in training):", ""]
+        lines += _table(["recipe", "pass_bias", "base_clean_accuracy", "read_probe_accuracy", *map(head, kinds)],
+                        [[n, metrics[n].get("pass_bias"), metrics[n].get("base_clean_accuracy"),
+                          metrics[n].get("read_probe_accuracy"),
+                          *[metrics[n].get("pass_recall_by_kind", {}).get(k) for k in kinds]] for n in names])
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("compare_dir")
+    parser.add_argument("prefix", help="output path without extension, e.g. benchmarks/results/compare_cls")
+    parser.add_argument("--command", required=True, help="the exact command that produced compare_dir")
+    parser.add_argument("--note", action="append", default=[], help="a line of context (repeatable)")
+    args = parser.parse_args()
+    out, prefix = Path(args.compare_dir), Path(args.prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    result = json.loads((out / "compare.json").read_text())
+    names = [row["recipe"] for row in result["rows"]]
+    metrics = {n: _run_metrics(out, n) for n in names}
+    lines = [f"# tokengraft compare: {result['task']}", "", "```", args.command, "```", ""]
+    lines += [f"- {note}" for note in args.note]
+    lines += [f"- machine: {platform.machine()}, Python {platform.python_version()}; CPU only", ""]
+    lines += (out / "compare.md").read_text().rstrip("\n").splitlines()
+    lines += _details(result["task"], metrics, _kind_counts(out, names[0]))
+    lines += ["", f"Eval-loss curves: `{prefix.name}_eval_loss.png`.", ""]
+    prefix.with_suffix(".md").write_text("\n".join(lines))
+    slim = {n: {k: v for k, v in m.items() if k not in ("examples", "sweep")} for n, m in metrics.items()}
+    saved = {"command": args.command, "notes": args.note, **result, "metrics": slim}
+    prefix.with_suffix(".json").write_text(json.dumps(saved, indent=2))
+    if (out / "compare_eval_loss.png").is_file():
+        shutil.copy2(out / "compare_eval_loss.png", prefix.parent / f"{prefix.name}_eval_loss.png")
+
+
+if __name__ == "__main__":
+    main()
