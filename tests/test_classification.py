@@ -230,6 +230,9 @@ def test_refusals(tmp_path, model_dirs):
     with pytest.raises(TokengraftError, match="'<UNUSED>' occurs in no training text"):
         train(make_recipe(tmp_path, model_dirs["llama"], [], tokens=["<UNUSED>"], rows=toy_rows(8)),
               tmp_path / "r3", quiet=True)
+    with pytest.raises(TokengraftError, match=r"train.jsonl:9: the text ends with the pad token '<pad>'"):
+        train(make_recipe(tmp_path, model_dirs["llama"], [], rows=toy_rows(8) + [{"text": "a cat<pad>", "label": "beta"}]),
+              tmp_path / "r5", quiet=True)
     with pytest.raises(TokengraftError, match="classification row"):
         prompt_rows = [{"prompt": "q", "completion": "a"}] * 4
         train(make_recipe(tmp_path, model_dirs["llama"], [], rows=prompt_rows), tmp_path / "r4", quiet=True)

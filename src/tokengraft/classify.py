@@ -86,11 +86,13 @@ def as_rows(rows: list[Any], source: str) -> list[Row]:
 
 
 def encode_rows(rows: list[Row], tokenizer: Any, labels: LabelSet, max_length: int,
-                on_overflow: str = "drop") -> tuple[list[dict[str, Any]], int]:
+                on_overflow: str = "drop", pad_id: int | None = None) -> tuple[list[dict[str, Any]], int]:
     """``[{"input_ids", "labels", "row"}]`` (``row`` indexes ``rows``) and the number dropped as too long.
 
     ``truncate_prompt`` keeps the LAST ``max_length`` tokens: the classifier reads the
-    final position, so the end of the text is the part that must survive.
+    final position, so the end of the text is the part that must survive. A text ending
+    in the pad token (``pad_id``) is refused: the classifier would skip that token and
+    silently read an earlier position.
     """
     items: list[dict[str, Any]] = []
     dropped = 0
@@ -107,6 +109,9 @@ def encode_rows(rows: list[Row], tokenizer: Any, labels: LabelSet, max_length: i
                 dropped += 1
                 continue
             seq = seq[-max_length:]
+        if pad_id is not None and seq[-1] == pad_id:
+            raise TokengraftError(f"{row.where}: the text ends with the pad token {tokenizer.convert_ids_to_tokens(pad_id)!r}, "
+                                  "which the classifier skips when it looks for the last token; remove it from the text")
         items.append({"input_ids": list(seq), "labels": label, "row": index})
     return items, dropped
 
@@ -340,8 +345,9 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
         preflight(g)
     report = _audit(g)
     cfg, d = recipe.train, recipe.data
-    train_items, dropped = encode_rows(train_rows, tokenizer, labels, d.max_length, d.on_overflow)
-    eval_items, _ = encode_rows(eval_rows, tokenizer, labels, d.max_length, "drop")
+    pad_id = int(g.hf_model.config.pad_token_id)
+    train_items, dropped = encode_rows(train_rows, tokenizer, labels, d.max_length, d.on_overflow, pad_id)
+    eval_items, _ = encode_rows(eval_rows, tokenizer, labels, d.max_length, "drop", pad_id)
     if not train_items:
         raise TokengraftError("no training rows survived encoding (all dropped as too long?); raise data.max_length")
     _check_tokens_read(g, train_items)
@@ -378,7 +384,6 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
         unwrap_peft(g.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mean_length = sum(len(x["input_ids"]) for x in train_items) / len(train_items)
     tokens_per_step = [round(mean_length * cfg.batch_size * cfg.grad_accum)]
-    pad_id = int(g.hf_model.config.pad_token_id)
     trainer = _trainer_class()(
         model=g.model, args=args, train_dataset=ListDataset(train_items),
         eval_dataset=ListDataset(eval_items) if eval_items else None,
@@ -445,12 +450,13 @@ def evaluate_classification(run_dir: str | Path, *, limit: int | None = None) ->
         raise TokengraftError(f"{path} is missing: put the held-out {{\"text\", \"label\"}} rows there to evaluate")
     g = load_classifier(run, device=recipe.model.device)
     rows = as_rows(read_jsonl(path)[:limit], str(path))
+    pad_id = int(g.hf_model.config.pad_token_id)
     items, dropped = encode_rows(rows, g.tokenizer, g.labels, recipe.data.max_length,
-                                 "truncate_prompt" if recipe.data.on_overflow == "truncate_prompt" else "drop")
+                                 "truncate_prompt" if recipe.data.on_overflow == "truncate_prompt" else "drop", pad_id)
     if not items:
         raise TokengraftError(f"{path}: no test row fits data.max_length {recipe.data.max_length}")
     kept = [rows[x["row"]] for x in items]
-    logits = predict(g.model, items, int(g.hf_model.config.pad_token_id), recipe.eval.batch_size)
+    logits = predict(g.model, items, pad_id, recipe.eval.batch_size)
     predicted = logits.argmax(-1).tolist()
     gold = [x["labels"] for x in items]
     names = g.labels.names
