@@ -408,13 +408,13 @@ def checkpointing(model) -> bool:
 
 def test_gradient_checkpointing_matches_plain_training_and_linear_schedule(tmp_path, llama_dir):
     """Recomputing activations changes memory, not the math: same rows as without it."""
-    settings = dict(methods=[dict(LORA, dropout=0.0)], max_steps=4, scheduler="linear", token_lr=1e-3)
+    settings = dict(methods=[dict(LORA, dropout=0.0)], max_steps=3, scheduler="linear", token_lr=1e-3)
     plain = make_recipe(tmp_path, llama_dir, **settings)
     checkpointed = make_recipe(tmp_path, llama_dir, gradient_checkpointing=True, **settings)
     a = train(plain, tmp_path / "plain", quiet=True)
     b = train(checkpointed, tmp_path / "gc", quiet=True)
     lrs = [h["learning_rate"] for h in a.log_history if "learning_rate" in h]
-    assert lrs == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])  # linear decay, no warmup (token-row group)
+    assert lrs == pytest.approx([1e-3, 2e-3 / 3, 1e-3 / 3])  # linear (cosine would give 7.5e-4, 2.5e-4)
     assert checkpointing(b.graft.hf_model) and not checkpointing(a.graft.hf_model)
     for key, value in trained_tensors(tmp_path / "plain").items():
         torch.testing.assert_close(trained_tensors(tmp_path / "gc")[key], value, rtol=1e-5, atol=1e-7)
