@@ -199,6 +199,8 @@ def test_accuracy_reload_and_cli_eval(tmp_path, model_dirs, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["task"] == "classification" and printed["accuracy"] == metrics["accuracy"]
     assert json.loads((run / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+    assert main(["generate", str(run), "hello"]) == 2  # a classifier cannot generate: one clear line
+    assert "is a classification run" in capsys.readouterr().err
 
 
 def test_tokens_train_input_rows_only_and_reload(tmp_path, model_dirs):

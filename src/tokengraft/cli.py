@@ -181,7 +181,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .export import read_graft_meta
     from .generate_cli import run_generate
 
-    read_graft_meta(args.run_dir)
+    if read_graft_meta(args.run_dir).get("task") == "classification":
+        raise TokengraftError(f"{args.run_dir} is a classification run: a classifier has no LM head to generate "
+                              "with; score it with `tokengraft eval RUN_DIR`")
     return run_generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, system=args.system)
 
 
