@@ -1,0 +1,44 @@
+"""Each field task end to end on the built-in model, shortened: train a few steps, evaluate a few rows.
+
+These check that the metrics are computed and well-formed, not that they reach
+their targets (the full runs' numbers live in benchmarks/).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tokengraft.config import load_recipe
+from tokengraft.demo import recipe_path
+from tokengraft.evaluate import evaluate_run
+from tokengraft.train import train
+
+pytestmark = pytest.mark.slow
+
+SHORT = ["train.max_steps=3", "train.save_steps=0", "train.eval_steps=0", "train.logging_steps=1", "eval.batch_size=8"]
+KEYS = {
+    "pass": ["pass_recall", "false_pass_rate", "clean_accuracy", "base_clean_accuracy", "aurc"],
+    "style": ["length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"],
+    "lexicon": ["bits_per_byte", "base_bits_per_byte", "tokens_per_byte", "base_tokens_per_byte"],
+}
+OPTIONS = {
+    "pass": ["data.generate_options={n_train: 40, n_validation: 12, n_test: 16}"],
+    "style": ["data.generate_options={n_train: 40, n_validation: 8, n_test: 8, n_untokened: 4}", "eval.max_new_tokens=24"],
+    "lexicon": ["data.generate_options={min_pieces: 3, min_count: 5, max_words: 20, chunk_chars: 400}"],
+}
+
+
+@pytest.mark.parametrize("task", ["pass", "style", "lexicon"])
+def test_task_end_to_end(task, tmp_path):
+    recipe = load_recipe(recipe_path(task), SHORT + OPTIONS[task])
+    run = tmp_path / task
+    result = train(recipe, run, quiet=True)
+    assert result.steps == 3
+    metrics = evaluate_run(run, limit=8)
+    assert metrics["task"] == task
+    for key in KEYS[task]:
+        assert isinstance(metrics[key], (int, float)), (key, metrics[key])
+    assert json.loads((run / "metrics.json").read_text())["task"] == task
+    assert (run / "loss.png").is_file()
