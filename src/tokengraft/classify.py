@@ -376,6 +376,8 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
         save_total_limit=None, report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
         use_cpu=device.type == "cpu", prediction_loss_only=False, label_names=["labels"], save_only_model=False,
+        # Token rows join the graph only in batches that contain their ids: DDP must expect unused parameters.
+        ddp_find_unused_parameters=True if g.rows is not None else None,
         **_precision(cfg.precision, device),
     )
     if cfg.gradient_checkpointing:
