@@ -17,7 +17,7 @@ from tiny import tiny_model, tiny_tokenizer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-RECIPES = sorted(CONFIGS.glob("*.yaml"))
+RECIPES = sorted(CONFIGS.rglob("*.yaml"))
 EXPECTED = {"ref000_pass_lora.yaml", "ref003_style.yaml", "ref004_lexicon.yaml", "quickstart_generic.yaml"}
 
 
@@ -25,12 +25,19 @@ def test_the_reference_recipes_are_shipped():
     assert EXPECTED <= {p.name for p in RECIPES}
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def recipe_id(path: Path) -> str:
+    return str(path.relative_to(CONFIGS))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=recipe_id)
 def test_recipe_validates_and_names_its_command(path, capsys):
+    """Every shipped recipe validates and is headed by the command that runs it."""
     assert main(["validate", str(path)]) == 0
     assert capsys.readouterr().out.startswith("OK: ")
-    first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first.startswith(f"# tokengraft train configs/{path.name} --output runs/"), first
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = " ".join(line for line in lines[:next(i for i, x in enumerate(lines) if not x.startswith("#"))])
+    assert lines[0].startswith("# tokengraft ")
+    assert f"tokengraft train configs/{recipe_id(path)} --output runs/" in header, header[:200]
 
 
 def test_reference_settings_survive_loading():
@@ -96,7 +103,7 @@ def test_recipe_trains_on_a_tiny_model(name, tiny_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", RECIPES, ids=recipe_id)
 def test_recipe_passes_model_checks_on_the_builtin_model(path, capsys):
     """`validate --check-model` resolves methods and tokens against the built-in model (meta device)."""
     assert main(["validate", "--check-model", str(path)]) == 0
