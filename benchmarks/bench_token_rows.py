@@ -200,11 +200,12 @@ def _markdown(payload: dict) -> str:
         f"{a['rows_tensor_mib']:.1f} MiB), which `graft()` keeps for the whole run (row `rows-lean` releases it; "
         "tests compare trained rows against it). On a GPU it sits in host memory, not on the device.",
         f"- the remaining {a['lean_minus_lora_mib'] - a['rows_budget_mib']:.0f} MiB "
-        f"(rows-lean: +{a['lean_minus_lora_mib']:.0f} MiB) is what a larger vocabulary costs any backend: the "
-        f"{s['new_tokens']:,} extra logit columns at the {s['batch'] * s['supervised']} supervised positions "
-        f"({a['logit_block_mib']:.1f} MiB per fp32 copy: base+new logits concatenated, log-softmax, their "
-        "gradients) and the tied model's second partial row gradient (head and embedding each produce one "
-        "[n, H] gradient, summed in backward). No vocab x hidden tensor is allocated (tests/test_rows.py checks it).",
+        f"(rows-lean: +{a['lean_minus_lora_mib']:.0f} MiB) is "
+        f"{(a['lean_minus_lora_mib'] - a['rows_budget_mib']) / a['logit_block_mib']:.1f} copies of the new "
+        f"vocabulary's logits at the {s['batch'] * s['supervised']} supervised positions ({a['logit_block_mib']:.1f} MiB "
+        f"per fp32 [{s['batch'] * s['supervised']} x {s['new_tokens']:,}] block: the concatenated logits, "
+        "log-softmax and their gradients), which any backend with that many more tokens pays. No vocab x hidden "
+        "tensor is allocated (tests/test_rows.py checks it).",
         "",
         "peft (PEFT trainable tokens) resizes the matrices and rebuilds the merged vocab x hidden weight in every "
         "forward (so its gradient is vocab x hidden in backward); full (`modules_to_save`) keeps a trainable copy of the whole matrix with its gradient, AdamW state "
