@@ -212,6 +212,10 @@ def test_f16_and_q8_0_types_and_error(tied_run: Path) -> None:
         assert got.shape == embed.shape and np.abs(got - embed).max() < tol * np.abs(embed).max() + 1e-4
     with pytest.raises(TokengraftError, match="q4_k"):
         export_gguf(tied_run, tied_run.parent / "x.gguf", tensor_type="q4_k")
+    before = (tied_run.parent / "model-f16.gguf").stat().st_mtime_ns
+    with pytest.raises(TokengraftError, match="exists"):
+        export_gguf(tied_run, tied_run.parent / "model-f16.gguf", tensor_type="f16")
+    assert (tied_run.parent / "model-f16.gguf").stat().st_mtime_ns == before
 
 
 def test_untied_writes_output_tensor(tmp_path: Path) -> None:

@@ -240,6 +240,10 @@ def write_hparams(writer: Any, config: Any, head_dim: int) -> np.ndarray | None:
     if head_dim != config.hidden_size // config.num_attention_heads:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
+    window = getattr(config, "sliding_window", None)
+    if window and window < config.max_position_embeddings:
+        print(f"tokengraft: warning: llama.cpp's llama graph has no sliding window; beyond {window} tokens "
+              "its attention differs from transformers'", file=sys.stderr)
     kind = rope["rope_type"]
     if kind == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -340,6 +344,8 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
         raise TokengraftError(f"{out} is a directory; give the GGUF file name, e.g. {out / 'model.gguf'}")
     if not out.parent.is_dir():
         raise TokengraftError(f"the directory {out.parent} does not exist; create it first")
+    if out.exists():
+        raise TokengraftError(f"{out} exists; choose a new file name or delete it first")
     meta = read_graft_meta(run_dir)
     family = getattr(load_config(meta["base_model"]), "model_type", "?")
     if family not in LLAMA_FAMILIES:
