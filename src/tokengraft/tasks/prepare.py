@@ -32,15 +32,26 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
         from . import pass_data
 
         know_check = bool(options.pop("know_check", False))
+        # self_answers: where the base model answers a training question correctly, train on ITS
+        # answer instead of the short gold one, so the tuned model keeps the base model's way of
+        # answering (terse gold completions cost it accuracy on arithmetic).
+        self_answers = bool(options.pop("self_answers", False))
         splits = pass_data.generate_splits(seed=recipe.seed, **options)
-        if know_check:
+        if know_check or self_answers:
             from ..generation import greedy_answers
 
             def answer(prompts: list[str]) -> list[str]:
-                return greedy_answers(model, tokenizer, prompts, max_new_tokens=recipe.eval.max_new_tokens,
-                                      system=recipe.data.system, desc="know-check (base model answers)")
+                return greedy_answers(model, tokenizer, prompts, max_new_tokens=max(48, recipe.eval.max_new_tokens),
+                                      system=recipe.data.system, desc="base model answers (know-check)")
 
-            splits["train"] = pass_data.relabel_with_know_check(splits["train"], answer)
+            checked = pass_data.relabel_with_know_check(splits["train"], answer)
+            rows = []
+            for original, row in zip(splits["train"], checked):
+                row = dict(row) if know_check else {**original, **{k: row[k] for k in ("know_check", "base_answer") if k in row}}
+                if self_answers and row.get("know_check") == "right":
+                    row["completion"] = row["base_answer"]
+                rows.append(row)
+            splits["train"] = rows
         return splits, []
     if task == "style":
         from . import style_data
