@@ -316,13 +316,12 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
                      callbacks: list[Any] | None = None) -> Any:
     """`train.train` for ``task: classification``; returns the engine's ``TrainResult``."""
     from accelerate import PartialState
-    from transformers import TrainingArguments
 
     from .export import save_graft
     from .guard import preflight
     from .models import load_model, pick_device
     from .tasks.prepare import prepare_data
-    from .train import (ListDataset, TrainResult, _callbacks, _check_quantization, _plot_losses, _precision,
+    from .train import (ListDataset, TrainResult, _callbacks, _check_quantization, _plot_losses, training_arguments,
                         build_optimizer, check_ranks_agree, complete_checkpoints, discard_incomplete_checkpoints,
                         set_seed, token_settings)
 
@@ -364,22 +363,9 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
         (run / LABELS_FILE).write_text(json.dumps(labels.to_dict(), indent=2))
 
     eval_steps = cfg.eval_steps if (eval_items and cfg.eval_steps) else 0
-    args = TrainingArguments(
-        output_dir=str(run), seed=recipe.seed, data_seed=recipe.seed,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
-        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
-        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
-        save_total_limit=None, report_to=list(cfg.report_to) or "none",
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
-        use_cpu=device.type == "cpu", prediction_loss_only=False, label_names=["labels"], save_only_model=False,
-        # Token rows join the graph only in batches that contain their ids: DDP must expect unused parameters.
-        ddp_find_unused_parameters=True if g.rows is not None else None,
-        **_precision(cfg.precision, device),
-    )
+    # Token rows join the graph only in batches that contain their ids: DDP must expect unused parameters.
+    args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps, prediction_loss_only=False,
+                              label_names=["labels"], ddp_find_unused_parameters=True if g.rows is not None else None)
     if cfg.gradient_checkpointing:
         from .rows import unwrap_peft
 

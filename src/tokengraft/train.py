@@ -377,7 +377,6 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
 
         return train_classifier(recipe, output_dir, resume=resume, quiet=quiet, callbacks=callbacks)
     from accelerate import PartialState
-    from transformers import TrainingArguments
 
     from .data import Collator, check_tokens_used, encode_examples
     from .guard import audit, preflight
@@ -429,21 +428,8 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
     # then be told to expect unused parameters (the Trainer turns that off under gradient
     # checkpointing, and the first such batch would stop the run with a reduction error).
     sparse_inputs = g.rows is not None and g.rows.output_rows is not None
-    args = TrainingArguments(
-        output_dir=str(run), seed=recipe.seed, data_seed=recipe.seed,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps,
-        lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
-        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
-        logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
-        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
-        save_total_limit=None, report_to=list(cfg.report_to) or "none",
-        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
-        use_cpu=device.type == "cpu", prediction_loss_only=True, save_only_model=False,
-        ddp_find_unused_parameters=True if sparse_inputs else None,
-        **_precision(cfg.precision, device),
-    )
+    args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps,
+                              prediction_loss_only=True, ddp_find_unused_parameters=True if sparse_inputs else None)
     mean_length = sum(len(x["input_ids"]) for x in train_items) / len(train_items)
     tokens_per_step = [round(mean_length * cfg.batch_size * cfg.grad_accum)]
     trainer_cls = _make_trainer_class()
@@ -511,6 +497,29 @@ def check_ranks_agree(g: Graft) -> int:
         raise TokengraftError(f"the {world} data-parallel processes ended with different trained weights "
                               "(their gradients were not synchronised); the run directory was not written")
     return world
+
+
+def training_arguments(recipe: Any, run: Path, device: torch.device, *, quiet: bool, eval_steps: int,
+                       **extra: Any) -> Any:
+    """The recipe's ``train`` section as ``TrainingArguments`` (shared by LM and classifier training)."""
+    from transformers import TrainingArguments
+
+    cfg = recipe.train
+    return TrainingArguments(
+        output_dir=str(run), seed=recipe.seed, data_seed=recipe.seed,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
+        # Rotation is ours (rotate_checkpoints): it counts only complete checkpoints.
+        save_total_limit=None, report_to=list(cfg.report_to) or "none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
+        use_cpu=device.type == "cpu", save_only_model=False,
+        **_precision(cfg.precision, device), **extra,
+    )
 
 
 def _check_quantization(kind: str) -> None:
