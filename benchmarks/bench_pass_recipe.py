@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_token_rows import _status  # VmRSS / VmHWM, the same measurement as the token-row benchmark
+
 CONFIGS = {
     "tokengraft": {"backend": "rows", "supervised": True},
     "all-positions": {"backend": "rows", "supervised": False},
@@ -40,15 +42,6 @@ CONFIGS = {
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
-
-
-def _status() -> dict[str, int]:
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) * 1024
-    return values
 
 
 def run_child(name: str, steps: int) -> dict:
