@@ -27,7 +27,6 @@ so batches are right-padded with exactly that id.
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,13 +316,11 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
     """`train.train` for ``task: classification``; returns the engine's ``TrainResult``."""
     from accelerate import PartialState
 
-    from .export import save_graft
     from .guard import preflight
     from .models import load_model, pick_device
     from .tasks.prepare import prepare_data
-    from .train import (ListDataset, TrainResult, _callbacks, _check_quantization, _plot_losses, training_arguments,
-                        build_optimizer, check_ranks_agree, complete_checkpoints, discard_incomplete_checkpoints,
-                        set_seed, token_settings)
+    from .train import (ListDataset, _callbacks, _check_quantization, build_optimizer, run_and_save, set_seed,
+                        token_settings, training_arguments)
 
     run = Path(output_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -381,33 +378,8 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
         + list(callbacks or []),
         graft_state=g, supervised_head_only=False, base_spec=recipe.model.name, dtype=recipe.model.dtype,
     )
-    checkpoint = None
-    if resume:
-        if main_process:
-            discard_incomplete_checkpoints(run)
-        PartialState().wait_for_everyone()
-        done = complete_checkpoints(run)
-        if not done:
-            raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; start without --resume")
-        checkpoint = str(done[-1])
-    g.model.train()
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - started
-    g.model.eval()
-    world_size = check_ranks_agree(g)
-    history = trainer.state.log_history
-    if main_process:
-        recipe.save(run / "config.yaml")
-        save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
-                   extra={"task": "classification", "num_labels": labels.num_labels, "labels": labels.to_dict(),
-                          "seed": recipe.seed, "train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
-                          "world_size": world_size})
-        (run / "log_history.json").write_text(json.dumps(history, indent=2))
-        _plot_losses(history, run / "loss.png")
-    PartialState().wait_for_everyone()
-    return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds,
-                       steps=trainer.state.global_step)
+    return run_and_save(trainer, g, run, recipe, resume=resume, quiet=quiet,
+                        extra={"task": "classification", "num_labels": labels.num_labels, "labels": labels.to_dict()})
 
 
 # ----------------------------------------------------------------------------- evaluation

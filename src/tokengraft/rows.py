@@ -45,6 +45,14 @@ def _slot_table(ids: torch.Tensor, total_rows: int) -> torch.Tensor:
     return table
 
 
+def _hold_rows(module: nn.Module, rows: nn.Parameter | torch.Tensor) -> None:
+    """Trainable rows are a Parameter; a side that does not train keeps its rows as a buffer."""
+    if isinstance(rows, nn.Parameter):
+        module.rows = rows
+    else:
+        module.register_buffer("rows", rows, persistent=False)
+
+
 class RowEmbedding(nn.Module):
     """A frozen embedding whose trainable ids read from a small row tensor."""
 
@@ -55,10 +63,7 @@ class RowEmbedding(nn.Module):
         self.total_rows = total_rows
         self.register_buffer("ids", ids.clone(), persistent=False)
         self.register_buffer("slot_of", _slot_table(ids, total_rows).to(base.weight.device), persistent=False)
-        if isinstance(rows, nn.Parameter):
-            self.rows = rows
-        else:
-            self.register_buffer("rows", rows, persistent=False)
+        _hold_rows(self, rows)
 
     # nn.Embedding look-alikes: code around the model reads these.
     @property
@@ -108,10 +113,7 @@ class RowHead(nn.Module):
         self.register_buffer("inside_ids", ids[inside].clone(), persistent=False)
         self.register_buffer("inside_slots", torch.nonzero(inside).flatten(), persistent=False)
         self.register_buffer("appended_slots", torch.nonzero(~inside).flatten(), persistent=False)
-        if isinstance(rows, nn.Parameter):
-            self.rows = rows
-        else:
-            self.register_buffer("rows", rows, persistent=False)
+        _hold_rows(self, rows)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -447,6 +447,20 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
         graft_state=g, supervised_head_only=cfg.supervised_head_only, base_spec=recipe.model.name,
         dtype=recipe.model.dtype, objective=objective,
     )
+    return run_and_save(trainer, g, run, recipe, resume=resume, quiet=quiet, extra={"task": recipe.task})
+
+
+def run_and_save(trainer: Any, g: Any, run: Path, recipe: Any, *, resume: bool, quiet: bool,
+                 extra: dict[str, Any]) -> TrainResult:
+    """Resume from the latest complete checkpoint if asked, train, and write the run directory (rank 0).
+
+    Shared by language-model and classifier training so both resume, check ranks and save alike.
+    """
+    from accelerate import PartialState
+
+    from .export import save_graft
+
+    main_process = PartialState().is_main_process
     checkpoint = None
     if resume:
         if main_process:
@@ -463,14 +477,12 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
     g.model.eval()
-    from .export import save_graft
-
     world_size = check_ranks_agree(g)
     history = trainer.state.log_history
     if main_process:
         recipe.save(run / "config.yaml")
         save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
-                   extra={"task": recipe.task, "seed": recipe.seed, "train_seconds": round(seconds, 1),
+                   extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
                           "steps": trainer.state.global_step, "world_size": world_size})
         (run / "log_history.json").write_text(json.dumps(history, indent=2))
         _plot_losses(history, run / "loss.png")
