@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from tokengraft.errors import TokengraftError
-from tokengraft.tasks import (TEMPLATES, answer_matches, bank_entities, check_disjoint, load_countries, load_facts,
+from tokengraft.tasks import (BASIC_RELATIONS, TEMPLATES, answer_matches, bank_entities, check_disjoint, load_countries, load_facts,
                               make_question, read_jsonl, split_bank, write_jsonl, write_splits)
 from tokengraft.tasks import lexicon_data as L
 from tokengraft.tasks import pass_data as P
@@ -51,7 +51,7 @@ def test_country_table_is_large_clean_and_never_leaks_the_answer():
 
 def test_fact_table_has_every_relation_and_numeric_golds_get_words():
     facts = load_facts()
-    assert Counter(f["relation"] for f in facts).keys() == {"count", "colour", "opposite", "sound"}
+    assert Counter(f["relation"] for f in facts).keys() == {"count", "colour", "opposite", "sound", "year"}
     spider = next(e for e in bank_entities("count") if e.key == "count:a spider|legs")
     assert spider.gold == "8" and "eight" in spider.aliases
 
@@ -189,20 +189,32 @@ def test_fictional_entities_are_invented_and_unique_across_splits(pass_splits):
 def test_is_correct_and_know_check_relabelling(pass_splits):
     rows = pass_splits["validation"]
     answerable = [r for r in rows if r["answerable"]]
+    asked: list[list[str]] = []
 
     def answer_fn(prompts):  # right on every other answerable question, then a wrong guess
+        asked.append(prompts)
         return [f"I think it is {r['gold']}." if i % 2 == 0 else "Bananas." for i, r in enumerate(answerable)]
 
     before = [dict(r) for r in rows]
-    out = P.relabel_with_know_check(rows, answer_fn)
+    out = P.label_with_base_answers(rows, answer_fn, self_answers=False, know_check=True)
     assert len(out) == len(rows) and out is not rows
     for i, r in enumerate(r for r in out if r["answerable"]):
         assert r["know_check"] == ("right" if i % 2 == 0 else "wrong")
         assert r["completion"] == (answerable[i]["completion"] if i % 2 == 0 else P.PASS_TOKEN)
     assert all("know_check" not in r and r["completion"] == P.PASS_TOKEN for r in out if not r["answerable"])
     assert rows == before  # the input rows are not modified
+    # self_answers: right answers become the base model's own words; wrong ones keep the gold.
+    both = P.label_with_base_answers(out, lambda p: pytest.fail("labelled rows must not be asked again"),
+                                     self_answers=True, know_check=False)
+    for i, r in enumerate(r for r in both if r["answerable"]):
+        assert r["completion"] == (f"I think it is {answerable[i]['gold']}." if i % 2 == 0
+                                   else answerable[i]["completion"])
+    assert len(asked) == 1
     with pytest.raises(ValueError, match="answers for"):
-        P.relabel_with_know_check(rows, lambda prompts: prompts[:-1])
+        P.label_with_base_answers(rows, lambda prompts: prompts[:-1], self_answers=False, know_check=True)
+    # A year is right wherever it appears among the numbers ("in July 1969 with Apollo 11").
+    assert P.is_correct("It was in July 1969 with Apollo 11.", {"gold": "1969", "relation": "year"})
+    assert not P.is_correct("It was in July 1969 with Apollo 11.", {"gold": "1969", "relation": "add"})
     row = {"gold": "8", "aliases": ["eight"]}
     assert P.is_correct("A spider has eight legs.", row) and not P.is_correct("<PASS> 8", row)
     assert not P.is_correct("18", row)
@@ -246,7 +258,7 @@ def test_style_generator_pairs_and_format(style_splits):
 
 
 def test_every_verbose_frame_fits_the_length_band_for_every_entity():
-    for relation in TEMPLATES:
+    for relation in BASIC_RELATIONS:  # the style task draws from the basic relations only
         for q in _questions(relation, n=1000):
             for i in range(4):
                 class Pick:  # choose frame i (wrapping) instead of a random one

@@ -121,6 +121,33 @@ def test_special_and_normal_tokens() -> None:
     assert "hello" in tok.decode(ids, skip_special_tokens=True)
 
 
+def _byte_level_bpe() -> PreTrainedTokenizerFast:
+    """A small byte-level BPE (GPT-2 / Llama 3 / SmolLM2 style: the space folds into a word's first piece)."""
+    from tokenizers import pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["the cat sat on the mat and the dog ran to the park"] * 50
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
+def test_word_start_tokens_save_the_space_a_bare_word_still_costs() -> None:
+    text = "the cat and a metaclass and the metaclass"
+    before = len(_byte_level_bpe()(text)["input_ids"])
+    bare_tok, spaced_tok = _byte_level_bpe(), _byte_level_bpe()
+    add_tokens(tiny_model("llama", vocab_size=400), bare_tok, ["metaclass"], special=False, verbose=False)
+    report = add_tokens(tiny_model("llama", vocab_size=400), spaced_tok, [" metaclass", " the"], special=False,
+                        verbose=False)
+    assert report.added == [" metaclass"] and report.already_present == [" the"]  # " the" is already one piece
+    assert report.ids[" the"] == spaced_tok(" the", add_special_tokens=False)["input_ids"][0]
+    bare, spaced = bare_tok(text)["input_ids"], spaced_tok(text)["input_ids"]
+    # A bare "metaclass" token leaves the space as a token of its own: " metaclass" -> "Ġ" + "metaclass".
+    assert len(spaced) == len(bare) - 2 < before
+    assert spaced_tok.decode(spaced) == text == bare_tok.decode(bare)
+
+
 @pytest.mark.parametrize("tokens, match", [
     ([], "tokens.add is empty"),
     (["<A>", "<B>", "<A>"], r"\['<A>'\] more than once"),

@@ -90,6 +90,10 @@ class TokensConfig:
     """Add as special (control) tokens, never split and skipped by decode(skip_special_tokens); else normal added tokens."""
     single_word: bool = False
     """Normal added tokens only: match only as whole words."""
+    word_start: bool = False
+    """Normal added tokens only: add each word as " word" (with its leading space). Byte-level BPE tokenizers
+    (GPT-2, Llama 3, SmolLM2, Qwen) fold the space into a word's first piece, so a bare "word" token still costs
+    a separate space token in running text and saves nothing on two-piece words."""
     init: TokenInit = field(default_factory=TokenInit)
     """Row init: one strategy for both sides, or {input: ..., output: ...}. Strategies: mean, hewitt, text, subwords, spherical, random."""
     init_text: dict[str, str] = _f(factory=dict)
@@ -131,6 +135,10 @@ class DataConfig:
     """Too-long examples: drop (counted), error, or truncate_prompt (left-cut the prompt, never the completion)."""
     system: str | None = None
     """System prompt for chat templates; null = the template's default."""
+    self_answers: bool = False
+    """Task pass: answerable training questions the base model answers right train on ITS answer, not the short gold."""
+    know_check: bool = False
+    """Task pass (R-Tuning): answerable training questions the base model answers wrong become <PASS> targets."""
 
 
 @dataclass
@@ -583,8 +591,12 @@ def validate_recipe(recipe: Recipe, check_model: bool = False) -> list[str]:
     for i, item in enumerate(t.train_existing):
         if isinstance(item, int) and item < 0:
             raise TokengraftError(f"tokens.train_existing[{i}] is a negative id ({item})")
-    if t.single_word and t.special:
-        raise TokengraftError("tokens.single_word applies to normal added tokens; set tokens.special: false or drop single_word")
+    if (t.single_word or t.word_start) and t.special:
+        raise TokengraftError("tokens.single_word / word_start apply to normal added tokens; set tokens.special: false")
+    if t.single_word and t.word_start:
+        # single_word wants a non-word character before the match, but a " word" token starts with the space
+        # that follows the previous word: it would never match in running text.
+        raise TokengraftError("tokens.word_start and tokens.single_word exclude each other; drop single_word")
     if not tokens and not t.train_existing:
         if recipe.task in TASK_TOKENS:
             raise TokengraftError(f"task {recipe.task} needs its tokens in tokens.add (e.g. {TASK_TOKENS[recipe.task]})")
@@ -625,6 +637,8 @@ def validate_recipe(recipe: Recipe, check_model: bool = False) -> list[str]:
             raise TokengraftError(f"data.{key}: file {value} does not exist")
     if d.generate_options and not d.generate:
         notes.append("data.generate_options is ignored because data.generate is false")
+    if (d.know_check or d.self_answers) and recipe.task != "pass":
+        raise TokengraftError("data.know_check / data.self_answers label <PASS> training rows; they need task: pass")
     if not d.validation and d.validation_fraction == 0 and not d.generate and tr.eval_steps:
         notes.append("no validation data (data.validation null, validation_fraction 0): evaluation is skipped")
     if check_model:

@@ -66,6 +66,8 @@ def token_settings(tokens_cfg: Any, extra_tokens: list[str] | None = None) -> To
     add = list(tokens_cfg.add) + list(extra_tokens or [])
     if getattr(tokens_cfg, "add_file", None):
         add += [t for t in read_token_file(tokens_cfg.add_file) if t not in add]
+    if getattr(tokens_cfg, "word_start", False):
+        add = list(dict.fromkeys(t if t.startswith(" ") else " " + t for t in add))
     init = tokens_cfg.init
     return TokenSettings(
         add=add, special=tokens_cfg.special, init_input=init.input, init_output=init.output,

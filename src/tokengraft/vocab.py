@@ -104,6 +104,11 @@ def _pieces(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _single_piece(tokenizer: Any, text: str) -> int | None:
+    pieces = _pieces(tokenizer, text)
+    return pieces[0] if len(pieces) == 1 else None
+
+
 def init_rows(
     rows: torch.Tensor,
     tokens: list[str],
@@ -170,7 +175,9 @@ def _strategy_map(tokens: list[str], init: str | dict[str, str], side: str) -> d
 def _register_tokens(tokenizer: Any, tokens: list[str], special: bool, single_word: bool) -> None:
     from tokenizers import AddedToken
 
-    added = [AddedToken(t, special=special, normalized=not special, single_word=single_word) for t in tokens]
+    # normalized=False for space-led words: a normaliser may strip or rewrite the leading space.
+    added = [AddedToken(t, special=special, normalized=not special and not t.startswith(" "), single_word=single_word)
+             for t in tokens]
     if special:
         tokenizer.add_special_tokens({"extra_special_tokens": added}, replace_extra_special_tokens=False)
     else:
@@ -216,8 +223,12 @@ def add_tokens(
     old_rows = embedding.weight.shape[0]
     old_tokenizer_size = len(tokenizer)
     vocab = tokenizer.get_vocab()
-    already = [t for t in tokens if t in vocab]
-    new = [t for t in tokens if t not in vocab]
+    # A space-led word (" word", tokens.word_start) is present when it already encodes to one token:
+    # byte-level vocabularies store it as "Ġword", which is not the string itself.
+    present = {t: vocab[t] if t in vocab else _single_piece(tokenizer, t) if t.startswith(" ") else None
+               for t in tokens}
+    already = [t for t in tokens if present[t] is not None]
+    new = [t for t in tokens if present[t] is None]
 
     # Pieces under the original tokenizer, before the new tokens exist in it.
     pieces = {t: _pieces(tokenizer, t) for t in new}
@@ -231,7 +242,7 @@ def add_tokens(
 
     if new:
         _register_tokens(tokenizer, new, special, single_word)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
+    ids = {t: present[t] if present[t] is not None else tokenizer.convert_tokens_to_ids(t) for t in tokens}
     for token in new:
         if _pieces(tokenizer, token) != [ids[token]]:
             raise TokengraftError(f"token {token!r} still splits into several pieces after adding it; check the tokenizer's normaliser")

@@ -73,20 +73,21 @@ def normalize_answer(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())
 
 
-def answer_matches(answer: str, gold: str, aliases: Sequence[str] = ()) -> bool:
+def answer_matches(answer: str, gold: str, aliases: Sequence[str] = (), any_number: bool = False) -> bool:
     """True when ``answer`` gives the gold answer.
 
     Text golds: the gold or an alias occurs in ``answer`` as whole words, so
     "Parisian" is not "Paris". Numeric golds: the LAST number written in digits
     must equal the gold (the convention of math evals: "4 + 11 is 15" answers 15
     but not 4, and "18" is not 8); an answer with no digits is matched on the
-    aliases as words ("eight legs").
+    aliases as words ("eight legs"). ``any_number`` accepts the gold anywhere
+    among the numbers instead: for years ("landed in July 1969 with Apollo 11").
     """
     norm_answer = normalize_answer(answer)
     if gold.isdigit():
         numbers = re.findall(r"\d+", answer.replace(",", ""))
         if numbers:
-            return int(numbers[-1]) == int(gold)
+            return int(gold) in map(int, numbers) if any_number else int(numbers[-1]) == int(gold)
         targets: Sequence[str] = aliases
     else:
         targets = (gold, *aliases)
@@ -190,9 +191,39 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{Slot} makes what sound?",
         "What does {slot} say?",
     ),
+    # The relations below are opt-in (not in BASIC_RELATIONS): the <PASS> know-check pool uses them
+    # for harder arithmetic and dates. Their phrasings differ from every basic template, so a
+    # held-out phrasing of one relation is never a training phrasing of another.
+    "add_hard": (
+        "What is the total of {a} and {b}?",
+        "Work out {a} + {b}.",
+        "Add {a} to {b}. What is the result?",
+        "Compute {a} plus {b}.",
+        "{A} plus {b} equals what?",
+        "Find the total of {a} and {b}.",
+    ),
+    "mul_hard": (
+        "What is {a} multiplied by {b}?",
+        "Work out {a} x {b}.",
+        "Compute {a} multiplied by {b}.",
+        "{A} multiplied by {b} equals what?",
+        "Find the product of {a} and {b}.",
+        "Multiply {a} by {b}. What is the result?",
+    ),
+    "year": (
+        "In what year was {slot}?",
+        "What year was {slot}?",
+        "In which year was {slot}?",
+        "{Slot} was in which year?",
+        "Tell me the year of {slot}.",
+        "When was {slot}? Give the year.",
+    ),
 }
-ARITHMETIC = ("add", "sub", "mul")
-FACTS = ("count", "colour", "opposite", "sound")
+ARITHMETIC = ("add", "sub", "mul", "add_hard", "mul_hard")
+FACTS = ("count", "colour", "opposite", "sound", "year")
+# What the tasks draw from by default; harder arithmetic and dates are opt-in (``relations=ALL_RELATIONS``).
+BASIC_RELATIONS = ("capital", "add", "sub", "mul", "count", "colour", "opposite", "sound")
+ALL_RELATIONS = tuple(TEMPLATES)
 # Placeholders that carry the entity (what corruptions destroy); {unit} is phrasing.
 SLOT_NAMES = frozenset({"country", "a", "b", "slot"})
 # Default share of each relation group in generated rows.
@@ -265,12 +296,15 @@ def bank_entities(relation: str) -> list[Entity]:
     if relation in ARITHMETIC:
         out = []
         # add/mul are commutative: 7+5 and 5+7 are ONE entity (two variants) so they never straddle splits.
+        # The *_hard relations: two-digit sums and teen-to-thirty times tables, where a small model errs more.
         pairs = {"add": [(a, b) for a in range(1, 21) for b in range(a, 21)],
                  "sub": [(a, b) for a in range(2, 21) for b in range(1, a)],
-                 "mul": [(a, b) for a in range(2, 13) for b in range(a, 13)]}[relation]
-        sym = {"add": "+", "sub": "-", "mul": "*"}[relation]
+                 "mul": [(a, b) for a in range(2, 13) for b in range(a, 13)],
+                 "add_hard": [(a, b) for a in range(21, 100, 3) for b in range(a, 100, 4)],
+                 "mul_hard": [(a, b) for a in range(13, 31) for b in range(3, 10)]}[relation]
+        sym = "-" if relation == "sub" else "*" if relation.startswith("mul") else "+"
         for a, b in pairs:
-            r = a + b if relation == "add" else a - b if relation == "sub" else a * b
+            r = a - b if relation == "sub" else a * b if relation.startswith("mul") else a + b
             variants = [{"a": str(a), "b": str(b)}]
             if relation != "sub" and a != b:
                 variants.append({"a": str(b), "b": str(a)})
@@ -360,7 +394,7 @@ def relation_group(relation: str) -> str:
     return "arithmetic" if relation in ARITHMETIC else "facts" if relation in FACTS else relation
 
 
-def sample_questions(split: BankSplit, n: int, rng: random.Random, relations: Sequence[str] = tuple(TEMPLATES),
+def sample_questions(split: BankSplit, n: int, rng: random.Random, relations: Sequence[str] = BASIC_RELATIONS,
                      weights: Mapping[str, float] = GROUP_WEIGHTS, exclude: set[str] | None = None,
                      allow_fewer: bool = False) -> list[Question]:
     """Draw ``n`` distinct questions, mixing relation groups by ``weights``.

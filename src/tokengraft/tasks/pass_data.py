@@ -25,7 +25,7 @@ training (by default ``shuffled_words`` and ``truncated``). Validation uses only
 training kinds, because it calibrates the `<PASS>` threshold and must not peek
 at the novel kinds.
 
-``relabel_with_know_check`` turns answerable questions the base model gets
+``label_with_base_answers`` turns answerable questions the base model gets
 wrong into `<PASS>` targets (the model should abstain on what it does not know),
 and ``read_probe_rows`` / ``score_read_probe`` test the other direction: does the
 tuned model *understand* `<PASS>` when it appears in its input?
@@ -39,8 +39,8 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import (ARITHMETIC, SPLITS, BankSplit, Question, answer_matches, check_disjoint, load_countries, load_facts,
-               question_meta, render, sample_questions, split_bank)
+from . import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, SPLITS, BankSplit, Question, answer_matches, check_disjoint,
+               load_countries, load_facts, question_meta, render, sample_questions, split_bank)
 
 PASS_TOKEN = "<PASS>"
 TRAIN_KINDS: tuple[str, ...] = ("char_noise", "dropped_words", "missing_operand", "fictional_entity")
@@ -248,15 +248,17 @@ def _pass_row(q: Question, kind: str, text: str, split: str, name: str | None) -
 
 
 def _split_rows(bank_split: BankSplit, split: str, n: int, pass_fraction: float, kinds: Sequence[str],
-                rng: random.Random, taken_names: set[str], seen: set[str]) -> list[dict[str, Any]]:
+                rng: random.Random, taken_names: set[str], seen: set[str],
+                relations: Sequence[str] = BASIC_RELATIONS) -> list[dict[str, Any]]:
     """Rows of one split; ``seen`` holds every prompt made so far in ANY split (corruptions of
     different templates can collapse to the same garbled text, which must not straddle splits)."""
     n_pass = round(n * pass_fraction)
-    rows = [_answerable_row(q, split) for q in sample_questions(bank_split, n - n_pass, rng, exclude=seen)]
+    rows = [_answerable_row(q, split)
+            for q in sample_questions(bank_split, n - n_pass, rng, relations=relations, exclude=seen)]
     seen |= {r["prompt"] for r in rows}
     # Corruptions collapse (every "What is the capital of ?" is the same text), so draw spare
     # sources and, in small splits, corrupt the same question more than once.
-    sources = sample_questions(bank_split, 4 * n_pass + 50, rng, allow_fewer=True)
+    sources = sample_questions(bank_split, 4 * n_pass + 50, rng, relations=relations, allow_fewer=True)
     n_fict = sum(1 for i in range(n_pass) if kinds[i % len(kinds)] == "fictional_entity")
     names = {"country": invented_names(rng, n_fict, "country", taken_names),
              "noun": invented_names(rng, n_fict, "noun", taken_names)}
@@ -285,17 +287,25 @@ def _split_rows(bank_split: BankSplit, split: str, n: int, pass_fraction: float,
 
 def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, n_test: int = 200,
                     pass_fraction: float = 0.5, train_kinds: Sequence[str] = TRAIN_KINDS,
-                    test_only_kinds: Sequence[str] = TEST_ONLY_KINDS) -> dict[str, list[dict[str, Any]]]:
+                    test_only_kinds: Sequence[str] = TEST_ONLY_KINDS, relations: str | Sequence[str] = "basic",
+                    read_rows: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
 
     Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
     Train and validation use ``train_kinds``; test uses those plus ``test_only_kinds``.
+    ``relations``: "basic" (capitals, small arithmetic, everyday facts), "all" (adds
+    two-digit sums, bigger times tables and dates: the know-check pool), or a list.
+    ``read_rows`` adds that many READ rows to train (``read_training_rows``).
     """
     unknown = (set(train_kinds) | set(test_only_kinds)) - set(ALL_KINDS)
     if unknown:
         raise ValueError(f"unknown corruption kinds {sorted(unknown)}; choose from {ALL_KINDS}")
     if set(train_kinds) & set(test_only_kinds):
         raise ValueError("test_only_kinds must not also be training kinds")
+    relations = {"basic": BASIC_RELATIONS, "all": ALL_RELATIONS}.get(relations, relations) \
+        if isinstance(relations, str) else tuple(relations)
+    if isinstance(relations, str) or set(relations) - set(ALL_RELATIONS):
+        raise ValueError(f"relations must be 'basic', 'all' or a list drawn from {ALL_RELATIONS}, got {relations!r}")
     bank = split_bank(seed)
     taken: set[str] = set()
     seen: set[str] = set()
@@ -304,7 +314,9 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     for split in SPLITS:
         kinds = tuple(train_kinds) + (tuple(test_only_kinds) if split == "test" else ())
         rng = random.Random(f"tokengraft-pass:{seed}:{split}")
-        out[split] = _split_rows(bank[split], split, sizes[split], pass_fraction, kinds, rng, taken, seen)
+        out[split] = _split_rows(bank[split], split, sizes[split], pass_fraction, kinds, rng, taken, seen, relations)
+    if read_rows:
+        out["train"] += read_training_rows(bank["train"], read_rows, random.Random(f"tokengraft-read-train:{seed}"))
     return out
 
 
@@ -324,36 +336,65 @@ def is_correct(answer: str, row: Mapping[str, Any]) -> bool:
     must occur as whole words (case, accents and punctuation ignored)."""
     if answer.strip().startswith(PASS_TOKEN) or not row.get("gold"):
         return False
-    return answer_matches(answer, row["gold"], row.get("aliases", ()))
+    return answer_matches(answer, row["gold"], row.get("aliases", ()), any_number=row.get("relation") == "year")
 
 
-def relabel_with_know_check(rows: Sequence[Mapping[str, Any]],
-                            answer_fn: Callable[[list[str]], list[str]]) -> list[dict[str, Any]]:
-    """Ask the base model (``answer_fn``: prompts -> greedy answers) every answerable question.
+def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callable[[list[str]], list[str]], *,
+                            self_answers: bool, know_check: bool) -> list[dict[str, Any]]:
+    """Label answerable rows by whether the base model answers them right (``answer_fn``: prompts -> greedy answers).
 
-    Questions it gets wrong become `<PASS>` targets (``know_check="wrong"``): the
-    tuned model should abstain on what the base model does not know instead of
-    learning a fact from ~one example. Rows come back as new dicts with
-    ``know_check`` and ``base_answer`` added; unanswerable rows are unchanged copies.
+    Rows that already carry a ``base_answer`` (a file labelled before, e.g. handed on
+    by `tokengraft compare`) are not asked again. Every answerable row gets
+    ``know_check`` ("right"/"wrong"), ``base_answer`` and ``gold_completion``; its
+    completion becomes the base model's own answer when right and ``self_answers``
+    (the tuned model keeps its way of answering), `<PASS>` when wrong and
+    ``know_check`` (R-Tuning: abstain on what the model does not know), else the gold
+    completion. Other rows come back as unchanged copies.
     """
-    idx = [i for i, r in enumerate(rows) if r.get("answerable")]
-    answers = answer_fn([rows[i]["prompt"] for i in idx]) if idx else []
-    if len(answers) != len(idx):
-        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(idx)} prompts")
     out = [dict(r) for r in rows]
-    for i, ans in zip(idx, answers):
-        right = is_correct(ans, rows[i])
-        out[i].update(know_check="right" if right else "wrong", base_answer=ans)
-        if not right:
-            out[i]["completion"] = PASS_TOKEN
+    answerable = [r for r in out if r.get("answerable")]
+    if any(not r.get("gold") for r in answerable):
+        raise ValueError("know-check labelling needs a 'gold' answer on every row with \"answerable\": true")
+    todo = [r for r in answerable if "base_answer" not in r]
+    answers = answer_fn([r["prompt"] for r in todo]) if todo else []
+    if len(answers) != len(todo):
+        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(todo)} prompts")
+    for row, answer in zip(todo, answers):
+        row["base_answer"] = answer
+    for row in answerable:
+        right = is_correct(row["base_answer"], row)
+        row["know_check"] = "right" if right else "wrong"
+        row.setdefault("gold_completion", row["completion"])
+        row["completion"] = (row["base_answer"] if right and self_answers
+                             else PASS_TOKEN if not right and know_check else row["gold_completion"])
     return out
 
 
 # ----------------------------------------------------------------------------- READ probe
 
+# Training READ rows use this phrasing only; the probe's phrasings below are held out.
+_JUDGE_TRAIN = "Here is a question and a reply.\nQuestion: {q}\nReply: {reply}\nWas the question answered? Say yes or no."
 _JUDGE = ("Question: {q}\nReply: {reply}\nDid the reply answer the question? Answer yes or no.",
           "Someone asked: {q}\nThe assistant wrote: {reply}\nDid the assistant give an answer? Reply yes or no.")
 _ECHO = "Repeat exactly, with nothing else: {reply}"
+
+
+def read_training_rows(bank_split: BankSplit, n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """``n`` rows that teach the READ side: a reply of `<PASS>` means "not answered".
+
+    Matched pairs on training questions, one phrasing (``_JUDGE_TRAIN``): the reply is
+    `<PASS>` (completion "No.") or the gold answer (completion "Yes."). The READ probe
+    asks with other phrasings about held-out questions, so it measures whether the
+    meaning carries over, not whether these strings were memorised.
+    """
+    rows = []
+    for i, q in enumerate(sample_questions(bank_split, (n + 1) // 2, rng)):
+        answer = q.entity.gold[:1].upper() + q.entity.gold[1:] + "."
+        for reply, completion in ((PASS_TOKEN, "No."), (answer, "Yes.")):
+            rows.append({"prompt": _JUDGE_TRAIN.format(q=q.text, reply=reply), "completion": completion,
+                         "kind": "read", "answerable": None, "pair_id": f"read-{i}", **question_meta(q, "train"),
+                         "gold": None, "aliases": []})
+    return rows[:n]
 
 
 def read_probe_rows(seed: int = 0, n_questions: int = 20) -> list[dict[str, Any]]:

@@ -31,28 +31,10 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
     if task == "pass":
         from . import pass_data
 
-        know_check = bool(options.pop("know_check", False))
-        # self_answers: where the base model answers a training question correctly, train on ITS
-        # answer instead of the short gold one, so the tuned model keeps the base model's way of
-        # answering (terse gold completions cost it accuracy on arithmetic).
-        self_answers = bool(options.pop("self_answers", False))
-        splits = pass_data.generate_splits(seed=recipe.seed, **options)
-        if know_check or self_answers:
-            from ..generation import greedy_answers
-
-            def answer(prompts: list[str]) -> list[str]:
-                return greedy_answers(model, tokenizer, prompts, max_new_tokens=max(48, recipe.eval.max_new_tokens),
-                                      system=recipe.data.system, desc="base model answers (know-check)")
-
-            checked = pass_data.relabel_with_know_check(splits["train"], answer)
-            rows = []
-            for original, row in zip(splits["train"], checked):
-                row = dict(row) if know_check else {**original, **{k: row[k] for k in ("know_check", "base_answer") if k in row}}
-                if self_answers and row.get("know_check") == "right":
-                    row["completion"] = row["base_answer"]
-                rows.append(row)
-            splits["train"] = rows
-        return splits, []
+        for moved in ("know_check", "self_answers"):
+            if moved in options:
+                raise TokengraftError(f"data.generate_options.{moved} moved to data.{moved} (it labels given files too)")
+        return pass_data.generate_splits(seed=recipe.seed, **options), []
     if task == "style":
         from . import style_data
 
@@ -73,12 +55,31 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
     raise TokengraftError(f"task {task!r} has no data generator; set data.generate: false and give data.train")
 
 
+def _label(recipe: Any, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
+    """``data.self_answers`` / ``data.know_check``: label answerable rows by the base model's own greedy answers."""
+    from ..generation import greedy_answers
+    from .pass_data import label_with_base_answers
+
+    def answer(prompts: list[str]) -> list[str]:
+        return greedy_answers(model, tokenizer, prompts, system=recipe.data.system, batch_size=recipe.eval.batch_size,
+                              max_new_tokens=max(48, recipe.eval.max_new_tokens),
+                              desc="base model answers the training questions (know-check)")
+
+    try:
+        return label_with_base_answers(rows, answer, self_answers=recipe.data.self_answers,
+                                       know_check=recipe.data.know_check)
+    except ValueError as exc:
+        raise TokengraftError(f"data.know_check / data.self_answers: {exc}") from None
+
+
 def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
     from ..data import load_examples, split_rows
 
     if recipe.data.generate:
         data_dir = run_dir / "data"
         splits, extra = _generate(recipe, tokenizer, model)
+        if recipe.data.know_check or recipe.data.self_answers:
+            splits["train"] = _label(recipe, splits["train"], tokenizer, model)
         files = {name: data_dir / f"{name}.jsonl" for name in splits}
         if extra:
             files["lexicon"] = data_dir / "lexicon.txt"
@@ -96,6 +97,11 @@ def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> Prep
     if not recipe.data.train:
         raise TokengraftError("data.train is not set; give a JSONL file or set data.generate: true for a built-in task")
     train_rows: list[Any] = load_examples(recipe.data.train)  # errors name file and line
+    if recipe.data.know_check or recipe.data.self_answers:
+        if any(e.kind != "prompt" for e in train_rows):
+            raise TokengraftError("data.know_check / data.self_answers need prompt/completion rows in data.train")
+        train_rows = _label(
+            recipe, [{"prompt": e.prompt, "completion": e.completion, **e.meta} for e in train_rows], tokenizer, model)
     if recipe.data.validation:
         validation: list[Any] = load_examples(recipe.data.validation)
     elif recipe.data.validation_fraction > 0:
