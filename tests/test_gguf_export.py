@@ -327,17 +327,18 @@ def _llama_greedy(llm, ids: list[int], steps: int, stop: set[int], bias: dict[in
 def measure_llama_cpp(run: Path, gguf_path: Path, per_kind: int = 20, steps: int = 12) -> dict:
     """Load ``gguf_path`` in llama.cpp and compare it with the merged transformers model of ``run``.
 
-    Top-1 agreement is on raw logits; the greedy completions of both apply the run's
-    calibrated ``pass_bias`` (if any) to the ``<PASS>`` logit, as llama.cpp's ``--logit-bias`` does.
+    Both sides carry the run's calibrated ``pass_bias`` folded into the <PASS> row
+    (``export.fold_run_pass_bias``), so greedy decoding applies no bias by hand.
     """
-    import json
-
     from llama_cpp import Llama
 
+    from tokengraft.export import fold_run_pass_bias
+
     model, tok = _merged(run)
+    fold = fold_run_pass_bias(run, model, tok)
     pass_id = tok.convert_tokens_to_ids("<PASS>")
-    pass_bias = json.loads((run / "graft.json").read_text()).get("pass_bias")
-    bias = {pass_id: float(pass_bias)} if pass_bias else {}
+    pass_bias = fold["bias"] if fold else None
+    bias: dict[int, float] = {}
     unanswerable, answerable = _test_rows(run, per_kind)
     stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
     llm = Llama(model_path=str(gguf_path), n_ctx=512, logits_all=True, verbose=False, seed=0, n_threads=2)

@@ -270,3 +270,31 @@ def test_two_tokens_on_the_builtin_model_save_under_100_kb(tmp_path: Path) -> No
     loaded = load_graft(run, device="cpu")
     assert loaded.trainable_ids == g.trainable_ids
     shutil.rmtree(run)
+
+
+def test_the_pass_bias_folds_into_the_row_with_a_measured_shift() -> None:
+    """The calibrated <PASS> bias goes into the weights; the reported shift is what the logits really move by."""
+    from tokengraft.export import fold_pass_bias
+    from tokengraft.generation import first_answer_states
+
+    model, tok = tiny_model("llama", seed=3), tiny_tokenizer()
+    g = graft(model, tok, TokenSettings(add=["<PASS>"], special=True), seed=0, verbose=False)
+    g.rows.merge_into(g.model)
+    model = g.model
+    pass_id = tok.convert_tokens_to_ids("<PASS>")
+    prompts = [f"question number {i} about {w}" for i, w in enumerate("abcdefghijklmnopqrstuvwxyzabcdefghijklmn")]
+
+    def pass_logits() -> torch.Tensor:
+        states = first_answer_states(model, tok, prompts)
+        return states @ model.get_output_embeddings().weight[pass_id].detach().float()
+
+    before = pass_logits()
+    report = fold_pass_bias(model, tok, 2.0, prompts)
+    moved = pass_logits() - before
+    assert report["method"] == "row_least_squares" and not report["exact"]
+    check = moved[1::2]  # the half the fit did not see
+    assert abs(float(check.mean()) - report["shift_mean"]) < 1e-4
+    assert abs(float(check.std()) - report["shift_std"]) < 1e-4
+    assert abs(float(moved[0::2].mean()) - 2.0) < 0.05  # the fitted half lands on the bias
+    with pytest.raises(TokengraftError, match=">= 8 prompts"):
+        fold_pass_bias(model, tok, 2.0, prompts[:3])

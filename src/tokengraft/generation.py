@@ -110,3 +110,27 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
                    system: str | None = None, desc: str | None = None, batch_size: int = 16) -> list[str]:
     return [r["text"] for r in generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                               system=system, desc=desc, batch_size=batch_size)]
+
+
+@torch.no_grad()
+def first_answer_states(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system: str | None = None,
+                        batch_size: int = 16) -> torch.Tensor:
+    """``[n, hidden]``: what the output head reads at the first answer position of each prompt.
+
+    Captured by a pre-hook on the head, so it is the final-normalised hidden state in any
+    family (no assumption about where the final norm lives).
+    """
+    fmt = ChatFormat(tokenizer, system=system)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    captured: list[torch.Tensor] = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: captured.append(args[0][:, -1].float().cpu()))
+    try:
+        encoded = [fmt.encode_prompt(p) for p in prompts]
+        for start in range(0, len(encoded), batch_size):
+            ids, mask = _left_pad(encoded[start:start + batch_size], pad_id)
+            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    finally:
+        hook.remove()
+    return torch.cat(captured)

@@ -20,13 +20,14 @@ Q and K projections are permuted into the interleaved-rotary layout llama.cpp
 computes with; ``permute_qk`` is the exact inverse of the un-permutation in
 transformers' GGUF loader (``LlamaTensorProcessor._reverse_permute_weights``).
 
-A calibrated ``<PASS>`` logit bias (``pass_bias`` in graft.json) cannot be folded
-into the weights exactly: a logit is ``h . w`` with ``h`` the RMS-normalised
-hidden state, and no fixed vector ``u`` has ``h . u`` constant over all ``h``;
-llama's graph in llama.cpp has no output bias tensor. The bias is stored as
-metadata (``tokengraft.pass_bias``, ``tokengraft.pass_token_id``) and applied at
-sampling time, which is exact: ``--logit-bias ID+BIAS`` in llama.cpp's tools,
-``logit_bias={ID: BIAS}`` in llama-cpp-python (see docs/llama_cpp.md).
+A calibrated ``<PASS>`` logit bias (``pass_bias`` in graft.json) is folded into
+the ``<PASS>`` row before writing (``export.fold_pass_bias``): llama's graph in
+llama.cpp has no output bias tensor, and no fixed vector ``u`` has ``h . u``
+constant over all RMS-normalised hidden states ``h``, so the row moves by the
+least-squares ``u`` that gives the bias at the first answer position, where the
+decision is made; the shift it realises on held-out prompts is measured and
+stored (``tokengraft.pass_bias_fold_*``). Plain greedy decoding in llama.cpp then
+needs no ``--logit-bias`` (see docs/llama_cpp.md).
 """
 
 from __future__ import annotations
@@ -334,7 +335,7 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
     """
     import gguf
 
-    from .export import load_graft, merge_graft, read_graft_meta
+    from .export import fold_run_pass_bias, load_graft, merge_graft, read_graft_meta
     from .models import load_config
 
     if tensor_type not in TENSOR_TYPES:
@@ -355,6 +356,7 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
 
     g = load_graft(run_dir, device=device, dtype="float32")
     model = merge_graft(g)
+    fold = fold_run_pass_bias(run_dir, model, g.tokenizer)
     tokenizer = g.tokenizer
     config = model.config
     rows = int(model.get_input_embeddings().weight.shape[0])
@@ -394,7 +396,7 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
         writer.add_file_type(int(file_type))
         if tensor_type == "q8_0":
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_tokengraft_keys(writer, meta, tokenizer)
+        _write_tokengraft_keys(writer, meta, tokenizer, fold)
 
         for name, data in llama_tensors(model):
             payload, raw_dtype = _tensor_payload(data, tensor_type)
@@ -410,11 +412,6 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
     finally:
         if tmp.exists():
             tmp.unlink()
-    bias = meta.get("pass_bias")
-    if bias:
-        pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
-        print(f"tokengraft: note: the calibrated <PASS> bias {float(bias):+.3f} is not in the weights (llama has no "
-              f"output bias); apply it when sampling: llama.cpp --logit-bias {pass_id}{float(bias):+g}", file=sys.stderr)
     return out
 
 
@@ -432,16 +429,18 @@ def _write_special_ids(writer: Any, tokenizer: Any) -> None:
         writer.add_eot_token_id(int(eot))
 
 
-def _write_tokengraft_keys(writer: Any, meta: dict[str, Any], tokenizer: Any) -> None:
-    """Where the file came from, and the sampling-time <PASS> bias (see the module docstring)."""
+def _write_tokengraft_keys(writer: Any, meta: dict[str, Any], tokenizer: Any, fold: dict[str, Any] | None) -> None:
+    """Where the file came from, and the <PASS> bias already folded into the weights (see the module docstring)."""
     from . import __version__
 
     writer.add_string("tokengraft.version", __version__)
     tokens = [t["token"] for t in meta.get("tokens", [])]
     if tokens:
         writer.add_array("tokengraft.tokens", tokens)
-    bias = meta.get("pass_bias")
-    pass_id = tokenizer.get_vocab().get("<PASS>")
-    if bias is not None and pass_id is not None:
-        writer.add_float32("tokengraft.pass_bias", float(bias))
-        writer.add_uint32("tokengraft.pass_token_id", int(pass_id))
+    if fold:
+        writer.add_float32("tokengraft.pass_bias", fold["bias"])
+        writer.add_uint32("tokengraft.pass_token_id", fold["token_id"])
+        writer.add_string("tokengraft.pass_bias_fold_method", fold["method"])
+        for key in ("shift_mean", "shift_std", "shift_min", "shift_max"):
+            if key in fold:
+                writer.add_float32(f"tokengraft.pass_bias_fold_{key}", fold[key])
