@@ -19,12 +19,13 @@ pytestmark = pytest.mark.slow
 
 SHORT = ["train.max_steps=3", "train.save_steps=0", "train.eval_steps=0", "train.logging_steps=1", "eval.batch_size=8"]
 KEYS = {
-    "pass": ["pass_recall", "false_pass_rate", "clean_accuracy", "base_clean_accuracy", "aurc"],
+    "pass": ["pass_recall", "false_pass_rate", "clean_accuracy", "base_clean_accuracy", "aurc", "wrong_answer_rate",
+             "selective_accuracy", "coverage", "idk_recall", "idk_error_rate", "pass_bias"],
     "style": ["length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"],
     "lexicon": ["bits_per_byte", "base_bits_per_byte", "tokens_per_byte", "base_tokens_per_byte"],
 }
 OPTIONS = {
-    "pass": ["data.generate_options={n_train: 40, n_validation: 12, n_test: 16}"],
+    "pass": ["data.generate_options={n_train: 40, n_validation: 12, n_test: 16, relations: all, read_rows: 4}"],
     "style": ["data.generate_options={n_train: 40, n_validation: 8, n_test: 8, n_untokened: 4}", "eval.max_new_tokens=24"],
     "lexicon": ["data.generate_options={min_pieces: 3, min_count: 5, max_words: 20, chunk_chars: 400}"],
 }
@@ -42,3 +43,9 @@ def test_task_end_to_end(task, tmp_path):
         assert isinstance(metrics[key], (int, float)), (key, metrics[key])
     assert json.loads((run / "metrics.json").read_text())["task"] == task
     assert (run / "loss.png").is_file()
+    if task == "pass":  # know-check labelled the answerable training rows with the base model's own answers
+        rows = [json.loads(line) for line in (run / "data" / "train.jsonl").read_text().splitlines()]
+        labelled = [r for r in rows if r.get("answerable")]
+        assert labelled and all(r["know_check"] in ("right", "wrong") and "base_answer" in r for r in labelled)
+        assert all(r["completion"] == "<PASS>" for r in labelled if r["know_check"] == "wrong")
+        assert sum(r["kind"] == "read" for r in rows) == 4

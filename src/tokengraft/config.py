@@ -330,7 +330,7 @@ def _type_text(tp: Any) -> str:
             Any: "anything"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
-def _coerce(value: Any, tp: Any, name: str) -> Any:
+def coerce_value(value: Any, tp: Any, name: str) -> Any:
     """Check ``value`` against the annotation ``tp``; lossless fixes only (1 -> 1.0, '1e-4' -> 0.0001)."""
     bad = TokengraftError(f"{name} must be {_type_text(tp)}, got {value!r}")
     origin = typing.get_origin(tp)
@@ -353,7 +353,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, name)
+                return coerce_value(value, arg, name)
             except TokengraftError as exc:
                 if typing.get_origin(arg) is Literal and isinstance(value, str):
                     raise exc from None  # a misspelt enum: the list of values is the useful message
@@ -362,12 +362,12 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         (item,) = typing.get_args(tp)
-        return [_coerce(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        return [coerce_value(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise bad
         _, vtype = typing.get_args(tp)
-        return {str(k): _coerce(v, vtype, f"{name}.{k}") for k, v in value.items()}
+        return {str(k): coerce_value(v, vtype, f"{name}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -419,7 +419,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
                 raise TokengraftError(f"methods must be a list of {{type: ..., ...}} entries, got {value!r}")
             kwargs[key] = [_method_from_dict(m, f"methods[{i}]") for i, m in enumerate(value)]
             continue
-        kwargs[key] = _coerce(value, hints[key], dotted)
+        kwargs[key] = coerce_value(value, hints[key], dotted)
         _check_range(kwargs[key], fields[key].metadata, dotted)
     return cls(**kwargs)
 

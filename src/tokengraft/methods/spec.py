@@ -10,7 +10,6 @@ Range checks that are specific to a method live in its ``validate``.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..config import coerce_value
 from ..errors import TokengraftError
 
 
@@ -51,55 +51,6 @@ def fail(spec_type: str, field: str, message: str) -> TokengraftError:
     return TokengraftError(f"{spec_type}: field '{field}' {message}")
 
 
-def _check_type(spec_type: str, name: str, value: Any, hint: Any) -> Any:
-    """Coerce ``value`` to the annotated type where lossless (int -> float), else raise."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(spec_type, name, value, arg)
-            except TokengraftError:
-                continue  # try the next member of the union
-        allowed = " or ".join(_type_name(a) for a in args if a is not type(None))
-        allowed += " (or left out)" if type(None) in args else ""
-        raise fail(spec_type, name, f"must be {allowed}, got {value!r}")
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        if not isinstance(value, (list, tuple)):
-            raise fail(spec_type, name, f"must be a list, got {value!r}")
-        return [_check_type(spec_type, name, v, item) for v in value]
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail(spec_type, name, f"must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail(spec_type, name, f"must be an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise fail(spec_type, name, f"must be a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise fail(spec_type, name, f"must be a string, got {value!r}")
-    return value
-
-
-def _type_name(t: Any) -> str:
-    if typing.get_origin(t) is list:
-        return "a list"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(t, str(t))
-
-
 def spec_from_dict(cls: type[MethodSpec], d: dict[str, Any]) -> MethodSpec:
     """Build and validate ``cls`` from a recipe dict (the ``type`` key is ignored here)."""
     hints = typing.get_type_hints(cls)
@@ -110,7 +61,10 @@ def spec_from_dict(cls: type[MethodSpec], d: dict[str, Any]) -> MethodSpec:
     kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         if name in d:
-            kwargs[name] = _check_type(cls.type, name, d[name], hints[name])
+            try:  # the recipe's own type checks, so method fields and recipe fields read alike
+                kwargs[name] = coerce_value(d[name], hints[name], name)
+            except TokengraftError as exc:
+                raise fail(cls.type, name, str(exc).removeprefix(f"{name} ")) from None
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise TokengraftError(f"{cls.type}: field '{name}' is required")
     spec = cls(**kwargs)
