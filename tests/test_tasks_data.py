@@ -342,3 +342,13 @@ def test_mine_lexicon_with_builtin_tokenizer(lexicon_splits):
     words = L.mine_lexicon([r["text"] for r in lexicon_splits["train"]], tok, min_pieces=3, min_count=3)
     assert "__getattribute__" in words and "the" not in words
     assert all(L.piece_count(tok, w) >= 3 for w in words)
+
+
+def test_style_plain_rows_have_no_token_and_leave_the_pairs_unchanged(style_splits):
+    with_plain = S.generate_splits(seed=0, n_plain=30)
+    assert with_plain["train"][:len(style_splits["train"])] == style_splits["train"]
+    plain = with_plain["train"][len(style_splits["train"]):]
+    assert len(plain) == 30 and all(r["completion"] is None and r["style"] == "none" for r in plain)
+    assert all(r["prompt"] == r["question"] and not r["prompt"].startswith("<STYLE") for r in plain)
+    assert not {r["question"] for r in plain} & {r["question"] for r in style_splits["train"]}
+    S.check_splits(with_plain)

@@ -72,6 +72,24 @@ def _label(recipe: Any, rows: list[dict[str, Any]], tokenizer: Any, model: Any) 
         raise TokengraftError(f"data.know_check / data.self_answers: {exc}") from None
 
 
+def _complete_with_base_answers(recipe: Any, rows: list[dict[str, Any]], tokenizer: Any,
+                                model: Any) -> list[dict[str, Any]]:
+    """Generated rows with ``completion: None`` (the style task's plain rows) get the base model's own
+    greedy answer: training on them keeps the model's behaviour where no new token is present."""
+    from ..generation import greedy_answers
+
+    todo = [i for i, r in enumerate(rows) if r.get("completion") is None]
+    if not todo:
+        return rows
+    answers = greedy_answers(model, tokenizer, [rows[i]["prompt"] for i in todo], system=recipe.data.system,
+                             max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
+                             desc="base model answers the plain rows")
+    rows = list(rows)
+    for i, answer in zip(todo, answers):
+        rows[i] = {**rows[i], "completion": answer, "completion_from": "base_model"}
+    return rows
+
+
 def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
     from ..data import load_examples, split_rows
 
@@ -80,6 +98,7 @@ def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> Prep
         splits, extra = _generate(recipe, tokenizer, model)
         if recipe.data.know_check or recipe.data.self_answers:
             splits["train"] = _label(recipe, splits["train"], tokenizer, model)
+        splits["train"] = _complete_with_base_answers(recipe, splits["train"], tokenizer, model)
         files = {name: data_dir / f"{name}.jsonl" for name in splits}
         if extra:
             files["lexicon"] = data_dir / "lexicon.txt"

@@ -154,12 +154,15 @@ def _pair_rows(q: Question, split: str, index: int, rng: random.Random) -> list[
 
 
 def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, n_test: int = 200,
-                    n_untokened: int = 50) -> dict[str, list[dict[str, Any]]]:
+                    n_untokened: int = 50, n_plain: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Rows for style-token training, deterministic for ``seed``; sizes count rows (two per question).
 
     Keys: ``train``, ``validation``, ``test`` (pairs, terse then verbose per question)
     and ``test_untokened`` (the first ``n_untokened`` test questions with no style
     token and ``completion=None``: the eval runs them on base and tuned models).
+    ``n_plain`` adds that many training questions with NO style token and
+    ``completion=None``: the pipeline fills them with the base model's own answers, so
+    a message without a style token keeps behaving like the base model.
     """
     bank = split_bank(seed)
     sizes = {"train": n_train, "validation": n_validation, "test": n_test}
@@ -168,6 +171,11 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
         rng = random.Random(f"tokengraft-style:{seed}:{split}")
         questions = sample_questions(bank[split], (sizes[split] + 1) // 2, rng)
         out[split] = [row for i, q in enumerate(questions) for row in _pair_rows(q, split, i, rng)]
+        if split == "train" and n_plain:
+            plain = sample_questions(bank[split], n_plain, random.Random(f"tokengraft-style-plain:{seed}"),
+                                     exclude={q.text for q in questions})
+            out[split] += [{"prompt": q.text, "completion": None, "style": "none", "pair_id": f"plain-{i}",
+                            **question_meta(q, split)} for i, q in enumerate(plain)]
         if split == "test":
             out["test_untokened"] = [
                 {"prompt": q.text, "completion": None, "style": "none", "pair_id": f"test-{i}",
@@ -184,5 +192,6 @@ def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     for split in SPLITS:
         pairs: dict[str, set[str]] = {}
         for r in splits[split]:
-            pairs.setdefault(r["pair_id"], set()).add(r["style"])
+            if r["style"] != "none":  # plain rows (n_plain) stand alone
+                pairs.setdefault(r["pair_id"], set()).add(r["style"])
         assert all(v == {"terse", "verbose"} for v in pairs.values()), f"{split} has an incomplete style pair"
