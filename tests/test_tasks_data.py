@@ -352,3 +352,10 @@ def test_style_plain_rows_have_no_token_and_leave_the_pairs_unchanged(style_spli
     assert all(r["prompt"] == r["question"] and not r["prompt"].startswith("<STYLE") for r in plain)
     assert not {r["question"] for r in plain} & {r["question"] for r in style_splits["train"]}
     S.check_splits(with_plain)
+
+
+def test_word_counts_after_a_space_only_count_what_a_space_led_token_can_match():
+    text = "object.__dict__ holds the __dict__ and (__dict__) of the object"
+    assert L.word_counts([text])["__dict__"] == 3
+    assert L.word_counts([text], after_space=True)["__dict__"] == 1
+    assert L.word_counts([text], after_space=True)["object"] == 1  # the first "object" opens the text

@@ -22,7 +22,8 @@ KEYS = {
     "pass": ["pass_recall", "false_pass_rate", "clean_accuracy", "base_clean_accuracy", "aurc", "wrong_answer_rate",
              "selective_accuracy", "coverage", "idk_recall", "idk_error_rate", "pass_bias"],
     "style": ["length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"],
-    "lexicon": ["bits_per_byte", "base_bits_per_byte", "tokens_per_byte", "base_tokens_per_byte"],
+    "lexicon": ["bits_per_byte", "base_bits_per_byte", "tokens_per_byte", "base_tokens_per_byte",
+                "step0_bits_per_byte_subwords", "step0_bits_per_byte_spherical"],
 }
 OPTIONS = {
     "pass": ["data.generate_options={n_train: 40, n_validation: 12, n_test: 16, relations: all, read_rows: 4}"],

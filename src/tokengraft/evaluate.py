@@ -283,6 +283,30 @@ def _plot_lengths(terse: list[int], verbose: list[int], path: Path) -> None:
 # ----------------------------------------------------------------------------- lexicon
 
 
+STEP0_INITS = ("subwords", "mean", "spherical")
+
+
+def step0_bits_per_byte(run: Path, recipe: Any, texts: list[str], prefix: int | None,
+                        inits: tuple[str, ...] = STEP0_INITS) -> dict[str, float]:
+    """Bits per byte on the held-out texts with the run's new tokens added and initialised but NOT trained,
+    once per init strategy: how much each init costs before the first step (the base model is the floor)."""
+    from .graft import TokenSettings, graft
+    from .models import load_model
+    from .tasks import metrics
+
+    meta = json.loads((run / "graft.json").read_text())
+    tokens = [t["token"] for t in meta["tokens"] if t.get("new")]
+    out: dict[str, float] = {}
+    for init in inits:
+        model, tokenizer = load_model(meta["base_model"], dtype=meta.get("dtype", "float32"), device=recipe.model.device)
+        settings = TokenSettings(add=tokens, special=False, init_input=init, init_output=init,
+                                 spherical_scale=recipe.tokens.spherical_scale)
+        g = graft(model, tokenizer, settings, seed=recipe.seed, verbose=False)
+        nll, _, nbytes = metrics.text_nll(g.model, g.tokenizer, texts, prefix_token_id=prefix)
+        out[init] = metrics.bits_per_byte(nll, nbytes)
+    return out
+
+
 def evaluate_lexicon(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
                      limit: int | None = None) -> dict[str, Any]:
     from .models import load_tokenizer
@@ -299,6 +323,8 @@ def evaluate_lexicon(model: Any, tokenizer: Any, base_model: Any, run: Path, rec
         result["base_bits_per_byte"] = metrics.bits_per_byte(b_nll, b_bytes)
         result["base_tokens_per_byte"] = metrics.tokens_per_byte(b_tokens, b_bytes)
         result["tokens_per_byte_reduction"] = 1.0 - result["tokens_per_byte"] / result["base_tokens_per_byte"]
+        for init, value in step0_bits_per_byte(run, recipe, texts, prefix).items():
+            result[f"step0_bits_per_byte_{init}"] = value
     new_ids = set(json.loads((run / "graft.json").read_text())["trainable_ids"])
     prompts = [t[:200] for t in texts[:16]]
     outs = generate_batch(model, tokenizer, prompts, max_new_tokens=48, system=recipe.data.system, batch_size=recipe.eval.batch_size,

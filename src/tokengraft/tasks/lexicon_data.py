@@ -182,11 +182,16 @@ def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
 # ----------------------------------------------------------------------------- lexicon
 
 
-def word_counts(texts: Iterable[str]) -> Counter[str]:
-    """Counts of ``WORD_RE`` words (case kept: "Python" and "python" are different tokens)."""
+def word_counts(texts: Iterable[str], after_space: bool = False) -> Counter[str]:
+    """Counts of ``WORD_RE`` words (case kept: "Python" and "python" are different tokens).
+
+    ``after_space`` counts only occurrences that follow a space: what a " word" token
+    (``tokens.word_start``) can match ("object.__dict__" holds no " __dict__").
+    """
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(m.group() for m in WORD_RE.finditer(text))
+        counts.update(m.group() for m in WORD_RE.finditer(text)
+                      if not after_space or (m.start() > 0 and text[m.start() - 1] == " "))
     return counts
 
 
@@ -206,15 +211,16 @@ def piece_count(tokenizer: Any, word: str) -> int:
 
 
 def mine_lexicon(texts: Iterable[str], tokenizer: Any, min_pieces: int = 3, min_count: int = 5,
-                 max_words: int = 1000) -> list[str]:
-    """Words of ``texts`` that occur >= ``min_count`` times and cost >= ``min_pieces`` tokens.
+                 max_words: int = 1000, after_space: bool = False) -> list[str]:
+    """Words of ``texts`` that occur >= ``min_count`` times (after a space, with ``after_space``)
+    and cost >= ``min_pieces`` tokens.
 
     Pass only the TRAIN texts: a lexicon mined from held-out text would leak it.
     Ordered by count (descending), then alphabetically; at most ``max_words``.
     """
     if min_pieces < 2:
         raise TokengraftError(f"min_pieces must be >= 2 (a 1-piece word is already a token), got {min_pieces}")
-    counts = word_counts(texts)
+    counts = word_counts(texts, after_space)
     ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     out: list[str] = []
     for word in ranked:

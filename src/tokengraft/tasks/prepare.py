@@ -44,7 +44,8 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
 
         mine = {k: options.pop(k) for k in ("min_pieces", "min_count", "max_words") if k in options}
         splits = lexicon_data.generate_splits(seed=recipe.seed, **options)
-        words = lexicon_data.mine_lexicon([r["text"] for r in splits["train"]], tokenizer, **mine)
+        words = lexicon_data.mine_lexicon([r["text"] for r in splits["train"]], tokenizer,
+                                          after_space=recipe.tokens.word_start, **mine)
         if not words:
             raise TokengraftError("the lexicon miner found no word; lower data.generate_options.min_count or min_pieces")
         return splits, words
@@ -78,7 +79,7 @@ def _complete_with_base_answers(recipe: Any, rows: list[dict[str, Any]], tokeniz
     greedy answer: training on them keeps the model's behaviour where no new token is present."""
     from ..generation import greedy_answers
 
-    todo = [i for i, r in enumerate(rows) if r.get("completion") is None]
+    todo = [i for i, r in enumerate(rows) if "prompt" in r and r.get("completion") is None]
     if not todo:
         return rows
     answers = greedy_answers(model, tokenizer, [rows[i]["prompt"] for i in todo], system=recipe.data.system,
