@@ -306,7 +306,8 @@ def fold_pass_bias(model: Any, tokenizer: Any, bias: float, prompts: list[str], 
 
 
 def fold_run_pass_bias(run_dir: str | Path, model: Any, tokenizer: Any) -> dict[str, Any] | None:
-    """Fold a run's calibrated <PASS> bias (graft.json ``pass_bias``) using its own validation/test prompts."""
+    """Fold a run's calibrated <PASS> bias (graft.json ``pass_bias``), fitted on the run's validation prompts
+    (its training prompts when it has too few), so the test split stays unseen by the fold."""
     bias = read_graft_meta(run_dir).get("pass_bias")
     if not bias:
         return None
@@ -314,11 +315,11 @@ def fold_run_pass_bias(run_dir: str | Path, model: Any, tokenizer: Any) -> dict[
 
     recipe = load_recipe(Path(run_dir) / "config.yaml", validate=False)
     prompts: list[str] = []
-    for split in ("validation", "test"):
+    for split in ("validation", "train"):
         path = Path(run_dir) / "data" / f"{split}.jsonl"
-        if path.is_file():
-            prompts += [json.loads(line)["prompt"] for line in path.read_text().splitlines()
-                        if line.strip() and "prompt" in json.loads(line)]
+        if len(prompts) < 64 and path.is_file():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            prompts += [r["prompt"] for r in rows if isinstance(r.get("prompt"), str)]
     fold = fold_pass_bias(model, tokenizer, float(bias), prompts[:240], system=recipe.data.system)
     where = "the <PASS> head bias" if fold["exact"] else (
         f"the <PASS> row (realised shift {fold['shift_mean']:+.3f} +- {fold['shift_std']:.3f} on "
