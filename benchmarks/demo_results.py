@@ -19,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from compare_results import _fmt  # benchmarks/ is on sys.path when this script runs
+
 TARGETS = {
     "pass": {"pass_recall": ">= 0.90", "false_pass_rate": "<= 0.05", "clean_accuracy": ">= base",
              "base_clean_accuracy": "reference", "wrong_answer_rate": "<= 0.05 (issue 9)",
@@ -60,14 +62,6 @@ def collect(run: Path) -> dict[str, Any]:
         words = [w for w in (run / "data" / "lexicon.txt").read_text().splitlines() if w and not w.startswith("#")]
         out["lexicon_words"] = len(words)
     return out
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
 
 
 def markdown(task: str, runs: list[dict[str, Any]], names: list[str], title: str, commands: list[str]) -> str:
