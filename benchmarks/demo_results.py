@@ -64,8 +64,9 @@ def collect(run: Path) -> dict[str, Any]:
     return out
 
 
-def markdown(task: str, runs: list[dict[str, Any]], names: list[str], title: str, commands: list[str]) -> str:
-    lines = [f"# {title}", ""]
+def markdown(task: str, runs: list[dict[str, Any]], names: list[str], title: str, commands: list[str],
+             notes: list[str]) -> str:
+    lines = [f"# {title}", ""] + [line for note in notes for line in (note, "")]
     for name, run, command in zip(names, runs, commands):
         seconds = run.get("train_seconds")
         took = f", trained in {seconds / 60:.1f} min ({run.get('steps')} steps)" if seconds else ""
@@ -88,11 +89,13 @@ def markdown(task: str, runs: list[dict[str, Any]], names: list[str], title: str
         lines += ["", f"Know-check labelling ({names[0]}): the base model answered {kc['base_right']} of "
                   f"{kc['answerable']} answerable training questions right; by relation: "
                   + ", ".join(f"{k} {v}" for k, v in kc["base_right_by_relation"].items())]
-    if m.get("sweep"):
-        lines += ["", f"Logit-bias sweep on the test split ({names[0]}):", "",
+    for name, run in zip(names, runs):
+        if not run["metrics"].get("sweep"):
+            continue
+        lines += ["", f"Logit-bias sweep on the test split ({name}):", "",
                   "| bias | PASS recall | false-PASS | coverage | selective accuracy | wrong answers |",
                   "|---:|---:|---:|---:|---:|---:|"]
-        for row in m["sweep"]:
+        for row in run["metrics"]["sweep"]:
             lines.append(f"| {row['bias']:+g} | " + " | ".join(_fmt(row.get(k)) for k in (
                 "pass_recall", "false_pass_rate", "coverage", "selective_accuracy", "wrong_answer_rate")) + " |")
     if isinstance(m.get("read_probe"), dict):
@@ -113,6 +116,7 @@ def main() -> None:
     parser.add_argument("--names", nargs="*", help="column names (default: run directory names)")
     parser.add_argument("--command", action="append", default=[], help="the command each run came from (repeat)")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--note", action="append", default=[], help="a paragraph to add under the title (repeat)")
     args = parser.parse_args()
     runs = [collect(r) for r in args.runs]
     task = runs[0]["metrics"]["task"]
@@ -121,8 +125,8 @@ def main() -> None:
     title = args.title or f"`tokengraft demo {task}`: held-out results (built-in model, CPU)"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"task": task, "names": names, "commands": commands,
-                                                          "runs": runs}, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(task, runs, names, title, commands))
+                                                          "notes": args.note, "runs": runs}, indent=2))
+    args.out.with_suffix(".md").write_text(markdown(task, runs, names, title, commands, args.note))
     for plot in PLOTS:
         if (args.runs[0] / plot).is_file():
             shutil.copy2(args.runs[0] / plot, args.out.parent / f"{args.out.name}_{plot}")

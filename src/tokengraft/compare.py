@@ -20,7 +20,8 @@ from typing import Any
 from .errors import TokengraftError
 
 METRIC_KEYS = {
-    "pass": ("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy", "aurc"),
+    "pass": ("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy", "coverage",
+             "idk_recall", "idk_error_rate", "aurc"),
     "style": ("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"),
     "lexicon": ("bits_per_byte", "tokens_per_byte"),
     "classification": ("accuracy", "macro_accuracy"),
