@@ -173,3 +173,16 @@ def test_text_nll_windows_predict_every_token_once():
     assert model.training  # the caller's mode is restored
     with pytest.raises(TokengraftError):
         M.text_nll(model, tok, [text], max_length=1)
+
+
+def test_the_pass_bias_is_calibrated_with_a_finite_sample_margin():
+    """(k + 1) / (n + 1) <= target: on 40 base-right questions a 0.05 target admits one false pass, not two."""
+    from tokengraft.evaluate import choose_pass_bias
+
+    right = [{"answerable": True, "base_correct": True, "gold": "x", "aliases": [], "margin": m, "generated": "x"}
+             for m in [-1.2, -1.8] + [-9.0] * 38]  # the two closest to passing need bias 1.2 and 1.8
+    corrupted = [{"answerable": False, "margin": m, "generated": "<PASS>"} for m in (-3.0, -2.0, 0.5)]
+    bias, sweep = choose_pass_bias(right + corrupted, 0.05, biases=(0.0, 1.0, 1.5, 2.0, 3.0))
+    assert bias == 1.5  # 1 false pass: (1+1)/41 = 0.049; at 2.0 two would give 0.073
+    assert [row["false_pass_rate"] for row in sweep][:4] == [0.0, 0.0, 0.025, 0.05]
+    assert choose_pass_bias(right[:10] + corrupted, 0.05, biases=(0.0, 1.0))[0] == 0.0  # n=10 cannot certify 5 %

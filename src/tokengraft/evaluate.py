@@ -193,9 +193,16 @@ def bias_sweep(records: list[dict[str, Any]], biases: tuple[float, ...] = SWEEP_
 
 def choose_pass_bias(records: list[dict[str, Any]], target_false_pass: float,
                      biases: tuple[float, ...] = tuple(x / 2 for x in range(-12, 13))) -> tuple[float, list[dict[str, Any]]]:
-    """The largest bias whose false-PASS rate stays within the target (recall grows with the bias)."""
+    """The largest bias (recall grows with it) whose false-PASS rate stays within the target with a
+    finite-sample margin: ``(false passes + 1) / (n + 1) <= target`` over the ``n`` validation
+    questions the base model answers right (conformal risk control). The plain ``k / n <= target``
+    overfits a small split: with n = 40 it admits 2 false passes and sat on the edge of the plateau.
+    With too few rows to certify the target at all (n < 1 / target - 1) the smallest bias is taken."""
     sweep = bias_sweep(records, biases)
-    ok = [row for row in sweep if row["false_pass_rate"] is not None and row["false_pass_rate"] <= target_false_pass]
+    answerable = [r for r in records if r["answerable"]]
+    n = sum(1 for r in answerable if r.get("base_correct")) or len(answerable)
+    ok = [row for row in sweep if row["false_pass_rate"] is not None
+          and (round(row["false_pass_rate"] * n) + 1) / (n + 1) <= target_false_pass]
     best = max(ok, key=lambda row: row["bias"]) if ok else min(sweep, key=lambda row: row["bias"])
     return float(best["bias"]), sweep
 
