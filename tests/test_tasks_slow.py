@@ -26,7 +26,8 @@ KEYS = {
                 "step0_bits_per_byte_subwords", "step0_bits_per_byte_spherical"],
 }
 OPTIONS = {
-    "pass": ["data.generate_options={n_train: 40, n_validation: 12, n_test: 16, relations: all, read_rows: 4}"],
+    "pass": ["data.generate_options={n_train: 40, n_validation: 12, n_test: 16, relations: all, read_rows: 4}",
+             "data.know_check=true"],
     "style": ["data.generate_options={n_train: 40, n_validation: 8, n_test: 8, n_untokened: 4}", "eval.max_new_tokens=24"],
     "lexicon": ["data.generate_options={min_pieces: 3, min_count: 5, max_words: 20, chunk_chars: 400}"],
 }
@@ -48,5 +49,5 @@ def test_task_end_to_end(task, tmp_path):
         rows = [json.loads(line) for line in (run / "data" / "train.jsonl").read_text().splitlines()]
         labelled = [r for r in rows if r.get("answerable")]
         assert labelled and all(r["know_check"] in ("right", "wrong") and "base_answer" in r for r in labelled)
-        assert all(r["completion"] == "<PASS>" for r in labelled if r["know_check"] == "wrong")
+        assert all(r["completion"] == ("<PASS>" if r["know_check"] == "wrong" else r["base_answer"]) for r in labelled)
         assert sum(r["kind"] == "read" for r in rows) == 4
