@@ -317,17 +317,12 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
     from accelerate import PartialState
 
     from .guard import preflight
-    from .models import load_model, pick_device
+    from .models import load_model
     from .tasks.prepare import prepare_data
-    from .train import (ListDataset, _callbacks, _check_quantization, build_optimizer, run_and_save, set_seed,
-                        token_settings, training_arguments)
+    from .train import (ListDataset, _callbacks, build_optimizer, run_and_save, start_run, token_settings,
+                        training_arguments)
 
-    run = Path(output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    set_seed(recipe.seed)
-    if recipe.model.quantization != "none":
-        _check_quantization(recipe.model.quantization)
-    device = pick_device(recipe.model.device)
+    run, device = start_run(recipe, output_dir)
     lm, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
                                trust_remote_code=recipe.model.trust_remote_code)
     data = prepare_data(recipe, run, tokenizer, lm)

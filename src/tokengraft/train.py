@@ -53,6 +53,18 @@ class ListDataset(Dataset):
         return self.items[index]
 
 
+def start_run(recipe: Any, output_dir: str | Path) -> tuple[Path, torch.device]:
+    """What every training command does first: the run directory, the seed, the quantization check, the device."""
+    from .models import pick_device
+
+    run = Path(output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    set_seed(recipe.seed)
+    if recipe.model.quantization != "none":
+        _check_quantization(recipe.model.quantization)
+    return run, pick_device(recipe.model.device)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -382,15 +394,10 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
 
     from .data import Collator, check_tokens_used, encode_examples
     from .guard import audit, preflight
-    from .models import load_model, pick_device
+    from .models import load_model
     from .tasks.prepare import prepare_data
 
-    run = Path(output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    set_seed(recipe.seed)
-    if recipe.model.quantization != "none":
-        _check_quantization(recipe.model.quantization)
-    device = pick_device(recipe.model.device)
+    run, device = start_run(recipe, output_dir)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         # Under a launcher each process owns the GPU of its local rank; plain "cuda" would put
         # every process's copy on GPU 0 before the Trainer moves it (not tested here: CPU only).
