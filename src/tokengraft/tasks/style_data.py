@@ -22,7 +22,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import SPLITS, Question, check_disjoint, number_words, question_meta, sample_questions, split_bank
+from . import (ALL_RELATIONS, BASIC_RELATIONS, SPLITS, Question, check_disjoint, number_words, question_meta,
+               sample_questions, split_bank)
 
 STYLE_TERSE = "<STYLE_TERSE>"
 STYLE_VERBOSE = "<STYLE_VERBOSE>"
@@ -154,7 +155,8 @@ def _pair_rows(q: Question, split: str, index: int, rng: random.Random) -> list[
 
 
 def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, n_test: int = 200,
-                    n_untokened: int = 50, n_plain: int = 0) -> dict[str, list[dict[str, Any]]]:
+                    n_untokened: int = 50, n_plain: int = 0, plain_relations: str = "basic",
+                    ) -> dict[str, list[dict[str, Any]]]:
     """Rows for style-token training, deterministic for ``seed``; sizes count rows (two per question).
 
     Keys: ``train``, ``validation``, ``test`` (pairs, terse then verbose per question)
@@ -162,8 +164,12 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     token and ``completion=None``: the eval runs them on base and tuned models).
     ``n_plain`` adds that many training questions with NO style token and
     ``completion=None``: the pipeline fills them with the base model's own answers, so
-    a message without a style token keeps behaving like the base model.
+    a message without a style token keeps behaving like the base model. ``plain_relations``
+    "all" draws them from every relation of the bank (dates, harder arithmetic too), whose
+    base answers vary more in length than the basic relations' short ones.
     """
+    if plain_relations not in ("basic", "all"):
+        raise ValueError(f"plain_relations must be 'basic' or 'all', got {plain_relations!r}")
     bank = split_bank(seed)
     sizes = {"train": n_train, "validation": n_validation, "test": n_test}
     out: dict[str, list[dict[str, Any]]] = {}
@@ -173,6 +179,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
         out[split] = [row for i, q in enumerate(questions) for row in _pair_rows(q, split, i, rng)]
         if split == "train" and n_plain:
             plain = sample_questions(bank[split], n_plain, random.Random(f"tokengraft-style-plain:{seed}"),
+                                     relations=ALL_RELATIONS if plain_relations == "all" else BASIC_RELATIONS,
                                      exclude={q.text for q in questions})
             out[split] += [{"prompt": q.text, "completion": None, "style": "none", "pair_id": f"plain-{i}",
                             **question_meta(q, split)} for i, q in enumerate(plain)]
