@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_token_rows import _status  # VmRSS / VmHWM, the same measurement as the token-row benchmark
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -133,15 +135,6 @@ def recipe_dict(model: str, data: Path, overrides: dict[str, Any], steps: int) -
 
 
 # ----------------------------------------------------------------------------- the child: measure
-
-
-def _status() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
 
 
 def measure(recipe_path: Path, out_path: Path) -> None:
