@@ -361,12 +361,19 @@ def trace_activations(model: Any, arch: Any, batch: int, seq_len: int, *, input_
         if trace is not None and _TraceState.called:
             trace.kernel = _TraceState.how()
             return trace
-    trace = _trace_once(hf, body, arch, batch, seq_len, input_grad)
+    try:
+        trace = _trace_once(hf, body, arch, batch, seq_len, input_grad)
+    except TokengraftError:
+        # transformers >= 5.24 looks for packed sequences in the position ids when no attention mask is given,
+        # and that check calls .item(), which meta tensors cannot answer (Falcon builds its own position ids).
+        # An all-ones mask is the same attention and skips the check.
+        trace = _trace_once(hf, body, arch, batch, seq_len, input_grad, all_ones_mask=True)
     trace.kernel = "eager" if kernel == "eager" else "traced-math"
     return trace
 
 
-def _trace_once(hf: Any, body: Any, arch: Any, batch: int, seq_len: int, input_grad: bool) -> ActivationTrace:
+def _trace_once(hf: Any, body: Any, arch: Any, batch: int, seq_len: int, input_grad: bool,
+                all_ones_mask: bool = False) -> ActivationTrace:
     param_ids = {p.untyped_storage()._cdata for p in hf.parameters()}
     param_ids |= {b.untyped_storage()._cdata for b in hf.buffers()}
     stack: list[str] = []  # module names currently running, innermost last
@@ -413,7 +420,8 @@ def _trace_once(hf: Any, body: Any, arch: Any, batch: int, seq_len: int, input_g
     try:
         x = torch.zeros(batch, seq_len, arch.hidden_size, device="meta", dtype=dtype, requires_grad=input_grad)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            body(inputs_embeds=x, use_cache=False)
+            mask = torch.ones(batch, seq_len, device="meta", dtype=torch.long) if all_ones_mask else None
+            body(inputs_embeds=x, attention_mask=mask, use_cache=False)
     except Exception as exc:  # a model whose forward cannot run on meta tensors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokengraftError(f"cannot trace {arch.model_type} activations on the meta device ({first})") from None

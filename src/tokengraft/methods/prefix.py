@@ -14,6 +14,7 @@ The prefix is not a weight delta, so a merged export is impossible.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,10 +52,35 @@ class PrefixSpec(MethodSpec):
         if task is None:
             raise TokengraftError(f"prefix: {type(model).__name__} is neither a causal LM nor a sequence classifier; "
                                   "PEFT's prefix tuning needs one of those")
+        if task == "SEQ_CLS":
+            check_classifier_takes_prefix(model)
         config = PrefixTuningConfig(task_type=task, num_virtual_tokens=self.num_virtual_tokens)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             return get_peft_model(model, config)
+
+
+def takes_past_key_values(module: nn.Module) -> bool:
+    """Whether ``module.forward`` names ``past_key_values`` (transformers >= 5.24 renames it ``cache``)."""
+    return "past_key_values" in inspect.signature(module.forward).parameters
+
+
+def check_classifier_takes_prefix(model: nn.Module) -> None:
+    """PEFT hands a classifier's prefix over as ``past_key_values`` and only where a forward names that argument.
+
+    transformers 5.24 renamed it to ``cache`` (the old name still works through ``**kwargs``, but PEFT
+    looks at the signature), so PEFT <= 0.21 raises deep inside its forward. Say so before training.
+    """
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if takes_past_key_values(model) or (backbone is not None and takes_past_key_values(backbone)):
+        return
+    import peft
+    import transformers
+
+    raise TokengraftError(
+        f"prefix: PEFT {peft.__version__} cannot pass a prefix to {type(model).__name__} under transformers "
+        f"{transformers.__version__} (its forward takes `cache`, not `past_key_values`); use lora or adapter "
+        "for classification, or transformers<5.24")
 
 
 def check_supported(model: nn.Module, arch: Any) -> None:
