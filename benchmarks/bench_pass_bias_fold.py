@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from tokengraft.export import fold_run_pass_bias, load_graft, merge_graft
+from tokengraft.export.pass_bias import fold_run_pass_bias
+from tokengraft.rundir import load_graft
+from tokengraft.export.merged import merge_graft
 from tokengraft.generation import first_answer_states
 from tokengraft.tasks import read_jsonl
 

@@ -50,10 +50,10 @@ def run_child(name: str, steps: int) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     from tokengraft.data import Collator, encode_examples
-    from tokengraft.graft import TokenSettings, graft
+    from tokengraft.core.graft import TokenSettings, graft
     from tokengraft.models import load_model
     from tokengraft.tasks import pass_data
-    from tokengraft.train import build_optimizer, causal_lm_loss, full_logits, supervised_logits
+    from tokengraft.training.lm import build_optimizer, causal_lm_loss, full_logits, supervised_logits
 
     setup = CONFIGS[name]
     model, tokenizer = load_model(device="cpu")

@@ -76,9 +76,9 @@ def _dir_bytes(directory: Path) -> dict[str, int]:
 def run_child(config: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from tokengraft.graft import TokenSettings, _apply_methods, graft
+    from tokengraft.core.graft import TokenSettings, _apply_methods, graft
     from tokengraft.models import BUILTIN_ALIAS, load_model
-    from tokengraft.train import build_optimizer, causal_lm_loss, supervised_logits
+    from tokengraft.training.lm import build_optimizer, causal_lm_loss, supervised_logits
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         if g is not None:
-            from tokengraft.export import save_graft
+            from tokengraft.rundir import save_graft
 
             save_graft(g, tmp, base_spec=BUILTIN_ALIAS)
         else:

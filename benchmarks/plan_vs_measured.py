@@ -4,7 +4,7 @@
     (options: --only NAME[,NAME] --steps 3 --workdir DIR)
 
 Each configuration trains for a few optimizer steps through the real entry point,
-``tokengraft.train.train(recipe, run_dir)``, in a fresh Python process, and the plan
+``tokengraft.training.lm.train(recipe, run_dir)``, in a fresh Python process, and the plan
 for the same recipe is made in this process (meta device, ``device=cpu``).
 
 What is measured, and why this way
@@ -27,7 +27,7 @@ Two process settings make RSS a faithful tensor-memory meter:
   shared 2-core machine is left alone.
 Imports (torch, transformers, peft, matplotlib) happen before the baseline, and the
 training loop is observed through a Trainer callback added by wrapping
-``tokengraft.train._callbacks``; the model load is observed by wrapping
+``tokengraft.training.lm._callbacks``; the model load is observed by wrapping
 ``tokengraft.models.load_model``. Both wrappers exist only inside the child process.
 """
 
@@ -149,7 +149,7 @@ def measure(recipe_path: Path, out_path: Path) -> None:
     import transformers  # noqa: F401
 
     import tokengraft.models as models
-    import tokengraft.train as train_module
+    import tokengraft.training.lm as train_module
     from tokengraft.config import load_recipe
     from transformers import TrainerCallback
 
@@ -229,7 +229,7 @@ def run(names: list[str] | None, steps: int, workdir: Path, reuse: bool = False)
     import yaml
 
     from tokengraft.config import load_recipe
-    from tokengraft.memory import plan
+    from tokengraft.planner.measure import plan
 
     workdir.mkdir(parents=True, exist_ok=True)
     data = write_data(workdir / "train.jsonl")
@@ -315,7 +315,7 @@ def write_results(results: list[dict[str, Any]], command: str, steps: int) -> No
         f"Produced by: `{command}`" + (
             " (measurements from the first run, `python benchmarks/plan_vs_measured.py`; see the notes)"
             if "--reuse-measurements" in command else ""), "",
-        f"Each configuration: {steps} optimizer steps of `tokengraft.train.train` in a fresh process, batch 4, "
+        f"Each configuration: {steps} optimizer steps of `tokengraft.training.lm.train` in a fresh process, batch 4, "
         "fp32, one thread. Measured = peak RSS growth over the loaded model (VmHWM reset after load, "
         "glibc mmap threshold 64 KiB so freed tensors leave RSS); planned = `Plan.growth_over_load`. "
         "Total = the same peak counted from before the model was loaded, against `Plan.total`.", "",

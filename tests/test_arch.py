@@ -13,8 +13,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.modeling_outputs import CausalLMOutput
 
 from tiny import FAMILY_CONFIGS, tiny_config, tiny_model, tiny_tokenizer
-from tokengraft import arch as arch_mod
-from tokengraft.arch import ArchInfo, bias_parameter_names, describe, linear_shapes, module_names_in_blocks
+import tokengraft.core.arch as arch_mod
+from tokengraft.core.arch import ArchInfo, bias_parameter_names, describe, linear_shapes, module_names_in_blocks
 from tokengraft.errors import TokengraftError
 
 # What each family looks like, per its transformers implementation (block-relative names).

@@ -19,15 +19,15 @@ import torch
 from safetensors.torch import load_file
 
 import tokengraft
-from tokengraft.classify import ClassificationCollator, build_classifier_graft, evaluate_classification
-from tokengraft.cli import main
+from tokengraft.training.classifier import ClassificationCollator, build_classifier_graft, evaluate_classification
+from tokengraft.cli.main import main
 from tokengraft.config import recipe_from_dict, validate_recipe
 from tokengraft.errors import TokengraftError
-from tokengraft.graft import TokenSettings
+from tokengraft.core.graft import TokenSettings
 from tokengraft.methods.spec import canonical_name, unwrap
 from tokengraft.tasks import check_disjoint
 from tokengraft.tasks.classify_data import CORRUPTED, generate_splits, label_set
-from tokengraft.train import train
+from tokengraft.training.lm import train
 from tiny import tiny_model, tiny_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -246,7 +246,7 @@ def test_refusals(tmp_path, model_dirs):
 def test_compare_two_tiny_recipes(tmp_path, model_dirs):
     import yaml
 
-    from tokengraft.compare import compare
+    from tokengraft.cli.compare import compare
 
     paths = []
     for name, methods in (("cls_adapter", METHODS["post_attn_adapter"]), ("cls_head", METHODS["head_only"])):

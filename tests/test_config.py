@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tokengraft.cli import main
-from tokengraft.config import (Recipe, TokenInit, default_recipe, load_recipe, parse_override, recipe_from_dict,
-                               schema_docs, validate_recipe)
+from tokengraft.cli.main import main
+from tokengraft.config import (Recipe, TokenInit, default_recipe, load_recipe, parse_override, recipe_from_dict, schema_docs, validate_recipe)
 from tokengraft.errors import TokengraftError
 from tiny import tiny_config, tiny_tokenizer
 

@@ -8,8 +8,7 @@ import os
 import pytest
 import torch
 
-from tokengraft.data import (IGNORE_INDEX, ChatFormat, Collator, DatasetStats, TokenUse, as_examples,
-                             check_tokens_used, encode_examples, load_examples, split_rows, token_ids)
+from tokengraft.data import (IGNORE_INDEX, ChatFormat, Collator, DatasetStats, TokenUse, as_examples, check_tokens_used, encode_examples, load_examples, split_rows, token_ids)
 from tokengraft.errors import TokengraftError
 from tiny import tiny_model, tiny_tokenizer
 

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from tokengraft.config import load_recipe
-from tokengraft.train import COMPLETE_MARKER, train
+from tokengraft.training.lm import COMPLETE_MARKER, train
 from tiny import tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.slow

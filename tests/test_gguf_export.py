@@ -20,10 +20,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from tiny import tiny_model, tiny_tokenizer  # noqa: E402
-from tokengraft.errors import TokengraftError  # noqa: E402
-from tokengraft.export import load_graft, merge_graft, save_graft  # noqa: E402
-from tokengraft.graft import TokenSettings, graft  # noqa: E402
-from tokengraft.gguf_export import detect_pre_tokenizer, export_gguf, permute_qk  # noqa: E402
+from tokengraft.errors import TokengraftError
+from tokengraft.rundir import load_graft, save_graft
+from tokengraft.export.merged import merge_graft
+from tokengraft.core.graft import TokenSettings, graft
+from tokengraft.export.gguf import detect_pre_tokenizer, export_gguf, permute_qk
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -332,7 +333,7 @@ def measure_llama_cpp(run: Path, gguf_path: Path, per_kind: int = 20, steps: int
     """
     from llama_cpp import Llama
 
-    from tokengraft.export import fold_run_pass_bias
+    from tokengraft.export.pass_bias import fold_run_pass_bias
 
     model, tok = _merged(run)
     fold = fold_run_pass_bias(run, model, tok)
@@ -393,8 +394,8 @@ def _pass_run(tmp_path: Path) -> Path:
     if reuse:
         return Path(reuse)
     from tokengraft.config import load_recipe
-    from tokengraft.demo import recipe_path
-    from tokengraft.train import train
+    from tokengraft.cli.demo import recipe_path
+    from tokengraft.training.lm import train
 
     recipe = load_recipe(recipe_path("pass"), ["train.max_steps=60", "train.save_steps=0", "train.eval_steps=0"])
     run = tmp_path / "pass"

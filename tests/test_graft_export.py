@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.errors import TokengraftError
-from tokengraft.export import export_merged, load, load_graft, save_graft
-from tokengraft.graft import TokenSettings, graft
+from tokengraft.export.merged import export_merged
+from tokengraft.rundir import load, load_graft, save_graft
+from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.models import load_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -274,7 +275,7 @@ def test_two_tokens_on_the_builtin_model_save_under_100_kb(tmp_path: Path) -> No
 
 def test_the_pass_bias_folds_into_the_row_with_a_measured_shift() -> None:
     """The calibrated <PASS> bias goes into the weights; the reported shift is what the logits really move by."""
-    from tokengraft.export import fold_pass_bias
+    from tokengraft.export.pass_bias import fold_pass_bias
     from tokengraft.generation import first_answer_states
 
     model, tok = tiny_model("llama", seed=3), tiny_tokenizer()

@@ -8,8 +8,8 @@ import pytest
 
 from tiny import HIDDEN, tiny_model, tiny_tokenizer
 from tokengraft.errors import TokengraftError
-from tokengraft.graft import TokenSettings, graft
-from tokengraft.guard import audit, preflight
+from tokengraft.core.graft import TokenSettings, graft
+from tokengraft.core.guard import audit, preflight
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

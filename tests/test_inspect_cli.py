@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from tiny import tiny_model, tiny_tokenizer
-from tokengraft.cli import main
+from tokengraft.cli.main import main
 
 QWEN14B = dict(  # Qwen2.5-14B's published shape
     architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_size=5120, intermediate_size=13824,
@@ -64,7 +64,7 @@ def test_config_only_14b_on_meta(tmp_path: Path, capsys):
 
 def test_config_only_model_is_built_on_meta(tmp_path: Path):
     """The inspect loader never materialises weights: every parameter lives on the meta device."""
-    from tokengraft.inspect_report import _load
+    from tokengraft.cli.inspect import _load
 
     (tmp_path / "config.json").write_text(json.dumps(QWEN14B))
     model, tokenizer, why = _load(str(tmp_path), trust_remote_code=False)

@@ -17,10 +17,10 @@ import torch
 import yaml
 
 from tiny import tiny_config, tiny_model, tiny_tokenizer
-from tokengraft.cli import main
+from tokengraft.cli.main import main
 from tokengraft.config import apply_overrides, recipe_from_dict
 from tokengraft.errors import TokengraftError
-from tokengraft.memory import GiB, parse_size, plan, trace_activations
+from tokengraft.planner.measure import GiB, parse_size, plan, trace_activations
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -41,7 +41,7 @@ def _real_saved_bytes(model: torch.nn.Module, batch: int, seq: int, padded: bool
             seen[s.data_ptr()] = s.nbytes()
         return t
 
-    from tokengraft.rows import unwrap_peft
+    from tokengraft.core.rows import unwrap_peft
 
     hf = unwrap_peft(model)
     x = torch.zeros(batch, seq, hf.config.hidden_size, requires_grad=True)
@@ -64,7 +64,7 @@ def _meta_model(family: str):
     ("opt", False), ("gpt2", False), ("falcon", False),
 ])
 def test_trace_matches_autograd_on_cpu(family: str, padded: bool) -> None:
-    from tokengraft.arch import describe
+    from tokengraft.core.arch import describe
 
     meta = _meta_model(family)
     for p in meta.parameters():
@@ -80,7 +80,7 @@ def test_trace_matches_autograd_on_cpu(family: str, padded: bool) -> None:
 
 
 def test_trace_with_lora_matches_autograd_and_frozen_input_saves_nothing() -> None:
-    from tokengraft.arch import describe
+    from tokengraft.core.arch import describe
     from tokengraft.methods import apply_methods
 
     spec = [{"type": "lora", "targets": "attention_mlp", "r": 4, "dropout": 0.1}]
@@ -215,7 +215,7 @@ def test_knobs_move_the_plan_as_the_formulas_say(tmp_path: Path) -> None:
 
 
 def test_method_parameters_are_the_registry_counts(tmp_path: Path) -> None:
-    from tokengraft.arch import describe
+    from tokengraft.core.arch import describe
     from tokengraft.methods import apply_methods
 
     methods = [{"type": "lora", "targets": "attention", "r": 8}, {"type": "adapter", "bottleneck": 16}]

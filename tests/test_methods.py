@@ -13,13 +13,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tiny import tiny_config, tiny_model, tiny_tokenizer
-from tokengraft.arch import describe
+from tokengraft.core.arch import describe
 from tokengraft.errors import TokengraftError
 from tokengraft.methods import apply_methods, build_spec, load_methods
 from tokengraft.methods.adapter import CONTAINER
 from tokengraft.methods.classification import build_classifier, head_module_name
 from tokengraft.methods.prefix import takes_past_key_values
-from tokengraft.methods_report import method_table
+from tokengraft.cli.methods import method_table
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -361,7 +361,7 @@ def test_table_counts_equal_applied_counts(family: str) -> None:
 
     arch, rows = method_table(meta_model, top_k=4)
     assert len(rows) == 14
-    from tokengraft.methods_report import default_specs
+    from tokengraft.cli.methods import default_specs
 
     for (label, d), row in zip(default_specs(min(4, arch.num_blocks)), rows[:-1]):
         assert row.settings == label
@@ -380,7 +380,7 @@ def test_table_counts_equal_applied_counts(family: str) -> None:
 
 
 def test_methods_cli_json(capsys, tmp_path) -> None:
-    from tokengraft.cli import main
+    from tokengraft.cli.main import main
 
     tiny_config("gpt2").save_pretrained(tmp_path)
     assert main(["methods", str(tmp_path), "--json", "--top-k", "1"]) == 0
@@ -414,7 +414,7 @@ def test_lora_classifier_merges_with_its_trained_head() -> None:
 @pytest.mark.parametrize("method", ["lora", "prefix", "adapter", "bitfit"])
 def test_token_rows_attach_after_methods(tmp_path, method: str) -> None:
     """rows.py attaches after apply_methods: its rows train, and the methods' state does not include them."""
-    from tokengraft.rows import attach_rows
+    from tokengraft.core.rows import attach_rows
 
     model, state = _applied("qwen2", METHODS[method])
     emb = model.get_input_embeddings().weight.detach()
@@ -471,7 +471,7 @@ def _formula(model, arch, d: dict) -> int | None:
 
 
 def _check_formulas(make_model, top_k: int = 4) -> int:
-    from tokengraft.methods_report import default_specs
+    from tokengraft.cli.methods import default_specs
 
     arch, rows = method_table(make_model, top_k=top_k)
     model = make_model()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tokengraft.cli import main
+from tokengraft.cli.main import main
 from tokengraft.config import load_recipe
 from tokengraft.data import load_examples
 from tiny import tiny_model, tiny_tokenizer

@@ -16,8 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiny import HIDDEN, VOCAB, tiny_model, tiny_tokenizer
 from tokengraft.errors import TokengraftError
-from tokengraft.graft import TokenSettings, _effective_matrices, graft
-from tokengraft.rows import RowEmbedding, RowHead
+from tokengraft.core.graft import TokenSettings, _effective_matrices, graft
+from tokengraft.core.rows import RowEmbedding, RowHead
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -275,7 +275,7 @@ def test_the_three_backends_train_the_same_rows(case: str) -> None:
 
 
 def test_attach_rows_rejects_a_second_graft_and_bad_sides() -> None:
-    from tokengraft.rows import attach_rows
+    from tokengraft.core.rows import attach_rows
 
     g, _ = _make("mistral")
     with pytest.raises(TokengraftError, match="already has token rows attached"):

@@ -177,7 +177,7 @@ def test_text_nll_windows_predict_every_token_once():
 
 def test_the_pass_bias_is_calibrated_with_a_finite_sample_margin():
     """(k + 1) / (n + 1) <= target: on 40 base-right questions a 0.05 target admits one false pass, not two."""
-    from tokengraft.evaluate import choose_pass_bias
+    from tokengraft.evaluation.generative import choose_pass_bias
 
     right = [{"answerable": True, "base_correct": True, "gold": "x", "aliases": [], "margin": m, "generated": "x"}
              for m in [-1.2, -1.8] + [-9.0] * 38]  # the two closest to passing need bias 1.2 and 1.8

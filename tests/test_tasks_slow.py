@@ -11,9 +11,9 @@ import json
 import pytest
 
 from tokengraft.config import load_recipe
-from tokengraft.demo import recipe_path
-from tokengraft.evaluate import evaluate_run
-from tokengraft.train import train
+from tokengraft.cli.demo import recipe_path
+from tokengraft.evaluation.generative import evaluate_run
+from tokengraft.training.lm import train
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from transformers import PreTrainedTokenizerFast
 
 from tiny import HIDDEN, VOCAB, tiny_model, tiny_tokenizer
 from tokengraft.errors import TokengraftError
-from tokengraft.graft import TokenSettings, graft
-from tokengraft.vocab import HEWITT_EPS, add_tokens
+from tokengraft.core.graft import TokenSettings, graft
+from tokengraft.core.vocab import HEWITT_EPS, add_tokens
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -10,10 +10,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_model": "models",
     "BUILTIN_ALIAS": "models",
-    "describe": "arch",
-    "ArchInfo": "arch",
-    "add_tokens": "vocab",
-    "load": "export",
+    "describe": "core.arch",
+    "ArchInfo": "core.arch",
+    "add_tokens": "core.vocab",
+    "load": "rundir",
     "TokengraftError": "errors",
 }
 

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 BUILTIN_MODEL = "smollm2-135m-instruct"  # models.BUILTIN_ALIAS, repeated so `validate` stays import-light
 INIT_STRATEGIES = ("mean", "hewitt", "text", "subwords", "spherical", "random")
@@ -273,7 +273,7 @@ def _method_from_dict(raw: Any, where: str) -> Any:
     for key in raw:
         if key != "type" and key not in names:
             raise _unknown_key(f"{where}.{key}", key, names)
-    from .methods.spec import spec_from_dict
+    from tokengraft.methods.spec import spec_from_dict
 
     try:
         return spec_from_dict(cls, raw)
@@ -653,14 +653,14 @@ def _check_with_model(recipe: Recipe) -> list[str]:
     put their parameters, which resolves targets and block ranges (and raises on
     LoRA names that do not exist, top_k past the depth, BitFit without biases).
     """
-    from .models import load_config_model, load_tokenizer
+    from tokengraft.models import load_config_model, load_tokenizer
 
     notes: list[str] = []
     model = load_config_model(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     try:
-        from .arch import describe
+        from tokengraft.core.arch import describe
     except ImportError:  # arch.py not available: structural method checks are skipped
-        return ["model checks skipped: tokengraft.arch is not available"]
+        return ["model checks skipped: tokengraft.core.arch is not available"]
     arch = describe(model)
     for i, spec in enumerate(recipe.methods):
         try:
@@ -669,11 +669,11 @@ def _check_with_model(recipe: Recipe) -> list[str]:
                 continue
             spec.where(arch)
             if spec.type == "freeze":
-                from .methods.freeze import select_parameters
+                from tokengraft.methods.freeze import select_parameters
 
                 select_parameters(spec, model, arch)
             elif spec.type == "lora":
-                from .methods.lora import target_module_names
+                from tokengraft.methods.lora import target_module_names
 
                 target_module_names(spec, arch)
         except TokengraftError as exc:

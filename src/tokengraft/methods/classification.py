@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 HEAD_NAMES = ("score", "classifier")
 

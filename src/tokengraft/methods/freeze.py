@@ -23,9 +23,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..errors import TokengraftError
-from .spec import (MethodSpec, base_layer, block_range_text, canonical_name, fail, require_positive,
-                   resolve_top_blocks, unwrap)
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import (MethodSpec, base_layer, block_range_text, canonical_name, fail, require_positive, resolve_top_blocks, unwrap)
 
 MODES = ("attention_only", "bitfit", "top_k_blocks", "pattern")
 

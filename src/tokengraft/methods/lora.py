@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import TokengraftError
-from .spec import MethodSpec, base_layer, block_range_text, fail, require_positive, resolve_top_blocks, unwrap
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import (MethodSpec, base_layer, block_range_text, fail, require_positive, resolve_top_blocks, unwrap)
 
 PRESETS = ("attention", "attention_mlp", "all_linear")
 ROLES = ("q", "k", "v", "o", "qkv", "up", "gate", "down")

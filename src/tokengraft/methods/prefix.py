@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import TokengraftError
-from .lora import peft_task_type
-from .spec import MethodSpec, require_positive
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.lora import peft_task_type
+from tokengraft.methods.spec import MethodSpec, require_positive
 
 
 @dataclass

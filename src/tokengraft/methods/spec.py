@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..config import coerce_value
-from ..errors import TokengraftError
+from tokengraft.config import coerce_value
+from tokengraft.errors import TokengraftError
 
 
 @dataclass

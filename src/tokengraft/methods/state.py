@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TokengraftError
-from .spec import MethodSpec, unwrap
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import MethodSpec, unwrap
 
 WEIGHTS_FILE = "methods.safetensors"
 INDEX_FILE = "methods.json"
@@ -139,7 +139,7 @@ def load_methods(model: nn.Module, arch: Any, specs: list[Any] | None, run_dir: 
     """Apply ``specs`` (default: those saved in ``run_dir``) to a fresh base model and load their weights."""
     from safetensors.torch import load_file
 
-    from . import apply_methods, build_specs
+    from tokengraft.methods import apply_methods, build_specs
 
     index = read_index(run_dir)
     saved = build_specs(index["specs"])

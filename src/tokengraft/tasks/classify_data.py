@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import TokengraftError
-from . import relation_group
+from tokengraft.errors import TokengraftError
+from tokengraft.tasks import relation_group
 
 SCHEMES = {"relation": 0.25, "answerable": 0.5}  # scheme -> default share of corrupted rows
 CORRUPTED = "corrupted"
@@ -40,7 +40,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     With the default ``corrupted_fraction`` the ``relation`` scheme is roughly balanced
     (about 30 / 22 / 22 / 25 % capital / arithmetic / fact / corrupted).
     """
-    from .pass_data import generate_splits as pass_splits
+    from tokengraft.tasks.pass_data import generate_splits as pass_splits
 
     if scheme not in SCHEMES:
         raise TokengraftError(f"data.generate_options.scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")

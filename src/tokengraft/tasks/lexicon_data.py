@@ -31,8 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokengraftError
-from . import SPLITS
+from tokengraft.errors import TokengraftError
+from tokengraft.tasks import SPLITS
 
 # Identifier-like words: letters, digits and underscores, starting with a letter or underscore,
 # at least 3 characters, containing a letter. Underscores are kept because dunder names

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import TokengraftError
-from .pass_data import PASS_TOKEN, is_correct
+from tokengraft.errors import TokengraftError
+from tokengraft.tasks.pass_data import PASS_TOKEN, is_correct
 
 Record = Mapping[str, Any]
 

@@ -39,8 +39,7 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, SPLITS, BankSplit, Question, answer_matches, check_disjoint,
-               load_countries, load_facts, question_meta, render, sample_questions, split_bank)
+from tokengraft.tasks import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, SPLITS, BankSplit, Question, answer_matches, check_disjoint, load_countries, load_facts, question_meta, render, sample_questions, split_bank)
 
 PASS_TOKEN = "<PASS>"
 TRAIN_KINDS: tuple[str, ...] = ("char_noise", "dropped_words", "missing_operand", "fictional_entity")

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokengraftError
-from . import write_jsonl
+from tokengraft.errors import TokengraftError
+from tokengraft.tasks import write_jsonl
 
 
 @dataclass
@@ -29,18 +29,18 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
     options = dict(recipe.data.generate_options)
     task = recipe.task
     if task == "pass":
-        from . import pass_data
+        from tokengraft.tasks import pass_data
 
         for moved in ("know_check", "self_answers"):
             if moved in options:
                 raise TokengraftError(f"data.generate_options.{moved} moved to data.{moved} (it labels given files too)")
         return pass_data.generate_splits(seed=recipe.seed, **options), []
     if task == "style":
-        from . import style_data
+        from tokengraft.tasks import style_data
 
         return style_data.generate_splits(seed=recipe.seed, **options), []
     if task == "lexicon":
-        from . import lexicon_data
+        from tokengraft.tasks import lexicon_data
 
         mine = {k: options.pop(k) for k in ("min_pieces", "min_count", "max_words") if k in options}
         splits = lexicon_data.generate_splits(seed=recipe.seed, **options)
@@ -50,7 +50,7 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
             raise TokengraftError("the lexicon miner found no word; lower data.generate_options.min_count or min_pieces")
         return splits, words
     if task == "classification":
-        from . import classify_data
+        from tokengraft.tasks import classify_data
 
         return classify_data.generate_splits(seed=recipe.seed, **options), []
     raise TokengraftError(f"task {task!r} has no data generator; set data.generate: false and give data.train")
@@ -58,8 +58,8 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
 
 def _label(recipe: Any, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
     """``data.self_answers`` / ``data.know_check``: label answerable rows by the base model's own greedy answers."""
-    from ..generation import greedy_answers
-    from .pass_data import label_with_base_answers
+    from tokengraft.generation import greedy_answers
+    from tokengraft.tasks.pass_data import label_with_base_answers
 
     def answer(prompts: list[str]) -> list[str]:
         return greedy_answers(model, tokenizer, prompts, system=recipe.data.system, batch_size=recipe.eval.batch_size,
@@ -77,7 +77,7 @@ def _complete_with_base_answers(recipe: Any, rows: list[dict[str, Any]], tokeniz
                                 model: Any) -> list[dict[str, Any]]:
     """Generated rows with ``completion: None`` (the style task's plain rows) get the base model's own
     greedy answer: training on them keeps the model's behaviour where no new token is present."""
-    from ..generation import greedy_answers
+    from tokengraft.generation import greedy_answers
 
     todo = [i for i, r in enumerate(rows) if "prompt" in r and r.get("completion") is None]
     if not todo:
@@ -92,7 +92,7 @@ def _complete_with_base_answers(recipe: Any, rows: list[dict[str, Any]], tokeniz
 
 
 def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
-    from ..data import load_examples, split_rows
+    from tokengraft.data import load_examples, split_rows
 
     if recipe.data.generate:
         data_dir = run_dir / "data"
@@ -109,7 +109,7 @@ def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> Prep
             for name, rows in splits.items():
                 write_jsonl(rows, files[name])
             if extra:
-                from .lexicon_data import write_lexicon
+                from tokengraft.tasks.lexicon_data import write_lexicon
 
                 write_lexicon(extra, files["lexicon"], header="mined from the training split")
         return PreparedData(train=splits["train"], validation=splits.get("validation", []), files=files,

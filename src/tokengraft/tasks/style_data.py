@@ -22,8 +22,7 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import (ALL_RELATIONS, BASIC_RELATIONS, SPLITS, Question, check_disjoint, number_words, question_meta,
-               sample_questions, split_bank)
+from tokengraft.tasks import (ALL_RELATIONS, BASIC_RELATIONS, SPLITS, Question, check_disjoint, number_words, question_meta, sample_questions, split_bank)
 
 STYLE_TERSE = "<STYLE_TERSE>"
 STYLE_VERBOSE = "<STYLE_VERBOSE>"

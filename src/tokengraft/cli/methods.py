@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 
 @dataclass
@@ -48,9 +48,9 @@ def method_table(make_model: Callable[[], nn.Module], top_k: int = 4, num_labels
 
     ``top_k`` is clamped to the model's depth so small models still get freeze rows.
     """
-    from .arch import describe
-    from .methods import apply_methods, build_spec
-    from .methods.classification import config_classifier
+    from tokengraft.core.arch import describe
+    from tokengraft.methods import apply_methods, build_spec
+    from tokengraft.methods.classification import config_classifier
 
     if top_k < 1:
         raise TokengraftError(f"--top-k must be at least 1 (got {top_k})")
@@ -78,8 +78,8 @@ def method_table(make_model: Callable[[], nn.Module], top_k: int = 4, num_labels
 
 def _head_row(make_model: Callable[[], nn.Module], num_labels: int, total: int, config_classifier: Any) -> Row:
     """The linear probe: a sequence classifier from the same weights, only its head trained."""
-    from .arch import describe
-    from .methods import apply_methods
+    from tokengraft.core.arch import describe
+    from tokengraft.methods import apply_methods
 
     label = f"head only, {num_labels} labels"
     clf = config_classifier(make_model().config, num_labels)
@@ -122,7 +122,7 @@ def render(model_spec: str, arch: Any, rows: list[Row], top_k: int) -> str:
 def run_methods(model_spec: str, as_json: bool = False, top_k: int = 4, trust_remote_code: bool = False) -> int:
     import warnings
 
-    from .models import load_config_model
+    from tokengraft.models import load_config_model
 
     with warnings.catch_warnings():  # PEFT/transformers deprecation chatter is noise in a table
         warnings.simplefilter("ignore")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
-from .errors import TokengraftError
-from .graft import Graft, TokenSettings, _effective_matrices, graft
-from .rows import RowGraft, attach_rows, unwrap_peft
+from tokengraft import __version__
+from tokengraft.errors import TokengraftError
+from tokengraft.core.graft import Graft, TokenSettings, _effective_matrices
+from tokengraft.core.rows import RowGraft, attach_rows, unwrap_peft
 
 GRAFT_FILE = "graft.json"
 ROWS_FILE = "rows.safetensors"
@@ -130,12 +129,12 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
     """
     from transformers import AutoTokenizer
 
-    from .models import fingerprint, load_model
+    from tokengraft.models import fingerprint, load_model
 
     run = Path(run_dir)
     meta = read_graft_meta(run)
     if meta.get("task") == "classification":  # a classifier (head + methods), rebuilt by classify.py
-        from .classify import load_classifier
+        from tokengraft.training.classifier import load_classifier
 
         return load_classifier(run, device=device, dtype=dtype, check_fingerprint=check_fingerprint, model=model)
     rows_state = _load_tensors(run / ROWS_FILE)
@@ -148,7 +147,7 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
                 f"{run} was trained on a different base model: fingerprint {meta['base_fingerprint']} expected, "
                 f"{found} found for {meta['base_model']!r}; load it with the base it was trained on"
             )
-    from .models import _has_tokenizer
+    from tokengraft.models import _has_tokenizer
 
     if not _has_tokenizer(run):  # transformers 5 would build an empty tokenizer instead of failing
         raise TokengraftError(f"{run} is incomplete: its tokenizer (tokenizer.json) is missing; re-run training or restore it")
@@ -169,7 +168,7 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
 
     methods_state = None
     if meta.get("methods"):
-        from .graft import _apply_methods
+        from tokengraft.core.graft import _apply_methods
 
         model, methods_state = _apply_methods(model, tokenizer, meta["methods"], str(run))
     else:
@@ -208,7 +207,7 @@ def _check_rows_file(path: Path, state: dict[str, torch.Tensor], hidden: int, *,
 
 
 def _report_from_meta(meta: dict[str, Any]):
-    from .vocab import AddReport
+    from tokengraft.core.vocab import AddReport
 
     r = meta.get("report", {})
     tokens = meta.get("tokens", [])
@@ -230,100 +229,3 @@ def _restore_full(model: Any, tensors: dict[str, torch.Tensor], total_rows: int)
         embedding.weight.copy_(tensors["input"].to(embedding.weight))
         if head is not None and head.weight is not embedding.weight:
             head.weight.copy_(tensors.get("output", tensors["input"]).to(head.weight))
-
-
-def merge_graft(g: Graft) -> Any:
-    """A plain transformers model with everything folded in (rows written, LoRA merged)."""
-    model = g.model
-    if g.methods is not None:
-        if not getattr(g.methods, "mergeable", True):
-            raise TokengraftError(
-                f"{getattr(g.methods, 'unmergeable_reason', 'a method in this run cannot be merged into plain weights')}; "
-                "use the run directory with tokengraft.load(RUN_DIR) instead of export --merged"
-            )
-    if g.rows is not None:
-        g.rows.merge_into(model)
-    if g.methods is not None:
-        model = g.methods.merge(model)
-    return unwrap_peft(model)
-
-
-def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> Path:
-    """Write an ordinary checkpoint + tokenizer that plain ``from_pretrained`` loads (vLLM-servable)."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise TokengraftError(f"{out} exists and is not empty; choose a new output directory")
-    g = load_graft(run_dir, device=device)
-    model = merge_graft(g)
-    tokenizer = g.tokenizer
-    out.mkdir(parents=True, exist_ok=True)
-    model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
-    fold = fold_run_pass_bias(run_dir, model, tokenizer)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    if fold:
-        (out / "tokengraft_pass_bias.json").write_text(json.dumps(fold, indent=2))
-    return out
-
-
-def fold_pass_bias(model: Any, tokenizer: Any, bias: float, prompts: list[str], *,
-                   system: str | None = None) -> dict[str, Any]:
-    """Fold the calibrated <PASS> logit bias into the weights, so plain greedy decoding in any runtime
-    (transformers, vLLM, llama.cpp) applies it with nothing extra. Returns how well it holds.
-
-    A head with a bias vector takes it exactly. A llama-style head has none, and no fixed
-    ``u`` makes ``h . u`` constant for every hidden state ``h``; but the decision that
-    matters is at the FIRST answer position, where hidden states are alike (the same chat
-    markup precedes them). So the <PASS> row moves by the ridge least-squares ``u`` with
-    ``h . u ~= bias`` over half of ``prompts`` (``u = bias (E[h h^T] + 0.01 I)^-1 E[h]``),
-    and the other half measures the shift it really gives (mean, std, min, max). On the
-    `<PASS>` demo run a +1.0 bias lands at 0.99 +- 0.05 on the 300 test prompts and the first
-    greedy token agrees with the exact rule on all of them (benchmarks/results/pass_bias_fold.md);
-    the row moves by a few % of its norm (tied models: the input embedding moves with it).
-    """
-    from .generation import first_answer_states
-
-    pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
-    head = model.get_output_embeddings()
-    report: dict[str, Any] = {"bias": float(bias), "token_id": int(pass_id)}
-    if getattr(head, "bias", None) is not None:
-        with torch.no_grad():
-            head.bias[pass_id] += bias
-        return {**report, "method": "head_bias", "exact": True}
-    if len(prompts) < 8:
-        raise TokengraftError("folding the <PASS> bias needs >= 8 prompts (the run's validation split); "
-                              "this run has too few")
-    states = first_answer_states(model, tokenizer, prompts, system=system)
-    fit, check = states[0::2], states[1::2]
-    second_moment = fit.T @ fit / len(fit) + 1e-2 * torch.eye(fit.shape[1])
-    shift = bias * torch.linalg.solve(second_moment, fit.mean(0))
-    with torch.no_grad():
-        head.weight[pass_id] += shift.to(head.weight)
-    realised = check @ shift
-    return {**report, "method": "row_least_squares", "exact": False, "fit_prompts": len(fit),
-            "check_prompts": len(check), "shift_mean": float(realised.mean()), "shift_std": float(realised.std()),
-            "shift_min": float(realised.min()), "shift_max": float(realised.max()),
-            "row_change_relative": float(shift.norm() / head.weight[pass_id].float().norm())}
-
-
-def fold_run_pass_bias(run_dir: str | Path, model: Any, tokenizer: Any) -> dict[str, Any] | None:
-    """Fold a run's calibrated <PASS> bias (graft.json ``pass_bias``), fitted on the run's validation prompts
-    (its training prompts when it has too few), so the test split stays unseen by the fold."""
-    bias = read_graft_meta(run_dir).get("pass_bias")
-    if not bias:
-        return None
-    from .config import load_recipe
-
-    recipe = load_recipe(Path(run_dir) / "config.yaml", validate=False)
-    prompts: list[str] = []
-    for split in ("validation", "train"):
-        path = Path(run_dir) / "data" / f"{split}.jsonl"
-        if len(prompts) < 64 and path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            prompts += [r["prompt"] for r in rows if isinstance(r.get("prompt"), str)]
-    fold = fold_pass_bias(model, tokenizer, float(bias), prompts[:240], system=recipe.data.system)
-    where = "the <PASS> head bias" if fold["exact"] else (
-        f"the <PASS> row (realised shift {fold['shift_mean']:+.3f} +- {fold['shift_std']:.3f} on "
-        f"{fold['check_prompts']} held-out prompts)")
-    print(f"tokengraft: calibrated <PASS> bias {float(bias):+g} folded into {where}", file=sys.stderr)
-    return fold

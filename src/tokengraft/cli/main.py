@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
@@ -28,7 +28,7 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
-    from .models import BUILTIN_ALIAS
+    from tokengraft.models import BUILTIN_ALIAS
 
     parser.add_argument("model", nargs="?", default=BUILTIN_ALIAS,
                         help=f"local HF directory, .gguf file, hub id, or the built-in alias (default {BUILTIN_ALIAS})")
@@ -46,7 +46,7 @@ def _configure_inspect(parser: argparse.ArgumentParser) -> None:
 
 @command("inspect", "roles, module names, biases, tying, padding rows of a model", _configure_inspect)
 def _inspect(args: argparse.Namespace) -> int:
-    from .inspect_report import run_inspect
+    from tokengraft.cli.inspect import run_inspect
 
     return run_inspect(args.model, as_json=args.json, top_k=args.top_k, trust_remote_code=args.trust_remote_code)
 
@@ -63,7 +63,7 @@ def _configure_methods(parser: argparse.ArgumentParser) -> None:
 
 @command("methods", "trainable parameters and placement of each PEFT method on a model (meta device)", _configure_methods)
 def _methods(args: argparse.Namespace) -> int:
-    from .methods_report import run_methods
+    from tokengraft.cli.methods import run_methods
 
     return run_methods(args.model, as_json=args.json, top_k=args.top_k, trust_remote_code=args.trust_remote_code)
 
@@ -84,7 +84,7 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 def _validate(args: argparse.Namespace) -> int:
     import yaml
 
-    from .config import load_recipe, validate_recipe
+    from tokengraft.config import load_recipe, validate_recipe
 
     recipe = load_recipe(args.config, args.overrides, validate=False)
     try:
@@ -118,7 +118,7 @@ def _configure_plan(parser: argparse.ArgumentParser) -> None:
 
 @command("plan", "per-device memory budget of a recipe, from the config alone (no weights loaded)", _configure_plan)
 def _plan(args: argparse.Namespace) -> int:
-    from .plan_report import run_plan
+    from tokengraft.planner.assemble import run_plan
 
     return run_plan(args.config, args.overrides, budget=args.budget, as_json=args.json, new_tokens=args.new_tokens,
                     device=args.device, seq_len=args.seq_len, supervised_tokens=args.supervised_tokens)
@@ -139,8 +139,8 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .config import load_recipe
-    from .train import train
+    from tokengraft.config import load_recipe
+    from tokengraft.training.lm import train
 
     recipe = load_recipe(args.config, args.overrides)
     output = args.output or str(Path("runs") / Path(args.config).stem)
@@ -161,8 +161,8 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from .evaluate import evaluate_run
-    from .report import metrics_table
+    from tokengraft.evaluation.generative import evaluate_run
+    from tokengraft.cli.report import metrics_table
 
     result = evaluate_run(args.run_dir, limit=args.limit, base=not args.no_base, pass_bias=args.pass_bias)
     print(json.dumps(result, indent=2) if args.json else metrics_table(result))
@@ -178,8 +178,8 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
 
 @command("generate", "greedy answers from a trained run", _configure_generate)
 def _generate(args: argparse.Namespace) -> int:
-    from .export import read_graft_meta
-    from .generate_cli import run_generate
+    from tokengraft.rundir import read_graft_meta
+    from tokengraft.cli.generate import run_generate
 
     if read_graft_meta(args.run_dir).get("task") == "classification":
         raise TokengraftError(f"{args.run_dir} is a classification run: a classifier has no LM head to generate "
@@ -200,12 +200,12 @@ def _export(args: argparse.Namespace) -> int:
     if not args.merged and not args.gguf:
         raise TokengraftError("export needs --merged OUT or --gguf OUT.gguf")
     if args.merged:
-        from .export import export_merged
+        from tokengraft.export.merged import export_merged
 
         out = export_merged(args.run_dir, args.merged)
         print(f"tokengraft: merged checkpoint written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
     if args.gguf:
-        from .gguf_export import export_gguf
+        from tokengraft.export.gguf import export_gguf
 
         out = export_gguf(args.run_dir, args.gguf, tensor_type=args.gguf_type)
         print(f"tokengraft: GGUF written to {out}")
@@ -220,7 +220,7 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 
 @command("demo", "end to end on the built-in model: data, training, evaluation, before/after", _configure_demo)
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from tokengraft.cli.demo import run_demo
 
     return run_demo(args.task, args.output or f"runs/demo-{args.task}", args.overrides)
 
@@ -236,11 +236,11 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
 
 @command("compare", "train recipes on the same data, split and seed; side-by-side table", _configure_compare)
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import compare
+    from tokengraft.cli.compare import compare
 
     result = compare(args.recipes, args.output, evaluate=not args.no_eval, eval_limit=args.eval_limit,
                      overrides=args.overrides)
-    from .compare import markdown_table
+    from tokengraft.cli.compare import markdown_table
 
     print(markdown_table(result))
     return 0

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 SIDES = ("both", "input", "output")
 

@@ -11,14 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import TokengraftError
-from .generation import generate_batch
+from tokengraft.errors import TokengraftError
+from tokengraft.generation import generate_batch
 
 SWEEP_BIASES = (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 
 
 def _load_recipe(run: Path) -> Any:
-    from .config import load_recipe
+    from tokengraft.config import load_recipe
 
     path = run / "config.yaml"
     if not path.is_file():
@@ -27,7 +27,7 @@ def _load_recipe(run: Path) -> Any:
 
 
 def _split_rows(run: Path, name: str) -> list[dict[str, Any]]:
-    from .tasks import read_jsonl
+    from tokengraft.tasks import read_jsonl
 
     path = run / "data" / f"{name}.jsonl"
     if not path.is_file():
@@ -38,14 +38,14 @@ def _split_rows(run: Path, name: str) -> list[dict[str, Any]]:
 def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = True,
                  pass_bias: float | None = None) -> dict[str, Any]:
     """Compute the task's metrics for a run directory and write ``metrics.json``."""
-    from .export import load_graft, read_graft_meta
+    from tokengraft.rundir import load_graft, read_graft_meta
 
     run = Path(run_dir)
     meta = read_graft_meta(run)
     recipe = _load_recipe(run)
     task = recipe.task
     if task == "classification":  # no generation and no base model to compare: classify.py scores it
-        from .classify import evaluate_classification
+        from tokengraft.training.classifier import evaluate_classification
 
         result = {"task": task, **evaluate_classification(run, limit=limit)}
         (run / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -55,7 +55,7 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
     g = load_graft(run, device=recipe.model.device)
     base_model = None
     if base:
-        from .models import load_model
+        from tokengraft.models import load_model
 
         base_model, _ = load_model(meta["base_model"], dtype=meta.get("dtype", "float32"), device=recipe.model.device)
     if task == "pass":
@@ -100,7 +100,7 @@ def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe:
 
 
 def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Any) -> list[bool]:
-    from .tasks.pass_data import is_correct
+    from tokengraft.tasks.pass_data import is_correct
 
     answers = generate_batch(base_model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max(48, recipe.eval.max_new_tokens),
                              system=recipe.data.system, batch_size=recipe.eval.batch_size, desc="base model: answers")
@@ -132,8 +132,8 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
 
 def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
                   limit: int | None = None, pass_bias: float | None = None) -> dict[str, Any]:
-    from .tasks import metrics
-    from .tasks.pass_data import read_probe_rows, score_read_probe
+    from tokengraft.tasks import metrics
+    from tokengraft.tasks.pass_data import read_probe_rows, score_read_probe
 
     rows = _split_rows(run, "test")[:limit]
     records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias)
@@ -166,7 +166,7 @@ def bias_sweep(records: list[dict[str, Any]], biases: tuple[float, ...] = SWEEP_
     margin (PASS logit minus the best other logit, measured at the bias the records were
     made with) plus b is >= 0; otherwise the model gives its <PASS>-banned answer.
     """
-    from .tasks.pass_data import is_correct
+    from tokengraft.tasks.pass_data import is_correct
 
     answerable = [r for r in records if r["answerable"]]
     unanswerable = [r for r in records if not r["answerable"]]
@@ -234,7 +234,7 @@ def _plot_sweep(sweep: list[dict[str, Any]], path: Path) -> None:
 
 def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
                    limit: int | None = None) -> dict[str, Any]:
-    from .tasks import metrics
+    from tokengraft.tasks import metrics
 
     rows = _split_rows(run, "test")[: (limit * 2 if limit else None)]
     terse = [r for r in rows if r["style"] == "terse"]
@@ -297,9 +297,9 @@ def step0_bits_per_byte(run: Path, recipe: Any, texts: list[str], prefix: int | 
                         inits: tuple[str, ...] = STEP0_INITS) -> dict[str, float]:
     """Bits per byte on the held-out texts with the run's new tokens added and initialised but NOT trained,
     once per init strategy: how much each init costs before the first step (the base model is the floor)."""
-    from .graft import TokenSettings, graft
-    from .models import load_model
-    from .tasks import metrics
+    from tokengraft.core.graft import TokenSettings, graft
+    from tokengraft.models import load_model
+    from tokengraft.tasks import metrics
 
     meta = json.loads((run / "graft.json").read_text())
     tokens = [t["token"] for t in meta["tokens"] if t.get("new")]
@@ -316,8 +316,8 @@ def step0_bits_per_byte(run: Path, recipe: Any, texts: list[str], prefix: int | 
 
 def evaluate_lexicon(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
                      limit: int | None = None) -> dict[str, Any]:
-    from .models import load_tokenizer
-    from .tasks import metrics
+    from tokengraft.models import load_tokenizer
+    from tokengraft.tasks import metrics
 
     texts = [r["text"] for r in _split_rows(run, "test")[:limit]]
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .memory import GiB, Facts, LineItem, Plan, Workload, gib
+from tokengraft.planner.measure import GiB, Facts, LineItem, Plan, Workload, gib
 
 # A CUDA context plus cuBLAS/cuDNN workspaces, outside PyTorch's allocator (typical 0.3-0.8 GiB).
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)
@@ -366,8 +366,8 @@ def table(plan: Plan) -> str:
 def run_plan(config: str, overrides: list[str], *, budget: str | None, as_json: bool, new_tokens: int | None,
              device: str | None, seq_len: int | None, supervised_tokens: int | None) -> int:
     """The CLI handler: exit 0 when it fits (or no budget), 1 when it does not."""
-    from .config import load_recipe
-    from .memory import parse_size, plan
+    from tokengraft.config import load_recipe
+    from tokengraft.planner.measure import parse_size, plan
 
     recipe = load_recipe(config, overrides, validate=False)
     result = plan(recipe, new_tokens=new_tokens, budget=parse_size(budget) if budget else None, device=device,

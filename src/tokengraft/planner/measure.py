@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 GiB = 1024**3
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
@@ -182,7 +182,7 @@ def _weights_bytes(model: Any, arch: Any, quant: str, dtype_bytes: int) -> tuple
     the load dtype."""
     from torch import nn
 
-    from .rows import unwrap_peft
+    from tokengraft.core.rows import unwrap_peft
 
     hf = unwrap_peft(model)
     conv1d = _conv1d()
@@ -341,7 +341,7 @@ def trace_activations(model: Any, arch: Any, batch: int, seq_len: int, *, input_
     take the stand-in; they are traced with their own code (the meta math kernel, T x T
     scores included: an upper bound when a fused kernel runs).
     """
-    from .rows import unwrap_peft
+    from tokengraft.core.rows import unwrap_peft
 
     hf = unwrap_peft(model)
     body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
@@ -485,9 +485,9 @@ def _workload(recipe: Any, tokenizer: Any, tokens: list[str], seq_len: int | Non
     max_length = recipe.data.max_length
     if seq_len is None and supervised is None and scan_data and recipe.data.train and tokenizer is not None \
             and Path(recipe.data.train).is_file():
-        from .data import encode_examples, load_examples
+        from tokengraft.data import encode_examples, load_examples
 
-        from .vocab import _register_tokens
+        from tokengraft.core.vocab import _register_tokens
 
         added = [t for t in tokens if t not in tokenizer.get_vocab()]
         if added:  # the new tokens must count as one id each, as they will in training
@@ -540,8 +540,8 @@ def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", s
     """Build the meta model, apply the methods, count, and trace. No weights are read."""
     from transformers import AutoModelForCausalLM
 
-    from .arch import describe
-    from .models import load_config, load_tokenizer, parse_dtype
+    from tokengraft.core.arch import describe
+    from tokengraft.models import load_config, load_tokenizer, parse_dtype
 
     notes: list[str] = []
     config = load_config(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
@@ -575,7 +575,7 @@ def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", s
     before = {id(p) for p in model.parameters()}
     method_names = []
     if recipe.methods:
-        from .methods import apply_methods
+        from tokengraft.methods import apply_methods
 
         specs = [m.to_dict() if hasattr(m, "to_dict") else dict(m) for m in recipe.methods]
         method_names = [s["type"] for s in specs]
@@ -625,7 +625,7 @@ def plan(recipe: Any, *, new_tokens: int | None = None, budget: int | None = Non
         warnings.simplefilter("ignore")
         facts, work = gather(recipe, new_tokens=new_tokens, device=dev, seq_len=seq_len,
                              supervised=supervised_tokens, scan_data=scan_data)
-    from .plan_report import Knobs, advise, assemble
+    from tokengraft.planner.assemble import Knobs, advise, assemble
 
     knobs = Knobs.from_recipe(recipe, dev, work.batch)
     result = assemble(facts, work, knobs, budget)

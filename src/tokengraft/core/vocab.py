@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 INIT_STRATEGIES = ("mean", "hewitt", "text", "subwords", "spherical", "random")
 # Rows sampled to estimate the embedding covariance for `hewitt`; bounded so a

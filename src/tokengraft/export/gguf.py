@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 # Families llama.cpp runs with its LLAMA graph (same tensors, rotary layout and norms).
 LLAMA_FAMILIES = ("llama", "mistral")
@@ -94,7 +94,7 @@ def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 def _gguf_base_path(spec: str) -> Path | None:
     """The GGUF file a base came from, if any (a ``.gguf`` spec or a converted cache with ``source.json``)."""
-    from .models import resolve_model_dir
+    from tokengraft.models import resolve_model_dir
 
     if spec.endswith(".gguf"):
         return Path(spec).expanduser()
@@ -204,7 +204,7 @@ def vocab_from_tokenizer_json(tokenizer: Any, rows: int) -> Vocab:
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The id that closes an assistant turn in the chat template (``<|im_end|>``), when it is one token."""
-    from .data import ChatFormat
+    from tokengraft.data import ChatFormat
 
     if not getattr(tokenizer, "chat_template", None):
         return None
@@ -335,8 +335,10 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
     """
     import gguf
 
-    from .export import fold_run_pass_bias, load_graft, merge_graft, read_graft_meta
-    from .models import load_config
+    from tokengraft.export.pass_bias import fold_run_pass_bias
+    from tokengraft.rundir import load_graft, read_graft_meta
+    from tokengraft.export.merged import merge_graft
+    from tokengraft.models import load_config
 
     if tensor_type not in TENSOR_TYPES:
         raise TokengraftError(f"GGUF tensor type {tensor_type!r} is not supported; use one of {', '.join(TENSOR_TYPES)}")
@@ -431,7 +433,7 @@ def _write_special_ids(writer: Any, tokenizer: Any) -> None:
 
 def _write_tokengraft_keys(writer: Any, meta: dict[str, Any], tokenizer: Any, fold: dict[str, Any] | None) -> None:
     """Where the file came from, and the <PASS> bias already folded into the weights (see the module docstring)."""
-    from . import __version__
+    from tokengraft import __version__
 
     writer.add_string("tokengraft.version", __version__)
     tokens = [t["token"] for t in meta.get("tokens", [])]

@@ -12,7 +12,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 DEMO_PROMPTS = {
     "pass": ["What is the capital of Blorvania?", "What is the capital of France?", "Wht is teh captial of Jpaan?",
@@ -30,12 +30,12 @@ def recipe_path(task: str) -> Path:
 
 
 def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
-    from .config import load_recipe
-    from .evaluate import evaluate_run
-    from .generation import generate_batch
-    from .models import load_model
-    from .report import metrics_table
-    from .train import train
+    from tokengraft.config import load_recipe
+    from tokengraft.evaluation.generative import evaluate_run
+    from tokengraft.generation import generate_batch
+    from tokengraft.models import load_model
+    from tokengraft.cli.report import metrics_table
+    from tokengraft.training.lm import train
 
     recipe = load_recipe(recipe_path(task), overrides or [])
     started = time.perf_counter()
@@ -46,7 +46,7 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
     print(metrics_table(metrics))
     prompts = DEMO_PROMPTS[task]
     if prompts:
-        from .export import load
+        from tokengraft.rundir import load
 
         base, base_tok = load_model(recipe.model.name)
         tuned, tok = load(output)

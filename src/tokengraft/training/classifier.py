@@ -34,9 +34,9 @@ from typing import Any
 
 import torch
 
-from .errors import TokengraftError
-from .graft import Graft, TokenSettings
-from .tasks.classify_data import LabelSet, label_set
+from tokengraft.errors import TokengraftError
+from tokengraft.core.graft import Graft, TokenSettings
+from tokengraft.tasks.classify_data import LabelSet, label_set
 
 LABELS_FILE = "labels.json"
 
@@ -62,7 +62,7 @@ class Row:
 
 def as_rows(rows: list[Any], source: str) -> list[Row]:
     """Generated dicts or parsed JSONL examples (data.py's ``text`` form) as classification rows."""
-    from .data import Example
+    from tokengraft.data import Example
 
     out = []
     for i, r in enumerate(rows):
@@ -146,12 +146,12 @@ def build_classifier_graft(lm: Any, tokenizer: Any, settings: TokenSettings, met
 
     The LM itself is not modified (the classifier holds copies of its tensors).
     """
-    from .arch import describe
-    from .graft import _attach, _resolve_existing
-    from .methods import apply_methods
-    from .methods.classification import build_classifier
-    from .models import fingerprint
-    from .vocab import AddReport, add_tokens
+    from tokengraft.core.arch import describe
+    from tokengraft.core.graft import _attach, _resolve_existing
+    from tokengraft.methods import apply_methods
+    from tokengraft.methods.classification import build_classifier
+    from tokengraft.models import fingerprint
+    from tokengraft.core.vocab import AddReport, add_tokens
 
     if settings.backend != "rows":
         raise TokengraftError("task classification trains token rows with tokens.backend: rows only")
@@ -189,12 +189,12 @@ def load_classifier(run_dir: str | Path, *, device: str = "auto", dtype: str | N
     """Rebuild a classification run's classifier (head, methods, token rows) for inference."""
     from transformers import AutoTokenizer
 
-    from .arch import describe
-    from .export import ROWS_FILE, _load_tensors, _report_from_meta, read_graft_meta
-    from .methods import load_methods
-    from .methods.classification import build_classifier
-    from .models import fingerprint, load_model
-    from .rows import attach_rows
+    from tokengraft.core.arch import describe
+    from tokengraft.rundir import ROWS_FILE, _load_tensors, _report_from_meta, read_graft_meta
+    from tokengraft.methods import load_methods
+    from tokengraft.methods.classification import build_classifier
+    from tokengraft.models import fingerprint, load_model
+    from tokengraft.core.rows import attach_rows
 
     run = Path(run_dir)
     meta = read_graft_meta(run)
@@ -236,8 +236,8 @@ def load_classifier(run_dir: str | Path, *, device: str = "auto", dtype: str | N
 
 def restore_classifier_tensors(g: ClassifierGraft, checkpoint: str | Path) -> None:
     """Resume: copy a checkpoint's token rows (if any) and method + head weights into the live model."""
-    from .export import ROWS_FILE, _load_tensors
-    from .methods.state import WEIGHTS_FILE
+    from tokengraft.rundir import ROWS_FILE, _load_tensors
+    from tokengraft.methods.state import WEIGHTS_FILE
 
     with torch.no_grad():
         if g.rows is not None:
@@ -255,7 +255,7 @@ def restore_classifier_tensors(g: ClassifierGraft, checkpoint: str | Path) -> No
 
 
 def _trainer_class():
-    from .train import _make_trainer_class
+    from tokengraft.training.lm import _make_trainer_class
 
     class ClassifierTrainer(_make_trainer_class()):
         """The engine's trainer with cross-entropy on the classifier's logits."""
@@ -300,7 +300,7 @@ def _check_tokens_read(g: ClassifierGraft, items: list[dict[str, Any]]) -> None:
 
 def _audit(g: ClassifierGraft) -> Any:
     """guard.audit, with the classification head named as such (guard files it under 'other')."""
-    from .guard import audit
+    from tokengraft.core.guard import audit
 
     report = audit(g)
     head = sum(r.count for r in g.methods.records if r.spec is None)
@@ -316,11 +316,10 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
     """`train.train` for ``task: classification``; returns the engine's ``TrainResult``."""
     from accelerate import PartialState
 
-    from .guard import preflight
-    from .models import load_model
-    from .tasks.prepare import prepare_data
-    from .train import (ListDataset, _callbacks, build_optimizer, run_and_save, start_run, token_settings,
-                        training_arguments)
+    from tokengraft.core.guard import preflight
+    from tokengraft.models import load_model
+    from tokengraft.tasks.prepare import prepare_data
+    from tokengraft.training.lm import (ListDataset, _callbacks, build_optimizer, run_and_save, start_run, token_settings, training_arguments)
 
     run, device = start_run(recipe, output_dir)
     lm, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
@@ -359,7 +358,7 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
     args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps, prediction_loss_only=False,
                               label_names=["labels"], ddp_find_unused_parameters=True if g.rows is not None else None)
     if cfg.gradient_checkpointing:
-        from .rows import unwrap_peft
+        from tokengraft.core.rows import unwrap_peft
 
         unwrap_peft(g.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mean_length = sum(len(x["input_ids"]) for x in train_items) / len(train_items)
@@ -395,8 +394,8 @@ def predict(model: Any, items: list[dict[str, Any]], pad_id: int, batch_size: in
 def evaluate_classification(run_dir: str | Path, *, limit: int | None = None) -> dict[str, Any]:
     """Accuracy, per-class accuracy (recall of each true class), macro average and the confusion
     matrix on ``RUN_DIR/data/test.jsonl``; per-kind accuracy when the rows carry a ``kind``."""
-    from .config import load_recipe
-    from .tasks import read_jsonl
+    from tokengraft.config import load_recipe
+    from tokengraft.tasks import read_jsonl
 
     run = Path(run_dir)
     recipe = load_recipe(run / "config.yaml", validate=False)

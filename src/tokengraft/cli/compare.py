@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 METRIC_KEYS = {
     "pass": ("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy", "coverage",
@@ -31,11 +31,11 @@ METRIC_KEYS = {
 _CHILD = r"""
 import json, resource, sys, time
 from tokengraft.config import load_recipe
-from tokengraft.train import train
+from tokengraft.training.lm import train
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[3]))
 result = train(recipe, sys.argv[2], quiet=True)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-from tokengraft.guard import audit
+from tokengraft.core.guard import audit
 losses = [h["eval_loss"] for h in result.log_history if "eval_loss" in h]
 print("TOKENGRAFT_COMPARE " + json.dumps({
     "trainable": audit(result.graft).trainable, "steps": result.steps, "train_seconds": result.train_seconds,
@@ -57,7 +57,7 @@ def _child(recipe_path: Path, out: Path, overrides: list[str]) -> dict[str, Any]
 
 def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, eval_limit: int | None = None,
             overrides: list[str] | None = None) -> dict[str, Any]:
-    from .config import load_recipe
+    from tokengraft.config import load_recipe
 
     if len(recipes) < 2:
         raise TokengraftError("compare needs at least two recipes")
@@ -83,7 +83,7 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
         row = {"recipe": name, **measured,
                "seconds_per_step": measured["train_seconds"] / max(1, measured["steps"])}
         if evaluate and recipe.task in ("pass", "style", "lexicon", "classification"):
-            from .evaluate import evaluate_run
+            from tokengraft.evaluation.generative import evaluate_run
 
             metrics = evaluate_run(run, limit=eval_limit)
             row.update({k: metrics.get(k) for k in METRIC_KEYS[recipe.task]})

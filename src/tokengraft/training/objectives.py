@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 
 @dataclass

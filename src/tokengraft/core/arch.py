@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import TokengraftError
+from tokengraft.errors import TokengraftError
 
 ATTENTION_ROLES = ("q", "k", "v", "o", "qkv")
 MLP_ROLES = ("up", "gate", "down")

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import TokengraftError
-from .graft import Graft, TokenSettings, graft
-from .rows import unwrap_peft
+from tokengraft.errors import TokengraftError
+from tokengraft.core.graft import Graft, TokenSettings, graft
+from tokengraft.core.rows import unwrap_peft
 
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
@@ -55,7 +55,7 @@ class ListDataset(Dataset):
 
 def start_run(recipe: Any, output_dir: str | Path) -> tuple[Path, torch.device]:
     """What every training command does first: the run directory, the seed, the quantization check, the device."""
-    from .models import pick_device
+    from tokengraft.models import pick_device
 
     run = Path(output_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def set_seed(seed: int) -> None:
 
 def token_settings(tokens_cfg: Any, extra_tokens: list[str] | None = None) -> TokenSettings:
     """The recipe's ``tokens`` section as graft settings."""
-    from .config import read_token_file
+    from tokengraft.config import read_token_file
 
     add = list(tokens_cfg.add) + list(extra_tokens or [])
     if getattr(tokens_cfg, "add_file", None):
@@ -191,7 +191,7 @@ def _make_trainer_class():
             return (loss, {"logits": logits}) if return_outputs else loss
 
         def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-            from .export import save_graft
+            from tokengraft.rundir import save_graft
 
             if not self.args.should_save:
                 return
@@ -219,7 +219,7 @@ def _uses_prefix(g: Graft) -> bool:
 
 def restore_trained_tensors(g: Graft, checkpoint: str | Path) -> None:
     """Copy a checkpoint's trained rows and method weights into the live model, in place."""
-    from .export import ROWS_FILE, _load_tensors
+    from tokengraft.rundir import ROWS_FILE, _load_tensors
 
     rows = _load_tensors(Path(checkpoint) / ROWS_FILE)
     with torch.no_grad():
@@ -230,7 +230,7 @@ def restore_trained_tensors(g: Graft, checkpoint: str | Path) -> None:
         else:
             raise TokengraftError("resume is supported for the rows backend; restart the run for peft/full backends")
     if g.methods is not None:
-        from .methods.state import WEIGHTS_FILE
+        from tokengraft.methods.state import WEIGHTS_FILE
 
         tensors = _load_tensors(Path(checkpoint) / WEIGHTS_FILE)
         with torch.no_grad():
@@ -333,7 +333,7 @@ def _callbacks(g: Graft, run_dir: Path, snapshot_steps: int, tokens_per_step: li
 
     callbacks = [CheckpointMarker(), NonFiniteGuard(), Throughput()]
     if snapshot_steps and g.rows is not None:
-        from .snapshots import RowSnapshots
+        from tokengraft.training.snapshots import RowSnapshots
 
         callbacks.append(RowSnapshots(g, run_dir / "snapshots", snapshot_steps))
     return callbacks
@@ -387,15 +387,15 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
     model, state and control like any Trainer callback).
     """
     if recipe.task == "classification":  # a classifier head instead of the LM head: classify.py
-        from .classify import train_classifier
+        from tokengraft.training.classifier import train_classifier
 
         return train_classifier(recipe, output_dir, resume=resume, quiet=quiet, callbacks=callbacks)
     from accelerate import PartialState
 
-    from .data import Collator, check_tokens_used, encode_examples
-    from .guard import audit, preflight
-    from .models import load_model
-    from .tasks.prepare import prepare_data
+    from tokengraft.data import Collator, check_tokens_used, encode_examples
+    from tokengraft.core.guard import audit, preflight
+    from tokengraft.models import load_model
+    from tokengraft.tasks.prepare import prepare_data
 
     run, device = start_run(recipe, output_dir)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
@@ -444,7 +444,7 @@ def train(recipe: Any, output_dir: str | Path, *, resume: bool = False, quiet: b
     trainer_cls = _make_trainer_class()
     objective = None
     if cfg.objective == "idk":
-        from .objectives import IdkObjective
+        from tokengraft.training.objectives import IdkObjective
 
         objective = IdkObjective.for_graft(g)
     trainer = trainer_cls(
@@ -467,7 +467,7 @@ def run_and_save(trainer: Any, g: Any, run: Path, recipe: Any, *, resume: bool, 
     """
     from accelerate import PartialState
 
-    from .export import save_graft
+    from tokengraft.rundir import save_graft
 
     main_process = PartialState().is_main_process
     checkpoint = None

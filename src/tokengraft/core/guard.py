@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import TokengraftError
-from .graft import Graft
-from .rows import unwrap_peft
+from tokengraft.errors import TokengraftError
+from tokengraft.core.graft import Graft
+from tokengraft.core.rows import unwrap_peft
 
 
 def _trains(module: Any) -> bool:

@@ -8,8 +8,8 @@ from pathlib import Path
 def run_generate(run_dir: str, prompts: list[str], *, max_new_tokens: int = 64, system: str | None = None) -> int:
     import json
 
-    from .export import load
-    from .generation import generate_batch
+    from tokengraft.rundir import load
+    from tokengraft.generation import generate_batch
 
     run = Path(run_dir)
     model, tokenizer = load(run)

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from .errors import TokengraftError
-from .rows import RowGraft, attach_rows, unwrap_peft
-from .vocab import AddReport, add_tokens
+from tokengraft.errors import TokengraftError
+from tokengraft.core.rows import RowGraft, attach_rows, unwrap_peft
+from tokengraft.core.vocab import AddReport, add_tokens
 
 BACKENDS = ("rows", "peft", "full")
 
@@ -133,8 +133,8 @@ def _apply_methods(model: Any, tokenizer: Any, method_configs: list[dict], run_d
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         return model, None
-    from .arch import describe
-    from .methods import apply_methods, build_spec, load_methods
+    from tokengraft.core.arch import describe
+    from tokengraft.methods import apply_methods, build_spec, load_methods
 
     specs = [build_spec(dict(c)) for c in method_configs]
     arch = describe(model, tokenizer)
@@ -161,8 +161,8 @@ def graft(
     """
     if settings.backend not in BACKENDS:
         raise TokengraftError(f"tokens.backend is {settings.backend!r}; use one of {', '.join(BACKENDS)}")
-    from .models import fingerprint
-    from .rows import tied_sides_error
+    from tokengraft.models import fingerprint
+    from tokengraft.core.rows import tied_sides_error
 
     embedding, head = unwrap_peft(model).get_input_embeddings(), unwrap_peft(model).get_output_embeddings()
     if settings.sides != "both" and head is not None and head.weight is embedding.weight:
@@ -205,7 +205,7 @@ def graft(
 
 
 def _attach(model: Any, report: AddReport, existing: list[int], settings: TokenSettings) -> RowGraft:
-    from .rows import existing_rows
+    from tokengraft.core.rows import existing_rows
 
     ids = list(report.new_ids)
     init_in = report.init_input if report.init_input is not None else torch.empty(0)

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from .arch import ATTENTION_ROLES, ArchInfo, bias_parameter_names, describe, linear_shapes, module_names_in_blocks
-from .errors import TokengraftError
+from tokengraft.core.arch import (ATTENTION_ROLES, ArchInfo, bias_parameter_names, describe, linear_shapes, module_names_in_blocks)
+from tokengraft.errors import TokengraftError
 
 _ROLE_LABELS = {"q": "q", "k": "k", "v": "v", "o": "o (output)", "qkv": "fused qkv",
                 "gate": "gate", "up": "up", "down": "down"}
@@ -43,7 +43,7 @@ def freezing_summary(model: nn.Module, arch: ArchInfo, top_k: int) -> dict[str, 
 
 
 def _load(spec: str, trust_remote_code: bool) -> tuple[nn.Module, Any, str | None]:
-    from .models import load_config_model, load_tokenizer
+    from tokengraft.models import load_config_model, load_tokenizer
 
     model = load_config_model(spec, trust_remote_code=trust_remote_code)
     try:

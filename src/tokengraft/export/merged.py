@@ -1,0 +1,52 @@
+"""Merged export: fold rows and method weights into an ordinary transformers checkpoint.
+
+The output loads with plain ``AutoModelForCausalLM.from_pretrained`` (no tokengraft import) and is what
+vLLM serves: the new tokens live in the resized base, not in an adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tokengraft.core.graft import Graft
+from tokengraft.core.rows import unwrap_peft
+from tokengraft.errors import TokengraftError
+from tokengraft.export.pass_bias import fold_run_pass_bias
+from tokengraft.rundir import load_graft
+
+
+def merge_graft(g: Graft) -> Any:
+    """A plain transformers model with everything folded in (rows written, LoRA merged)."""
+    model = g.model
+    if g.methods is not None:
+        if not getattr(g.methods, "mergeable", True):
+            raise TokengraftError(
+                f"{getattr(g.methods, 'unmergeable_reason', 'a method in this run cannot be merged into plain weights')}; "
+                "use the run directory with tokengraft.load(RUN_DIR) instead of export --merged"
+            )
+    if g.rows is not None:
+        g.rows.merge_into(model)
+    if g.methods is not None:
+        model = g.methods.merge(model)
+    return unwrap_peft(model)
+
+
+def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> Path:
+    """Write an ordinary checkpoint + tokenizer that plain ``from_pretrained`` loads (vLLM-servable)."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise TokengraftError(f"{out} exists and is not empty; choose a new output directory")
+    g = load_graft(run_dir, device=device)
+    model = merge_graft(g)
+    tokenizer = g.tokenizer
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+    fold = fold_run_pass_bias(run_dir, model, tokenizer)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if fold:
+        (out / "tokengraft_pass_bias.json").write_text(json.dumps(fold, indent=2))
+    return out
+
