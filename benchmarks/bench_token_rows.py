@@ -76,7 +76,7 @@ def _dir_bytes(directory: Path) -> dict[str, int]:
 def run_child(config: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from tokengraft.core.graft import TokenSettings, _apply_methods, graft
+    from tokengraft.core.graft import TokenSettings, apply_method_configs, graft
     from tokengraft.models import BUILTIN_ALIAS, load_model
     from tokengraft.training.lm import build_optimizer, causal_lm_loss, supervised_logits
 
@@ -95,7 +95,7 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     g = None
     if config == "lora":
-        model, methods = _apply_methods(model, tok, [dict(LORA)], None)
+        model, methods = apply_method_configs(model, tok, [dict(LORA)], None)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW([{"params": params, "lr": 1e-4, "weight_decay": 0.0}])
         vocab = base_rows

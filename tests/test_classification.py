@@ -24,7 +24,8 @@ from tokengraft.cli.main import main
 from tokengraft.config import recipe_from_dict, validate_recipe
 from tokengraft.errors import TokengraftError
 from tokengraft.core.graft import TokenSettings
-from tokengraft.methods.spec import canonical_name, unwrap
+from tokengraft.methods.spec import canonical_name
+from tokengraft.methods.spec import unwrap_peft as unwrap
 from tokengraft.tasks import check_disjoint
 from tokengraft.tasks.classify_data import CORRUPTED, generate_splits, label_set
 from tokengraft.training.lm import train

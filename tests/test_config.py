@@ -10,6 +10,7 @@ import pytest
 
 from tokengraft.cli.main import main
 from tokengraft.config import (Recipe, TokenInit, default_recipe, load_recipe, parse_override, recipe_from_dict, schema_docs, validate_recipe)
+from tokengraft.core.guard import check_recipe_on_model
 from tokengraft.errors import TokengraftError
 from tiny import tiny_config, tiny_tokenizer
 
@@ -214,35 +215,35 @@ def test_check_model_bitfit_without_biases(recipe_path, tmp_path):
     llama = _model_dir(tmp_path, "llama")
     r = load_recipe(recipe_path, [f"model.name={llama}", "methods=[{type: freeze, mode: bitfit, top_k: 2}]"])
     with pytest.raises(TokengraftError, match=r"methods\[0\] \(freeze\).*BitFit selects nothing"):
-        validate_recipe(r, check_model=True)
+        validate_recipe(r) + check_recipe_on_model(r)
     qwen = _model_dir(tmp_path, "qwen2")  # qwen2 has q/k/v biases
     r = load_recipe(recipe_path, [f"model.name={qwen}", "methods=[{type: freeze, mode: bitfit, top_k: 2}]"])
-    assert validate_recipe(r, check_model=True) == []
+    assert validate_recipe(r) + check_recipe_on_model(r) == []
 
 
 def test_check_model_depth_and_targets(recipe_path, tmp_path):
     llama = _model_dir(tmp_path, "llama")
     r = load_recipe(recipe_path, [f"model.name={llama}", "methods.0.top_k_blocks=5"])
     with pytest.raises(TokengraftError, match="only 2 blocks"):
-        validate_recipe(r, check_model=True)
+        validate_recipe(r) + check_recipe_on_model(r)
     r = load_recipe(recipe_path, [f"model.name={llama}", "methods.0.targets=[nonexistent_proj]"])
     with pytest.raises(TokengraftError, match="nonexistent_proj"):
-        validate_recipe(r, check_model=True)
+        validate_recipe(r) + check_recipe_on_model(r)
 
 
 def test_check_model_tokens(recipe_path, tmp_path):
     llama = _model_dir(tmp_path, "llama")
     r = load_recipe(recipe_path, [f"model.name={llama}", "tokens.train_existing=[<s>, 3, <nope>]"])
     with pytest.raises(TokengraftError, match=r"tokens.train_existing\[2\] '<nope>' is not a token"):
-        validate_recipe(r, check_model=True)
+        validate_recipe(r) + check_recipe_on_model(r)
     r = load_recipe(recipe_path, [f"model.name={llama}", "tokens.train_existing=[999]"])
     with pytest.raises(TokengraftError, match=r"tokens.train_existing\[0\] is id 999, past the tokenizer's 256 tokens"):
-        validate_recipe(r, check_model=True)
+        validate_recipe(r) + check_recipe_on_model(r)
     r = load_recipe(recipe_path, [f"model.name={llama}", "tokens.add=[<A>, </s>]", "tokens.init=mean", "tokens.init_text={}"])
-    assert any("already exist in the vocabulary" in n and "</s>" in n for n in validate_recipe(r, check_model=True))
+    assert any("already exist in the vocabulary" in n and "</s>" in n for n in validate_recipe(r) + check_recipe_on_model(r))
     bare = _model_dir(tmp_path / "bare", "llama", tokenizer=False)
     r = load_recipe(recipe_path, [f"model.name={bare}"])
-    assert any("tokenizer checks skipped" in n for n in validate_recipe(r, check_model=True))
+    assert any("tokenizer checks skipped" in n for n in validate_recipe(r) + check_recipe_on_model(r))
 
 
 # ----------------------------------------------------------------------------- CLI

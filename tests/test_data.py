@@ -8,7 +8,8 @@ import os
 import pytest
 import torch
 
-from tokengraft.data import (IGNORE_INDEX, ChatFormat, Collator, DatasetStats, TokenUse, as_examples, check_tokens_used, encode_examples, load_examples, split_rows, token_ids)
+from tokengraft.constants import IGNORE_INDEX
+from tokengraft.data import (ChatFormat, Collator, DatasetStats, TokenUse, as_examples, check_tokens_used, encode_examples, load_examples, split_rows, token_ids)
 from tokengraft.errors import TokengraftError
 from tiny import tiny_model, tiny_tokenizer
 

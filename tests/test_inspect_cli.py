@@ -64,10 +64,10 @@ def test_config_only_14b_on_meta(tmp_path: Path, capsys):
 
 def test_config_only_model_is_built_on_meta(tmp_path: Path):
     """The inspect loader never materialises weights: every parameter lives on the meta device."""
-    from tokengraft.cli.inspect import _load
+    from tokengraft.models import load_meta
 
     (tmp_path / "config.json").write_text(json.dumps(QWEN14B))
-    model, tokenizer, why = _load(str(tmp_path), trust_remote_code=False)
+    model, tokenizer, why = load_meta(str(tmp_path), trust_remote_code=False)
     assert {p.device.type for p in model.parameters()} == {"meta"}
     assert tokenizer is None and "tokenizer" in why
 

@@ -41,7 +41,7 @@ def _real_saved_bytes(model: torch.nn.Module, batch: int, seq: int, padded: bool
             seen[s.data_ptr()] = s.nbytes()
         return t
 
-    from tokengraft.core.rows import unwrap_peft
+    from tokengraft.methods.spec import unwrap_peft
 
     hf = unwrap_peft(model)
     x = torch.zeros(batch, seq, hf.config.hidden_size, requires_grad=True)

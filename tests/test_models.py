@@ -162,12 +162,12 @@ def test_incomplete_cache_is_detected_and_redone(tmp_path: Path, monkeypatch):
     source = models.ensure_builtin()  # the complete cache from the environment
     cache = tmp_path / "cache"
     partial = cache / "models" / models.BUILTIN_ALIAS
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(models.COMPLETE_MARKER, "*.gguf"))
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(models.BUILTIN_COMPLETE_MARKER, "*.gguf"))
     (partial / "leftover-from-killed-run").write_text("x")
     monkeypatch.setenv("TOKENGRAFT_CACHE", str(cache))
-    assert not models._is_complete(partial)
+    assert not models.builtin_is_complete(partial)
     rebuilt = models.ensure_builtin()
-    assert rebuilt == partial and models._is_complete(rebuilt)
+    assert rebuilt == partial and models.builtin_is_complete(rebuilt)
     assert not (rebuilt / "leftover-from-killed-run").exists()
     assert (rebuilt / models.BUILTIN_GGUF_NAME).is_file()
     fresh, _ = models.load_model(str(rebuilt), device="cpu")

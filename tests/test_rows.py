@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiny import HIDDEN, VOCAB, tiny_model, tiny_tokenizer
 from tokengraft.errors import TokengraftError
-from tokengraft.core.graft import TokenSettings, _effective_matrices, graft
+from tokengraft.core.graft import TokenSettings, effective_matrices, graft
 from tokengraft.core.rows import RowEmbedding, RowHead
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -65,7 +65,7 @@ def effective(g) -> tuple[torch.Tensor, torch.Tensor]:
     hf = g.hf_model
     embedding, head = hf.get_input_embeddings(), hf.get_output_embeddings()
     if g.rows is None:
-        e, h = _effective_matrices(g.model)
+        e, h = effective_matrices(g.model)
         return e.detach().clone(), h.detach().clone()
     with torch.no_grad():
         e = embedding(torch.arange(embedding.num_embeddings)[None])[0]

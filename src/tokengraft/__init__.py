@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 # Public API, imported lazily so `import tokengraft` (and the CLI's --help) stays fast.
 _EXPORTS = {
     "load_model": "models",
-    "BUILTIN_ALIAS": "models",
+    "BUILTIN_ALIAS": "constants",
     "describe": "core.arch",
     "ArchInfo": "core.arch",
     "add_tokens": "core.vocab",

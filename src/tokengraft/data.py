@@ -39,9 +39,8 @@ from typing import Any
 
 import torch
 
+from tokengraft.constants import IGNORE_INDEX
 from tokengraft.errors import TokengraftError
-
-IGNORE_INDEX = -100
 OVERFLOW_MODES = ("drop", "error", "truncate_prompt")
 _SENTINEL = "TOKENGRAFTSENTINEL"
 _FORM_KEYS = ("prompt", "completion", "messages", "text")

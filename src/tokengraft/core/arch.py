@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import unwrap_peft
 
 ATTENTION_ROLES = ("q", "k", "v", "o", "qkv")
 MLP_ROLES = ("up", "gate", "down")
@@ -160,6 +161,36 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.device.type == "meta" or b.device.type == "meta" or a.shape != b.shape:
         return False
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a.data_ptr() == b.data_ptr()
+
+
+def _base_weight(module: nn.Module | None) -> torch.Tensor | None:
+    """The matrix an embedding or head module holds, under PEFT's wrappers (trainable tokens, modules_to_save)."""
+    if module is None:
+        return None
+    inner = getattr(module, "base_layer", None) or getattr(module, "original_module", None) or module
+    weight = getattr(inner, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
+def shares_matrix(embedding: nn.Module | None, head: nn.Module | None) -> bool:
+    """Whether a head module computes with the embedding module's matrix (the test behind `is_tied`).
+
+    Sees through PEFT's layer wrappers (their base matrices decide) and tokengraft's row
+    overlays (whose ``weight`` is the frozen base matrix). Meta tensors: identity only.
+    """
+    a, b = _base_weight(embedding), _base_weight(head)
+    return a is not None and b is not None and _same_storage(a, b)
+
+
+def is_tied(model: nn.Module) -> bool:
+    """Whether the model's output head computes with its input embedding matrix: one row per token to READ and WRITE.
+
+    The one tying test of the package (a PEFT model wrapper is looked through). Decided by
+    the weights, not by the config's ``tie_word_embeddings``: they can disagree, and
+    describe() notes it when they do.
+    """
+    hf = unwrap_peft(model)
+    return shares_matrix(hf.get_input_embeddings(), hf.get_output_embeddings())
 
 
 def _cfg(config: Any, *names: str) -> Any:
@@ -411,7 +442,7 @@ def describe(model: nn.Module, tokenizer: Any = None) -> ArchInfo:
         head = None
     emb_path = _path_of(model, emb) or ""
     head_path = _path_of(model, head) if head is not None else None
-    tied = head is not None and isinstance(getattr(head, "weight", None), torch.Tensor) and _same_storage(emb.weight, head.weight)
+    tied = shares_matrix(emb, head)
     if bool(getattr(text_config, "tie_word_embeddings", False)) != tied and head is not None:
         notes.append(f"config tie_word_embeddings={getattr(text_config, 'tie_word_embeddings', None)} but the weights are {'shared' if tied else 'separate'}; the weights win")
 

@@ -17,28 +17,55 @@ from typing import Any
 
 import torch
 
-from tokengraft.errors import TokengraftError
-from tokengraft.core.rows import RowGraft, attach_rows, unwrap_peft
+from tokengraft.config import TokensConfig, read_token_file
+from tokengraft.constants import BACKENDS, Backend, Side
+from tokengraft.core.arch import describe, is_tied
+from tokengraft.core.rows import RowGraft, attach_rows, existing_rows, tied_sides_error
 from tokengraft.core.vocab import AddReport, add_tokens
-
-BACKENDS = ("rows", "peft", "full")
+from tokengraft.errors import TokengraftError
+from tokengraft.methods import MethodsState, apply_methods, build_spec, load_methods, unwrap_peft
+from tokengraft.models import fingerprint
 
 
 @dataclass
 class TokenSettings:
-    """What to add and how to train it (the recipe's ``tokens`` section)."""
+    """The recipe's ``tokens`` section resolved for `graft`: the final token list, and each side's init.
+
+    Not a second schema: a recipe's settings come from `token_settings` (the one
+    conversion), which reads ``add_file``, applies ``word_start`` and splits ``init`` into
+    its two sides. Built directly (tests, benchmarks, step-0 evaluation) it keeps the
+    library defaults below, which differ from a recipe's on purpose: normal (not special)
+    tokens, and the output side initialised like the input side. A run directory's
+    ``graft.json`` stores these fields as its ``settings``, and loading rebuilds them from
+    there, so their names are a file format.
+    """
 
     add: list[str]
     special: bool = False
     init_input: str | dict[str, str] = "mean"
-    init_output: str | dict[str, str] | None = None
+    init_output: str | dict[str, str] | None = None  # None: as init_input
     init_text: dict[str, str] = field(default_factory=dict)
     train_existing: list[str | int] = field(default_factory=list)
-    sides: str = "both"
-    backend: str = "rows"
+    sides: Side = "both"
+    backend: Backend = "rows"
     pad_to_multiple_of: int | None = None
     spherical_scale: float = 1.5
     single_word: bool = False
+
+
+def token_settings(tokens: TokensConfig, extra_tokens: list[str] | None = None) -> TokenSettings:
+    """The recipe's ``tokens`` section as graft settings (``extra_tokens``: added by the task, e.g. mined words)."""
+    add = list(tokens.add) + list(extra_tokens or [])
+    if tokens.add_file:
+        add += [t for t in read_token_file(tokens.add_file) if t not in add]
+    if tokens.word_start:
+        add = list(dict.fromkeys(t if t.startswith(" ") else " " + t for t in add))
+    return TokenSettings(
+        add=add, special=tokens.special, init_input=tokens.init.input, init_output=tokens.init.output,
+        init_text=dict(tokens.init_text), train_existing=list(tokens.train_existing),
+        sides=tokens.sides, backend=tokens.backend, pad_to_multiple_of=tokens.pad_to_multiple_of,
+        spherical_scale=tokens.spherical_scale, single_word=tokens.single_word,
+    )
 
 
 @dataclass
@@ -51,7 +78,7 @@ class Graft:
     report: AddReport
     trainable_ids: list[int]
     rows: RowGraft | None = None  # rows backend
-    methods: Any = None  # the methods registry's state, when methods were applied
+    methods: MethodsState | None = None  # what the methods made trainable, when methods were applied
     method_configs: list[dict] = field(default_factory=list)
     base_fingerprint: str = ""
 
@@ -71,14 +98,15 @@ class Graft:
         if self.rows is not None:
             return self.rows.state_dict()
         ids = torch.tensor(sorted(self.trainable_ids), dtype=torch.long)
-        embedding, head = _effective_matrices(self.model)
+        embedding, head = effective_matrices(self.model)
         state = {"ids": ids, "input": embedding[ids].detach().float().cpu().contiguous()}
         if head is not None and head is not embedding:
             state["output"] = head[ids].detach().float().cpu().contiguous()
         return state
 
 
-def _resolve_existing(tokenizer: Any, items: list[str | int]) -> list[int]:
+def resolve_existing_ids(tokenizer: Any, items: list[str | int]) -> list[int]:
+    """Ids of ``tokens.train_existing`` entries (token strings or ids), refusing any the tokenizer lacks."""
     ids = []
     vocab = tokenizer.get_vocab()
     for item in items:
@@ -100,8 +128,11 @@ def _module_name(model: Any, module: Any) -> str:
     raise TokengraftError("could not locate the embedding module by identity")
 
 
-def _effective_matrices(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The matrices the model computes with, seeing through PEFT wrappers (trainable tokens, modules_to_save)."""
+def effective_matrices(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The matrices the model computes with, seeing through PEFT wrappers (trainable tokens, modules_to_save).
+
+    On a tied model the head is the embedding's matrix (the same tensor object).
+    """
     hf = unwrap_peft(model)
 
     def matrix(module: Any) -> torch.Tensor | None:
@@ -113,29 +144,18 @@ def _effective_matrices(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
             return next(iter(module.modules_to_save.values())).weight
         return module.weight
 
-    def base_weight(module: Any) -> torch.Tensor | None:
-        if module is None:
-            return None
-        inner = getattr(module, "base_layer", None) or getattr(module, "original_module", None) or module
-        return inner.weight
-
-    embedding_module, head_module = hf.get_input_embeddings(), hf.get_output_embeddings()
-    embedding = matrix(embedding_module)
-    head_base = base_weight(head_module)
-    tied = head_base is not None and head_base.data_ptr() == base_weight(embedding_module).data_ptr()
-    head = embedding if tied else matrix(head_module)
+    embedding = matrix(hf.get_input_embeddings())
+    head = embedding if is_tied(hf) else matrix(hf.get_output_embeddings())
     return embedding, head
 
 
-def _apply_methods(model: Any, tokenizer: Any, method_configs: list[dict], run_dir: str | None) -> tuple[Any, Any]:
+def apply_method_configs(model: Any, tokenizer: Any, method_configs: list[dict],
+                         run_dir: str | None) -> tuple[Any, MethodsState | None]:
     """Freeze the base, then apply each configured method (loading its weights from ``run_dir`` when given)."""
     if not method_configs:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         return model, None
-    from tokengraft.core.arch import describe
-    from tokengraft.methods import apply_methods, build_spec, load_methods
-
     specs = [build_spec(dict(c)) for c in method_configs]
     arch = describe(model, tokenizer)
     if run_dir is not None:
@@ -161,11 +181,7 @@ def graft(
     """
     if settings.backend not in BACKENDS:
         raise TokengraftError(f"tokens.backend is {settings.backend!r}; use one of {', '.join(BACKENDS)}")
-    from tokengraft.models import fingerprint
-    from tokengraft.core.rows import tied_sides_error
-
-    embedding, head = unwrap_peft(model).get_input_embeddings(), unwrap_peft(model).get_output_embeddings()
-    if settings.sides != "both" and head is not None and head.weight is embedding.weight:
+    if settings.sides != "both" and is_tied(model):
         raise tied_sides_error(settings.sides)  # before anything is added: the tokenizer stays untouched
     base_fingerprint = fingerprint(model)
     resize = settings.backend != "rows"
@@ -175,7 +191,7 @@ def graft(
         pad_to_multiple_of=settings.pad_to_multiple_of, resize=resize, single_word=settings.single_word,
         seed=seed, spherical_scale=settings.spherical_scale, verbose=verbose,
     )
-    existing = [i for i in _resolve_existing(tokenizer, settings.train_existing) if i not in report.new_ids]
+    existing = [i for i in resolve_existing_ids(tokenizer, settings.train_existing) if i not in report.new_ids]
     trainable_ids = sorted(set(report.new_ids) | set(existing))
     if not trainable_ids:
         raise TokengraftError(
@@ -187,26 +203,25 @@ def graft(
                    trainable_ids=trainable_ids, base_fingerprint=base_fingerprint,
                    method_configs=[dict(c) for c in method_configs or []])
     if settings.backend == "rows":
-        model, result.methods = _apply_methods(model, tokenizer, method_configs or [], methods_dir)
+        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir)
         result.model = model
-        result.rows = _attach(model, report, existing, settings)
+        result.rows = attach_row_graft(model, report, existing, settings)
     elif settings.backend == "peft":
         _inject_trainable_tokens(model, trainable_ids, settings.sides)
-        model, result.methods = _apply_methods(model, tokenizer, method_configs or [], methods_dir)
+        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir)
         result.model = model
         for name, parameter in model.named_parameters():
             if "trainable_tokens_delta" in name:
                 parameter.requires_grad_(True)
     else:
-        model, result.methods = _apply_methods(model, tokenizer, method_configs or [], methods_dir)
+        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir)
         result.model = model
         _wrap_modules_to_save(model, settings.sides, trainable_ids)
     return result
 
 
-def _attach(model: Any, report: AddReport, existing: list[int], settings: TokenSettings) -> RowGraft:
-    from tokengraft.core.rows import existing_rows
-
+def attach_row_graft(model: Any, report: AddReport, existing: list[int], settings: TokenSettings) -> RowGraft:
+    """The rows backend: attach trainable rows for the new ids (init from ``report``) and the ``existing`` ids."""
     ids = list(report.new_ids)
     init_in = report.init_input if report.init_input is not None else torch.empty(0)
     init_out = report.init_output
@@ -225,7 +240,7 @@ def _inject_trainable_tokens(model: Any, ids: list[int], sides: str) -> None:
 
     hf = unwrap_peft(model)
     embedding, head = hf.get_input_embeddings(), hf.get_output_embeddings()
-    tied = head is not None and head.weight is embedding.weight
+    tied = is_tied(hf)
     targets = []
     if sides in ("both", "input") or tied:
         targets.append(_module_name(hf, embedding).split(".")[-1])
@@ -246,17 +261,22 @@ def _wrap_modules_to_save(model: Any, sides: str, trainable_ids: list[int]) -> N
     row untouched (with weight decay 0 on the token group, as train.py sets);
     the full vocab x hidden gradient is still allocated, which is its cost.
     """
-    from peft.utils.other import _set_trainable
+    from peft.utils import ModulesToSaveWrapper
 
     hf = unwrap_peft(model)
     embedding, head = hf.get_input_embeddings(), hf.get_output_embeddings()
-    tied = head is not None and head.weight is embedding.weight
+    tied = is_tied(hf)
     names = []
     if sides in ("both", "input") or tied:
         names.append(_module_name(hf, embedding))
     if head is not None and not tied and sides in ("both", "output"):
         names.append(_module_name(hf, head))
-    _set_trainable(hf, "default", module_names=[n.split(".")[-1] for n in names], inference_mode=False)
+    for name in names:  # what PEFT does for LoraConfig(modules_to_save=...), on any model
+        parent_name, _, child = name.rpartition(".")
+        parent = hf.get_submodule(parent_name)
+        wrapper = ModulesToSaveWrapper(getattr(parent, child), "default")
+        wrapper.set_adapter("default", inference_mode=False)
+        setattr(parent, child, wrapper)
     if tied:
         wrapper = hf.get_input_embeddings()
         head.weight = next(iter(wrapper.modules_to_save.values())).weight

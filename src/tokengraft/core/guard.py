@@ -2,9 +2,14 @@
 
 Every reference lost time to a run that trained but taught nothing: embeddings
 left frozen by a wrong ``modules_to_save`` name, a token the tokenizer split, a
-method that matched no module. ``preflight`` checks the assembled model (not the
-config's intent) and raises one clear error; ``audit`` counts trainable
-parameters by role so the user sees what is actually being trained.
+method that matched no module. Three checks, from cheapest to most concrete:
+
+- ``check_recipe_on_model`` checks a recipe against its model's structure on the meta
+  device (no weights read): method targets, block ranges, existing tokens;
+- ``preflight`` checks the assembled model (not the config's intent) and raises one
+  clear error;
+- ``audit`` counts trainable parameters by role so the user sees what is actually
+  being trained.
 """
 
 from __future__ import annotations
@@ -12,9 +17,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tokengraft.errors import TokengraftError
+from tokengraft.config import Recipe
+from tokengraft.core.arch import describe
 from tokengraft.core.graft import Graft
-from tokengraft.core.rows import unwrap_peft
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import unwrap_peft
+from tokengraft.models import load_config_model, load_tokenizer
+
+
+def check_recipe_on_model(recipe: Recipe) -> list[str]:
+    """The recipe's model-dependent checks, on the meta device: no weights are read.
+
+    Run after ``config.validate_recipe`` (``tokengraft validate --check-model``). Each
+    method's ``check`` resolves where its parameters would go (raising on LoRA names that
+    do not exist, top_k past the depth, BitFit without biases); then the tokens are
+    checked against the tokenizer. Returns notes about legal but noteworthy settings.
+    """
+    notes: list[str] = []
+    model = load_config_model(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
+    arch = describe(model)
+    for i, spec in enumerate(recipe.methods):
+        try:
+            spec.check(model, arch)
+        except TokengraftError as exc:
+            raise TokengraftError(f"methods[{i}] ({spec.type}) on {recipe.model.name}: {exc}") from None
+    try:
+        tokenizer = load_tokenizer(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
+    except TokengraftError as exc:  # e.g. a config-only directory: training will refuse it with this message
+        return notes + [f"tokenizer checks skipped: {exc}"]
+    vocab = tokenizer.get_vocab()
+    for i, item in enumerate(recipe.tokens.train_existing):
+        if isinstance(item, int) and item >= len(tokenizer):
+            raise TokengraftError(f"tokens.train_existing[{i}] is id {item}, past the tokenizer's {len(tokenizer)} tokens")
+        if isinstance(item, str) and item not in vocab:
+            raise TokengraftError(f"tokens.train_existing[{i}] {item!r} is not a token of {recipe.model.name}; "
+                                  "list new tokens under tokens.add")
+    known = [tok for tok in recipe.tokens.all_tokens() if tok in vocab]
+    if known:
+        notes.append(f"{len(known)} token(s) already exist in the vocabulary and keep their ids (e.g. {known[0]!r})")
+    return notes
 
 
 def _trains(module: Any) -> bool:

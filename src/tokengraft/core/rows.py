@@ -27,15 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from tokengraft.constants import SIDES
+from tokengraft.core.arch import is_tied
 from tokengraft.errors import TokengraftError
-
-SIDES = ("both", "input", "output")
-
-
-def unwrap_peft(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+from tokengraft.methods.spec import unwrap_peft
 
 
 def _slot_table(ids: torch.Tensor, total_rows: int) -> torch.Tensor:
@@ -191,7 +186,7 @@ class RowGraft:
         index = self.ids.to(embedding.weight.device)
         with torch.no_grad():
             embedding.weight[index] = self.input_rows.detach().to(embedding.weight)
-            if head is not None and head.weight is not embedding.weight:
+            if head is not None and not is_tied(hf):
                 source = self.output_rows if self.output_rows is not None else self.input_rows
                 head.weight[index] = source.detach().to(head.weight)
                 if getattr(head, "bias", None) is not None:
@@ -239,7 +234,7 @@ def attach_rows(
     head = hf.get_output_embeddings()
     if isinstance(embedding, RowEmbedding) or isinstance(head, RowHead):
         raise TokengraftError("this model already has token rows attached")
-    tied = head is not None and head.weight is embedding.weight
+    tied = is_tied(hf)
     if tied and sides != "both":
         raise tied_sides_error(sides)
     order = sorted(range(len(ids)), key=lambda i: ids[i])
@@ -289,6 +284,6 @@ def existing_rows(model: Any, ids: list[int]) -> tuple[torch.Tensor, torch.Tenso
     index = torch.tensor(ids, dtype=torch.long, device=embedding.weight.device)
     inp = embedding.weight.detach()[index].float().cpu()
     out = None
-    if head is not None and head.weight is not embedding.weight:
+    if head is not None and not is_tied(hf):
         out = head.weight.detach()[index].float().cpu()
     return inp, out

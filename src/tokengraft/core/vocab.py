@@ -19,10 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tokenizers import AddedToken
 
+from tokengraft.config import init_strategy_map
+from tokengraft.constants import INIT_STRATEGIES
+from tokengraft.core.arch import is_tied
 from tokengraft.errors import TokengraftError
 
-INIT_STRATEGIES = ("mean", "hewitt", "text", "subwords", "spherical", "random")
 # Rows sampled to estimate the embedding covariance for `hewitt`; bounded so a
 # 150k x 5k matrix never needs a full centred copy.
 COVARIANCE_SAMPLE_ROWS = 4096
@@ -158,23 +161,8 @@ def init_rows(
     return out
 
 
-def _strategy_map(tokens: list[str], init: str | dict[str, str], side: str) -> dict[str, str]:
-    if isinstance(init, str):
-        mapping = {t: init for t in tokens}
-    else:
-        default = init.get("*", "mean")
-        mapping = {t: init.get(t, default) for t in tokens}
-    for token, strategy in mapping.items():
-        if strategy not in INIT_STRATEGIES:
-            raise TokengraftError(
-                f"tokens.init ({side}) for {token!r} is {strategy!r}; use one of {', '.join(INIT_STRATEGIES)}"
-            )
-    return mapping
-
-
-def _register_tokens(tokenizer: Any, tokens: list[str], special: bool, single_word: bool) -> None:
-    from tokenizers import AddedToken
-
+def register_tokens(tokenizer: Any, tokens: list[str], special: bool, single_word: bool) -> None:
+    """Add ``tokens`` to the tokenizer as special (control) tokens or as normal added tokens; rows are not touched."""
     # normalized=False for space-led words: a normaliser may strip or rewrite the leading space.
     added = [AddedToken(t, special=special, normalized=not special and not t.startswith(" "), single_word=single_word)
              for t in tokens]
@@ -219,7 +207,7 @@ def add_tokens(
 
     embedding = model.get_input_embeddings()
     head = model.get_output_embeddings()
-    tied = head is not None and head.weight is embedding.weight
+    tied = is_tied(model)
     old_rows = embedding.weight.shape[0]
     old_tokenizer_size = len(tokenizer)
     vocab = tokenizer.get_vocab()
@@ -233,15 +221,15 @@ def add_tokens(
     # Pieces under the original tokenizer, before the new tokens exist in it.
     pieces = {t: _pieces(tokenizer, t) for t in new}
     text_pieces = {t: _pieces(tokenizer, text) for t, text in (init_text or {}).items() if t in new}
-    input_strategies = _strategy_map(new, init, "input")
-    output_strategies = _strategy_map(new, output_init if output_init is not None else init, "output")
+    input_strategies = init_strategy_map(init, new, "tokens.init (input)")
+    output_strategies = init_strategy_map(output_init if output_init is not None else init, new, "tokens.init (output)")
     for token in new:
         for strategy in (input_strategies[token], output_strategies[token]):
             if strategy == "text" and token not in text_pieces:
                 raise TokengraftError(f"init 'text' for {token!r} needs tokens.init_text[{token!r}] (e.g. \"unknown\")")
 
     if new:
-        _register_tokens(tokenizer, new, special, single_word)
+        register_tokens(tokenizer, new, special, single_word)
     ids = {t: present[t] if present[t] is not None else tokenizer.convert_tokens_to_ids(t) for t in tokens}
     for token in new:
         if _pieces(tokenizer, token) != [ids[token]]:

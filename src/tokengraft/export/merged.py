@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tokengraft.core.graft import Graft
-from tokengraft.core.rows import unwrap_peft
+from tokengraft.methods.spec import unwrap_peft
 from tokengraft.errors import TokengraftError
 from tokengraft.export.pass_bias import fold_run_pass_bias
 from tokengraft.rundir import load_graft

@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from tokengraft.errors import TokengraftError
-from tokengraft.methods.spec import (MethodSpec, block_range_text, fail, module_device_dtype, require_positive, resolve_top_blocks, unwrap)
+from tokengraft.methods.spec import (MethodSpec, block_range_text, fail, module_device_dtype, require_positive, resolve_top_blocks, unwrap_peft)
 
 CONTAINER = "tokengraft_adapters"
 PLACEMENTS = {"post_attn": ("post_attn",), "post_ffn": ("post_ffn",), "both": ("post_attn", "post_ffn"),
@@ -125,7 +125,7 @@ class AdapterSpec(MethodSpec):
 
     def apply(self, model: nn.Module, arch: Any) -> nn.Module:
         """Attach adapters and hooks; the handles are kept on the container for `remove_adapters`."""
-        base = unwrap(model)
+        base = unwrap_peft(model)
         blocks = resolve_top_blocks(self.type, "top_k_blocks", arch, self.top_k_blocks)
         width = self.width(arch.hidden_size)
         container = getattr(base, CONTAINER, None)
@@ -177,7 +177,7 @@ def _site_module(arch: Any, site: str) -> str:
 
 def remove_adapters(model: nn.Module) -> None:
     """Detach the hooks and drop the container: the model computes the base function again."""
-    base = unwrap(model)
+    base = unwrap_peft(model)
     container = getattr(base, CONTAINER, None)
     if container is None:
         return

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from tokengraft.errors import TokengraftError
-from tokengraft.methods.spec import (MethodSpec, base_layer, block_range_text, canonical_name, fail, require_positive, resolve_top_blocks, unwrap)
+from tokengraft.methods.spec import (MethodSpec, base_layer, block_range_text, canonical_name, fail, require_positive, resolve_top_blocks, unwrap_peft)
 
 MODES = ("attention_only", "bitfit", "top_k_blocks", "pattern")
 
@@ -62,8 +62,13 @@ class FreezeSpec(MethodSpec):
             "top_k_blocks": f"whole blocks, {blocks}",
         }[self.mode]
 
+    def check(self, model: nn.Module, arch: Any) -> None:
+        """The selection must be non-empty on this model (BitFit on a model without biases is not)."""
+        self.where(arch)
+        select_parameters(self, model, arch)
+
     def apply(self, model: nn.Module, arch: Any) -> nn.Module:
-        base = unwrap(model)
+        base = unwrap_peft(model)
         params = select_parameters(self, base, arch)
         for p in params:
             p.requires_grad_(True)

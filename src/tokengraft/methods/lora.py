@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tokengraft.errors import TokengraftError
-from tokengraft.methods.spec import (MethodSpec, base_layer, block_range_text, fail, require_positive, resolve_top_blocks, unwrap)
+from tokengraft.methods.spec import (MethodSpec, base_layer, block_range_text, fail, require_positive, resolve_top_blocks, unwrap_peft)
 
 PRESETS = ("attention", "attention_mlp", "all_linear")
 ROLES = ("q", "k", "v", "o", "qkv", "up", "gate", "down")
@@ -56,11 +56,16 @@ class LoraSpec(MethodSpec):
         blocks = resolve_top_blocks(self.type, "top_k_blocks", arch, self.top_k_blocks)
         return f"inside {', '.join(rels)} ({block_range_text(blocks)})"
 
+    def check(self, model: nn.Module, arch: Any) -> None:
+        """Targets must name layers of this model and the block range must fit its depth."""
+        self.where(arch)
+        target_module_names(self, arch)
+
     def apply(self, model: nn.Module, arch: Any) -> nn.Module:
         from peft import LoraConfig, get_peft_model
 
         names = target_module_names(self, arch)
-        base = unwrap(model)
+        base = unwrap_peft(model)
         kinds = {_layer_kind(base_layer(base.get_submodule(n))) for n in names}
         if None in kinds:
             bad = sorted({type(base_layer(base.get_submodule(n))).__name__ for n in names

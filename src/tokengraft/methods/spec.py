@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from tokengraft.config import coerce_value
 from tokengraft.errors import TokengraftError
+from tokengraft.schema import coerce_value
 
 
 @dataclass
@@ -34,6 +34,15 @@ class MethodSpec:
 
     def validate(self) -> None:
         """Raise TokengraftError naming the bad field; called by `spec_from_dict`."""
+
+    def check(self, model: nn.Module, arch: Any) -> None:
+        """Raise TokengraftError when the spec cannot apply to this model; works on the meta device.
+
+        The recipe check before any weight is read (`tokengraft validate --check-model`):
+        resolving where the parameters would go raises on block ranges past the depth;
+        methods whose selection depends on more than ``where`` add their own checks.
+        """
+        self.where(arch)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **dataclasses.asdict(self)}
@@ -111,8 +120,12 @@ def module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (module paths there match ArchInfo's)."""
+def unwrap_peft(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper, or the model itself (module paths there match ArchInfo's).
+
+    The one definition for the whole package: methods wrap models, and everything above
+    them (rows, graft, training, export) needs the plain model back.
+    """
     getter = getattr(model, "get_base_model", None)
     return getter() if callable(getter) else model
 

@@ -5,9 +5,9 @@ Files in a run directory:
 - ``methods.safetensors``: those parameters' tensors, keyed by their names in the
   model that `apply_methods` returned (deterministic for the same base + specs).
 
-Loading re-applies the same specs to a fresh base model and copies the tensors in,
-refusing any missing, extra or mis-shaped tensor: a partial load would silently be
-a different model. Saving every method-trainable tensor (LoRA A/B, adapters, prefix,
+Loading (apply.py's `load_methods`) re-applies the same specs to a fresh base model
+and copies the tensors in, refusing any missing, extra or mis-shaped tensor: a partial
+load would silently be a different model. Saving every method-trainable tensor (LoRA A/B, adapters, prefix,
 unfrozen base weights) through one path keeps the format independent of PEFT's own
 file layout.
 """
@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from tokengraft.errors import TokengraftError
-from tokengraft.methods.spec import MethodSpec, unwrap
+from tokengraft.methods.spec import MethodSpec, unwrap_peft
 
 WEIGHTS_FILE = "methods.safetensors"
 INDEX_FILE = "methods.json"
@@ -94,8 +95,6 @@ class MethodsState:
 
     def save(self, run_dir: str | Path) -> Path:
         """Write ``methods.safetensors`` + ``methods.json`` into ``run_dir``; returns the weights path."""
-        from safetensors.torch import save_file
-
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         weights = run_dir / WEIGHTS_FILE
@@ -117,7 +116,7 @@ class MethodsState:
         if hasattr(model, "merge_and_unload"):
             merged = model.merge_and_unload()
         else:
-            merged = unwrap(model)
+            merged = unwrap_peft(model)
         for p in merged.parameters():
             p.requires_grad_(False)
         return merged
@@ -133,35 +132,3 @@ def read_index(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise TokengraftError(f"{run_dir} has no {INDEX_FILE}; it was not saved with method weights")
     return json.loads(path.read_text())
-
-
-def load_methods(model: nn.Module, arch: Any, specs: list[Any] | None, run_dir: str | Path) -> tuple[nn.Module, MethodsState]:
-    """Apply ``specs`` (default: those saved in ``run_dir``) to a fresh base model and load their weights."""
-    from safetensors.torch import load_file
-
-    from tokengraft.methods import apply_methods, build_specs
-
-    index = read_index(run_dir)
-    saved = build_specs(index["specs"])
-    specs = saved if specs is None else build_specs(list(specs))
-    if [s.to_dict() for s in specs] != [s.to_dict() for s in saved]:
-        raise TokengraftError(f"the methods in {run_dir} ({[s.to_dict() for s in saved]}) differ from the ones "
-                              f"requested ({[s.to_dict() for s in specs]}); load with the saved recipe")
-    model, state = apply_methods(model, arch, specs)
-    weights = Path(run_dir) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise TokengraftError(f"{run_dir} has {INDEX_FILE} but no {WEIGHTS_FILE}")
-    tensors = load_file(str(weights))
-    expected = {n: p for r in state.records for n, p in zip(r.names, r.params)}
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise TokengraftError(f"{weights} does not match the methods applied to this model "
-                              f"(missing {missing[:2]}, unexpected {extra[:2]}); was it trained on another base model?")
-    with torch.no_grad():
-        for name, p in expected.items():
-            t = tensors[name]
-            if t.shape != p.shape:
-                raise TokengraftError(f"{weights}: {name} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
-            p.copy_(t.to(device=p.device, dtype=p.dtype))
-    return model, state

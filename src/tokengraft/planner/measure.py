@@ -182,7 +182,7 @@ def _weights_bytes(model: Any, arch: Any, quant: str, dtype_bytes: int) -> tuple
     the load dtype."""
     from torch import nn
 
-    from tokengraft.core.rows import unwrap_peft
+    from tokengraft.methods.spec import unwrap_peft
 
     hf = unwrap_peft(model)
     conv1d = _conv1d()
@@ -341,7 +341,7 @@ def trace_activations(model: Any, arch: Any, batch: int, seq_len: int, *, input_
     take the stand-in; they are traced with their own code (the meta math kernel, T x T
     scores included: an upper bound when a fused kernel runs).
     """
-    from tokengraft.core.rows import unwrap_peft
+    from tokengraft.methods.spec import unwrap_peft
 
     hf = unwrap_peft(model)
     body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
@@ -487,11 +487,11 @@ def _workload(recipe: Any, tokenizer: Any, tokens: list[str], seq_len: int | Non
             and Path(recipe.data.train).is_file():
         from tokengraft.data import encode_examples, load_examples
 
-        from tokengraft.core.vocab import _register_tokens
+        from tokengraft.core.vocab import register_tokens
 
         added = [t for t in tokens if t not in tokenizer.get_vocab()]
         if added:  # the new tokens must count as one id each, as they will in training
-            _register_tokens(tokenizer, added, recipe.tokens.special, recipe.tokens.single_word)
+            register_tokens(tokenizer, added, recipe.tokens.special, recipe.tokens.single_word)
         items, _ = encode_examples(load_examples(recipe.data.train), tokenizer, max_length, system=recipe.data.system,
                                    on_overflow=recipe.data.on_overflow, new_tokens=[])
         if items:

@@ -147,7 +147,7 @@ def build_classifier_graft(lm: Any, tokenizer: Any, settings: TokenSettings, met
     The LM itself is not modified (the classifier holds copies of its tensors).
     """
     from tokengraft.core.arch import describe
-    from tokengraft.core.graft import _attach, _resolve_existing
+    from tokengraft.core.graft import attach_row_graft, resolve_existing_ids
     from tokengraft.methods import apply_methods
     from tokengraft.methods.classification import build_classifier
     from tokengraft.models import fingerprint
@@ -170,7 +170,7 @@ def build_classifier_graft(lm: Any, tokenizer: Any, settings: TokenSettings, met
         rows = clf.get_input_embeddings().weight.shape[0]
         report = AddReport(requested=0, already_present=[], added=[], ids={}, old_tokenizer_size=len(tokenizer),
                            final_tokenizer_size=len(tokenizer), old_rows=rows, final_rows=rows)
-    existing = [i for i in _resolve_existing(tokenizer, settings.train_existing) if i not in report.new_ids]
+    existing = [i for i in resolve_existing_ids(tokenizer, settings.train_existing) if i not in report.new_ids]
     trainable_ids = sorted(set(report.new_ids) | set(existing))
     # apply_methods always (graft() skips it for methods: []): it is what makes the head trainable.
     model, state = apply_methods(clf, describe(clf, tokenizer), [dict(c) for c in method_configs])
@@ -180,7 +180,7 @@ def build_classifier_graft(lm: Any, tokenizer: Any, settings: TokenSettings, met
     if trainable_ids:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # rows.py warns that input-only rows are never written: intended here
-            g.rows = _attach(model, report, existing, settings)
+            g.rows = attach_row_graft(model, report, existing, settings)
     return g
 
 
@@ -319,7 +319,8 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
     from tokengraft.core.guard import preflight
     from tokengraft.models import load_model
     from tokengraft.tasks.prepare import prepare_data
-    from tokengraft.training.lm import (ListDataset, _callbacks, build_optimizer, run_and_save, start_run, token_settings, training_arguments)
+    from tokengraft.core.graft import token_settings
+    from tokengraft.training.lm import (ListDataset, _callbacks, build_optimizer, run_and_save, start_run, training_arguments)
 
     run, device = start_run(recipe, output_dir)
     lm, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
@@ -358,7 +359,7 @@ def train_classifier(recipe: Any, output_dir: str | Path, *, resume: bool = Fals
     args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps, prediction_loss_only=False,
                               label_names=["labels"], ddp_find_unused_parameters=True if g.rows is not None else None)
     if cfg.gradient_checkpointing:
-        from tokengraft.core.rows import unwrap_peft
+        from tokengraft.methods.spec import unwrap_peft
 
         unwrap_peft(g.model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     mean_length = sum(len(x["input_ids"]) for x in train_items) / len(train_items)

@@ -33,13 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tokengraft.constants import IGNORE_INDEX
 from tokengraft.errors import TokengraftError
-from tokengraft.core.graft import Graft, TokenSettings, graft
-from tokengraft.core.rows import unwrap_peft
+from tokengraft.core.graft import Graft, graft, token_settings
+from tokengraft.methods.spec import unwrap_peft
 
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
-IGNORE_INDEX = -100
 
 
 class ListDataset(Dataset):
@@ -69,24 +69,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def token_settings(tokens_cfg: Any, extra_tokens: list[str] | None = None) -> TokenSettings:
-    """The recipe's ``tokens`` section as graft settings."""
-    from tokengraft.config import read_token_file
-
-    add = list(tokens_cfg.add) + list(extra_tokens or [])
-    if getattr(tokens_cfg, "add_file", None):
-        add += [t for t in read_token_file(tokens_cfg.add_file) if t not in add]
-    if getattr(tokens_cfg, "word_start", False):
-        add = list(dict.fromkeys(t if t.startswith(" ") else " " + t for t in add))
-    init = tokens_cfg.init
-    return TokenSettings(
-        add=add, special=tokens_cfg.special, init_input=init.input, init_output=init.output,
-        init_text=dict(tokens_cfg.init_text), train_existing=list(tokens_cfg.train_existing),
-        sides=tokens_cfg.sides, backend=tokens_cfg.backend, pad_to_multiple_of=tokens_cfg.pad_to_multiple_of,
-        spherical_scale=tokens_cfg.spherical_scale, single_word=tokens_cfg.single_word,
-    )
 
 
 # ----------------------------------------------------------------------------- the loss

@@ -1,0 +1,36 @@
+"""Names that the recipe, the core and the tasks must spell the same way: one definition each.
+
+Torch-free and import-free on purpose: the recipe checks, the CLI's ``--help`` and the
+core all read these, so none of them pays for torch to learn a strategy name. Each
+closed set is written once as a ``Literal`` (what the recipe dataclasses annotate, so
+the loader checks it) and once derived as a tuple (what error messages list).
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Literal
+
+BUILTIN_ALIAS = "smollm2-135m-instruct"
+"""The built-in model's MODEL spec: the default model everywhere (models.py fetches it)."""
+
+InitStrategy = Literal["mean", "hewitt", "text", "subwords", "spherical", "random"]
+INIT_STRATEGIES: tuple[str, ...] = typing.get_args(InitStrategy)
+"""How a new token's row starts (core/vocab.py implements each one)."""
+
+Side = Literal["both", "input", "output"]
+SIDES: tuple[str, ...] = typing.get_args(Side)
+"""Which rows of a token train: the input embedding (READ), the output head (WRITE), or both."""
+
+Backend = Literal["rows", "peft", "full"]
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+"""Where trainable token rows live: row-sparse overlay, PEFT trainable tokens, or whole matrices."""
+
+IGNORE_INDEX = -100
+"""Label of a position that is not trained on (the prompt); the value transformers' losses skip."""
+
+GENERATOR_TASKS = ("pass", "style", "lexicon", "classification")
+"""Tasks that can write their own training data (``data.generate: true``)."""
+
+TASK_TOKENS: dict[str, list[str]] = {"pass": ["<PASS>"], "style": ["<STYLE_TERSE>", "<STYLE_VERBOSE>"]}
+"""Tokens a task cannot work without (the recipe must add them)."""
