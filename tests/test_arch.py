@@ -279,7 +279,7 @@ class OddForCausalLM(PreTrainedModel):
 
 def test_unknown_family_classified_by_structure():
     leaves = {"fetch", "match", "carry", "emit", "inp", "outp"}
-    assert not leaves & {n for names in arch_mod._NAME_HINTS.values() for n in names}, "names must be unknown"
+    assert not leaves & {n for names in arch_mod.NAME_HINTS.values() for n in names}, "names must be unknown"
     model = OddForCausalLM(OddConfig())
     assert model(torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, 300)  # a working model, not a shell
     info = describe(model, tiny_tokenizer(256))
@@ -314,7 +314,7 @@ def test_shapes_alone_suffice_for_gqa_and_fused_layouts(family: str, monkeypatch
     wherever shapes differ (GQA/MQA, fused qkv, non-gated MLP)."""
     model = tiny_model(family)
     with_names = describe(model)
-    monkeypatch.setattr(arch_mod, "_NAME_HINTS", {})
+    monkeypatch.setattr(arch_mod, "NAME_HINTS", {})
     without = describe(model)
     if family == "opt":  # MHA registered k, v, q, out_proj: equal shapes need names; only the order guess differs
         assert without.attention.o == "self_attn.out_proj" and without.mlp == with_names.mlp

@@ -37,7 +37,7 @@ MLP_ROLES = ("up", "gate", "down")
 
 # Leaf names that *confirm* a role. Consulted only to break ties between linears whose
 # shapes fit equally well; a family missing here still works through shapes and order.
-_NAME_HINTS: dict[str, tuple[str, ...]] = {
+NAME_HINTS: dict[str, tuple[str, ...]] = {
     "qkv": ("qkv_proj", "query_key_value", "c_attn", "wqkv", "qkv", "in_proj", "w_pack"),
     "q": ("q_proj", "query", "wq", "q", "q_lin", "to_q"),
     "k": ("k_proj", "key", "wk", "k", "k_lin", "to_k"),
@@ -202,7 +202,7 @@ def _cfg(config: Any, *names: str) -> Any:
 
 
 def _hints(leaf: str) -> set[str]:
-    return {role for role, names in _NAME_HINTS.items() if leaf in names}
+    return {role for role, names in NAME_HINTS.items() if leaf in names}
 
 
 def _assign(cands: list[_Linear], roles: list[str]) -> dict[str, _Linear]:
