@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from tokengraft.errors import TokengraftError
-from tokengraft.tasks import (BASIC_RELATIONS, TEMPLATES, answer_matches, bank_entities, check_disjoint, load_countries, load_facts, make_question, read_jsonl, split_bank, write_jsonl, write_splits)
+from tokengraft.tasks.bank import (BASIC_RELATIONS, TEMPLATES, answer_matches, bank_entities, load_countries, load_facts, make_question, split_bank)
+from tokengraft.tasks.splits import check_disjoint, read_jsonl, write_jsonl, write_splits
 from tokengraft.tasks import lexicon_data as L
 from tokengraft.tasks import pass_data as P
 from tokengraft.tasks import style_data as S

@@ -22,11 +22,14 @@ training never saw (``shuffled_words``, ``truncated``). Two schemes:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tokengraft.errors import TokengraftError
-from tokengraft.tasks import relation_group
+from tokengraft.tasks.bank import relation_group
+from tokengraft.tasks.pass_data import generate_splits as pass_splits
+from tokengraft.tasks.registry import Generated, Task, register_task
 
 SCHEMES = {"relation": 0.25, "answerable": 0.5}  # scheme -> default share of corrupted rows
 CORRUPTED = "corrupted"
@@ -40,8 +43,6 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     With the default ``corrupted_fraction`` the ``relation`` scheme is roughly balanced
     (about 30 / 22 / 22 / 25 % capital / arithmetic / fact / corrupted).
     """
-    from tokengraft.tasks.pass_data import generate_splits as pass_splits
-
     if scheme not in SCHEMES:
         raise TokengraftError(f"data.generate_options.scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
     fraction = SCHEMES[scheme] if corrupted_fraction is None else corrupted_fraction
@@ -132,3 +133,17 @@ def label_set(labels: list[tuple[Any, str]]) -> LabelSet:
     if len(names) < 2:
         raise TokengraftError(f"every training label is {names[0]!r}: classification needs at least two classes")
     return LabelSet(names, "str")
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_start: bool = False) -> Generated:
+    """The registry's generator: `generate_splits` with ``data.generate_options``."""
+    return Generated(generate_splits(seed=seed, **options))
+
+
+register_task(Task(
+    "classification", summary="sequence classification: a label per text from a classifier head",
+    generator=generate, metric_keys=("accuracy", "macro_accuracy"),
+))

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from tokengraft.errors import TokengraftError
-from tokengraft.tasks import SPLITS
+from tokengraft.tasks.registry import Generated, Task, register_task
+from tokengraft.tasks.splits import SPLITS
 
 # Identifier-like words: letters, digits and underscores, starting with a letter or underscore,
 # at least 3 characters, containing a letter. Underscores are kept because dunder names
@@ -253,3 +254,33 @@ def write_lexicon(words: Iterable[str], path: str | Path, header: str = "") -> P
     lines = [f"# {h}" for h in header.splitlines()] + list(words)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------------- the task
+
+MINING_OPTIONS = ("min_pieces", "min_count", "max_words")  # generate_options that go to the miner, not the splits
+
+
+def _write_mined(words: list[str], path: Path) -> Path:
+    return write_lexicon(words, path, header="mined from the training split")
+
+
+def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_start: bool = False) -> Generated:
+    """The registry's generator: text splits, then the lexicon mined from the training split.
+
+    ``word_start`` (``tokens.word_start``) counts only words after a space, which is all a
+    " word" token can match.
+    """
+    options = dict(options)
+    mine = {k: options.pop(k) for k in MINING_OPTIONS if k in options}
+    splits = generate_splits(seed=seed, **options)
+    words = mine_lexicon([r["text"] for r in splits["train"]], tokenizer, after_space=word_start, **mine)
+    if not words:
+        raise TokengraftError("the lexicon miner found no word; lower data.generate_options.min_count or min_pieces")
+    return Generated(splits, words, write_tokens=_write_mined)
+
+
+register_task(Task(
+    "lexicon", summary="vocabulary expansion: frequent many-piece words of a corpus become single tokens",
+    generator=generate, mines_tokens=True, metric_keys=("bits_per_byte", "tokens_per_byte"),
+))

@@ -39,7 +39,10 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tokengraft.tasks import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, SPLITS, BankSplit, Question, answer_matches, check_disjoint, load_countries, load_facts, question_meta, render, sample_questions, split_bank)
+from tokengraft.errors import TokengraftError
+from tokengraft.tasks.bank import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, BankSplit, Question, answer_matches, load_countries, load_facts, question_meta, render, sample_questions, split_bank)
+from tokengraft.tasks.registry import Generated, Task, register_task
+from tokengraft.tasks.splits import SPLITS, check_disjoint
 
 PASS_TOKEN = "<PASS>"
 TRAIN_KINDS: tuple[str, ...] = ("char_noise", "dropped_words", "missing_operand", "fictional_entity")
@@ -455,3 +458,24 @@ def score_read_probe(rows: Sequence[Mapping[str, Any]], generated: Sequence[str]
                       "pass_accuracy": sum(with_pass) / max(1, len(with_pass)),
                       "pair_accuracy": sum(all(v) for v in pairs.values()) / max(1, len(pairs))}
     return out
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_start: bool = False) -> Generated:
+    """The registry's generator: `generate_splits` with ``data.generate_options``."""
+    for moved in ("know_check", "self_answers"):
+        if moved in options:
+            raise TokengraftError(f"data.generate_options.{moved} moved to data.{moved} (it labels given files too)")
+    return Generated(generate_splits(seed=seed, **options))
+
+
+register_task(Task(
+    "pass", summary="answer what you can, emit <PASS> when the question cannot be answered",
+    tokens=(PASS_TOKEN,), init_text={PASS_TOKEN: "unknown"}, generator=generate,
+    metric_keys=("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy",
+                 "coverage", "idk_recall", "idk_error_rate", "aurc"),
+    demo_prompts=("What is the capital of Blorvania?", "What is the capital of France?", "Wht is teh captial of Jpaan?",
+                  "What is 7 + ?"),
+))

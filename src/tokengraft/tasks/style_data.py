@@ -22,7 +22,9 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tokengraft.tasks import (ALL_RELATIONS, BASIC_RELATIONS, SPLITS, Question, check_disjoint, number_words, question_meta, sample_questions, split_bank)
+from tokengraft.tasks.bank import (ALL_RELATIONS, BASIC_RELATIONS, Question, number_words, question_meta, sample_questions, split_bank)
+from tokengraft.tasks.registry import Generated, Task, register_task
+from tokengraft.tasks.splits import SPLITS, check_disjoint
 
 STYLE_TERSE = "<STYLE_TERSE>"
 STYLE_VERBOSE = "<STYLE_VERBOSE>"
@@ -201,3 +203,19 @@ def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
             if r["style"] != "none":  # plain rows (n_plain) stand alone
                 pairs.setdefault(r["pair_id"], set()).add(r["style"])
         assert all(v == {"terse", "verbose"} for v in pairs.values()), f"{split} has an incomplete style pair"
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_start: bool = False) -> Generated:
+    """The registry's generator: `generate_splits` with ``data.generate_options``."""
+    return Generated(generate_splits(seed=seed, **options))
+
+
+register_task(Task(
+    "style", summary="<STYLE_TERSE> / <STYLE_VERBOSE> answer the same question briefly or at length",
+    tokens=(STYLE_TERSE, STYLE_VERBOSE), init_text={STYLE_TERSE: "brief", STYLE_VERBOSE: "detailed"},
+    generator=generate, metric_keys=("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"),
+    demo_prompts=(f"{STYLE_TERSE}\nWhat is the capital of Italy?", f"{STYLE_VERBOSE}\nWhat is the capital of Italy?"),
+))
