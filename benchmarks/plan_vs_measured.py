@@ -229,7 +229,7 @@ def run(names: list[str] | None, steps: int, workdir: Path, reuse: bool = False)
     import yaml
 
     from tokengraft.config import load_recipe
-    from tokengraft.planner.measure import plan
+    from tokengraft.planner import plan
 
     workdir.mkdir(parents=True, exist_ok=True)
     data = write_data(workdir / "train.jsonl")

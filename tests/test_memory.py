@@ -20,7 +20,8 @@ from tiny import tiny_config, tiny_model, tiny_tokenizer
 from tokengraft.cli.main import main
 from tokengraft.config import apply_overrides, recipe_from_dict
 from tokengraft.errors import TokengraftError
-from tokengraft.planner.measure import GiB, parse_size, plan, trace_activations
+from tokengraft.planner import GiB, parse_size, plan
+from tokengraft.planner.measure import trace_activations
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -122,7 +122,7 @@ def _configure_plan(parser: argparse.ArgumentParser) -> None:
 
 @command("plan", "per-device memory budget of a recipe, from the config alone (no weights loaded)", _configure_plan)
 def _plan(args: argparse.Namespace) -> int:
-    from tokengraft.planner.assemble import run_plan
+    from tokengraft.cli.plan import run_plan
 
     return run_plan(args.config, args.overrides, budget=args.budget, as_json=args.json, new_tokens=args.new_tokens,
                     device=args.device, seq_len=args.seq_len, supervised_tokens=args.supervised_tokens)

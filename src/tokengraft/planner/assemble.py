@@ -1,11 +1,10 @@
 """From measured facts to the plan: peak moments, the budget table, and the first thing to change.
 
-`memory.gather` measures what needs the model (parameter counts, the activation
+``measure.gather`` measures what needs the model (parameter counts, the activation
 trace); `assemble` here is arithmetic on those facts for one choice of the cheap
 knobs (backend, checkpointing, batch, optimiser, ...). That split is what lets the
 advice re-assemble the plan with one setting changed at a time (no new trace),
-in an order that costs the
-run least: a different token backend or the supervised-only head change nothing
+in an order that costs the run least: a different token backend or the supervised-only head change nothing
 about what is learned; checkpointing costs time; a smaller micro-batch with gradient
 accumulation keeps the effective batch; Adafactor and 4-bit weights change the
 optimisation; a shorter ``data.max_length`` changes the data. Changes accumulate
@@ -15,13 +14,12 @@ until the plan fits, and the first one is named first.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from tokengraft.planner.measure import GiB, Facts, LineItem, Plan, Workload, gib
+from tokengraft.config import Recipe
+from tokengraft.planner.types import GiB, Facts, LineItem, Plan, Workload, gib
 
 # A CUDA context plus cuBLAS/cuDNN workspaces, outside PyTorch's allocator (typical 0.3-0.8 GiB).
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)
@@ -50,7 +48,7 @@ class Knobs:
     quantization: str = "none"
 
     @classmethod
-    def from_recipe(cls, recipe: Any, device: str, batch: int) -> "Knobs":
+    def from_recipe(cls, recipe: Recipe, device: str, batch: int) -> "Knobs":
         t = recipe.train
         head_only = t.supervised_head_only and not any(
             (m.type if hasattr(m, "type") else m.get("type")) == "prefix" for m in recipe.methods)
@@ -361,16 +359,3 @@ def table(plan: Plan) -> str:
         for more in plan.advice[1:]:
             lines.append(f"then:         {more}")
     return "\n".join(lines)
-
-
-def run_plan(config: str, overrides: list[str], *, budget: str | None, as_json: bool, new_tokens: int | None,
-             device: str | None, seq_len: int | None, supervised_tokens: int | None) -> int:
-    """The CLI handler: exit 0 when it fits (or no budget), 1 when it does not."""
-    from tokengraft.config import load_recipe
-    from tokengraft.planner.measure import parse_size, plan
-
-    recipe = load_recipe(config, overrides, validate=False)
-    result = plan(recipe, new_tokens=new_tokens, budget=parse_size(budget) if budget else None, device=device,
-                  seq_len=seq_len, supervised_tokens=supervised_tokens)
-    print(json.dumps(result.to_dict(), indent=2) if as_json else table(result))
-    return 1 if result.fits is False else 0

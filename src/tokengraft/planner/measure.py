@@ -1,49 +1,50 @@
-"""The memory planner: what a recipe needs per device, before any weight is loaded.
+"""What the planner measures: the meta-device model, its parameters, and an activation trace.
 
-Reference 004 lost a day to out-of-memory errors that a budget table would have
-predicted: a 1.87 GiB gradient for the *whole* embedding matrix when only the new
-rows trained. ``plan(recipe)`` builds that table from the config alone:
+Nothing here reads a weight. `gather` builds the recipe's model on the meta device
+(shapes, no memory), applies the recipe's methods with the real registry code (so
+LoRA / adapter / freeze counts and dtypes are exactly what training creates), counts
+the base weights per quantisation, and traces the activations:
 
-- **Parameters** are counted on a meta-device model (shapes, no memory), with the
-  recipe's methods applied by the real registry code, so LoRA / adapter / freeze
-  counts and dtypes are exactly what training creates.
-- **Activations** are *traced*: the transformer body runs forward on the meta
-  device under ``saved_tensors_hooks`` and every tensor autograd keeps for the
-  backward pass is counted once (by storage), per block and per role (attention,
-  MLP, norms, methods). This is the per-layer bytes-per-token formula derived from
-  the block itself instead of a hand-written per-family table: it sees gated vs.
-  plain MLPs, q/k norms, dropout masks, LoRA inputs, and it knows that a frozen
-  linear layer keeps nothing (autograd saves an input only when a weight needs its
-  gradient). The attention kernel is the one exception: the meta device always
-  picks the math kernel, so fused kernels (SDPA flash / memory-efficient, flash-
-  attention 2) are stood in for by a function that keeps what they keep
-  (q, k, v, output, log-sum-exp; with a padding mask, GQA keys/values repeated per
-  head and the float mask, as transformers' SDPA path does). ``eager`` attention is
-  traced as is, T x T probabilities included.
-- **Everything else** (logits, gradients, optimiser state and step temporaries,
-  PEFT's merged matrix copy, quantised weights) follows from shapes; each formula's
-  comment says where it comes from.
+- the transformer body runs forward on the meta device under ``saved_tensors_hooks``
+  and every tensor autograd keeps for the backward pass is counted once (by
+  storage), per block and per role (attention, MLP, norms, methods). This is the
+  per-layer bytes-per-token formula derived from the block itself instead of a
+  hand-written per-family table: it sees gated vs. plain MLPs, q/k norms, dropout
+  masks, LoRA inputs, and it knows that a frozen linear layer keeps nothing
+  (autograd saves an input only when a weight needs its gradient);
+- the attention kernel is the one exception: the meta device always picks the math
+  kernel, so fused kernels (SDPA flash / memory-efficient, flash-attention 2) are
+  stood in for by a function that keeps what they keep (q, k, v, output,
+  log-sum-exp; with a padding mask, GQA keys/values repeated per head and the float
+  mask, as transformers' SDPA path does). ``eager`` attention is traced as is, T x T
+  probabilities included.
 
-The peak is the largest of the moments of a step (loss, head backward, blocks
-backward, backward end, optimiser step) on top of what lives across steps.
-`gather` here measures the facts; ``plan_report.assemble`` turns them into a `Plan`
-for any choice of the cheap knobs (batch size, backend, checkpointing, optimiser,
-...), which is how the advice computes what a change would save without tracing again.
+The result is `Facts` and a `Workload` (``planner.types``); ``planner.assemble`` turns
+them into a `Plan` for any choice of the cheap knobs without tracing again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from transformers import AttentionInterface, AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
 
+from tokengraft.config import Recipe
+from tokengraft.core.arch import ArchInfo, describe
+from tokengraft.core.vocab import register_tokens
+from tokengraft.data import encode_examples, load_examples
 from tokengraft.errors import TokengraftError
+from tokengraft.methods import apply_methods
+from tokengraft.methods.spec import unwrap_peft
+from tokengraft.models import load_config, load_tokenizer, parse_dtype
+from tokengraft.planner.types import ActivationTrace, Facts, Workload
+from tokengraft.tasks import get_task
 
-GiB = 1024**3
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 # bitsandbytes NF4 with double quantisation: 4 bits per weight, one 8-bit absmax per
 # 64 weights, one fp32 constant per 256 absmax blocks (QLoRA's ~4.127 bits/param).
@@ -53,145 +54,20 @@ INT8_BYTES_PER_PARAM = 1.0
 PLAN_ATTENTION = "tokengraft_plan"
 
 
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class LineItem:
-    key: str  # stable id for scripts ("weights", "token_rows_grad", ...)
-    label: str
-    bytes: int
-    detail: str = ""
-
-
-@dataclass
-class Plan:
-    """Per-device memory at the training peak, line by line."""
-
-    items: list[LineItem]  # what is resident at the peak phase (sums to `total`)
-    phases: dict[str, int]  # total at each phase of a step
-    peak_phase: str
-    total: int
-    budget: int | None
-    device: str
-    assumptions: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    advice: list[str] = field(default_factory=list)
-    all_items: dict[str, int] = field(default_factory=dict)  # every component, whatever the phase
-    loaded_weights: int = 0  # bytes of the base model as loaded (before grafting)
-
-    @property
-    def fits(self) -> bool | None:
-        return None if self.budget is None else self.total <= self.budget
-
-    @property
-    def verdict(self) -> str:
-        if self.budget is None:
-            return "no budget given"
-        margin = self.budget - self.total
-        word = "fits" if margin >= 0 else "does NOT fit"
-        return f"{word}: {gib(self.total)} of {gib(self.budget)} ({'margin' if margin >= 0 else 'over by'} {gib(abs(margin))})"
-
-    @property
-    def growth_over_load(self) -> int:
-        """Peak minus the base weights as loaded: what training adds to a loaded model."""
-        return self.total - self.loaded_weights
-
-    def item(self, key: str) -> int:
-        return self.all_items.get(key, 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device, "total_bytes": self.total, "budget_bytes": self.budget, "fits": self.fits,
-            "verdict": self.verdict, "peak_phase": self.peak_phase, "phases_bytes": self.phases,
-            "items": [dataclasses.asdict(i) for i in self.items], "all_items_bytes": self.all_items,
-            "loaded_weights_bytes": self.loaded_weights, "growth_over_load_bytes": self.growth_over_load,
-            "assumptions": self.assumptions, "notes": self.notes, "advice": self.advice,
-        }
-
-
-def gib(n: float) -> str:
-    """Human size in binary units (what nvidia-smi and PyTorch's OOM messages print)."""
-    n = float(n)
-    for unit, size in (("GiB", GiB), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(n) >= size * 0.95 or unit == "KiB":
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"  # pragma: no cover
-
-
-def parse_size(text: str) -> int:
-    """``15GB`` / ``15GiB`` / ``800MB`` / ``1.5T`` -> bytes. GB means GiB here, as GPUs are sold and PyTorch reports."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if not match:
-        raise TokengraftError(f"--budget {text!r} is not a size; write e.g. 15GB, 15GiB or 800MB")
-    scale = {"": GiB, "k": 1024, "m": 1024**2, "g": GiB, "t": 1024**4}[match.group(2).lower()]
-    if match.group(2) == "" and match.group(3):
-        scale = 1  # plain bytes: "1000B"
-    return int(float(match.group(1)) * scale)
-
-
 # ----------------------------------------------------------------------------- facts (the expensive part)
 
 
-@dataclass
-class ActivationTrace:
-    """Bytes autograd keeps after the forward pass, at one (batch, seq_len)."""
-
-    per_block: list[int]
-    outside: int  # final norm, rotary tables and other tensors saved outside the blocks
-    by_role: dict[str, int]  # summed over blocks: attention, mlp, norms, methods, other
-    kernel: str  # how attention was accounted: "fused", "fused+mask", "eager", "traced-math"
-    batch: int
-    seq_len: int
-
-
-@dataclass
-class Facts:
-    """Everything measured from the meta model; `assemble` combines it with the knobs."""
-
-    model_type: str
-    hidden: int
-    num_blocks: int
-    tied: bool
-    base_rows: int  # rows of the embedding matrix before grafting
-    head_rows: int | None  # rows of the LM head (None: no head)
-    vocab_after: int  # rows after adding tokens (for backends that resize; pad_to_multiple_of applied)
-    vocab_rows: int  # logits width with the rows backend (no resize, no rounding)
-    new_tokens: int
-    existing_trained: int
-    weight_bytes: int  # base model as loaded (quantisation applied)
-    weight_detail: str
-    weights_by_quant: dict[str, tuple[int, str]]  # "none" / "4bit" / "8bit" -> (bytes, detail), for the advice
-    matrix_bytes_per_row: int  # one embedding row in the load dtype
-    load_dtype_bytes: int
-    weights_mapped: bool  # CPU load in the stored dtype: tensors are views of the memory-mapped safetensors file
-    compute_dtype_bytes: int
-    method_params: list[tuple[int, int, tuple[int, ...]]]  # (numel, bytes per element, shape) of new method params
-    unfrozen_params: list[tuple[int, int, tuple[int, ...]]]  # base params the methods made trainable
-    method_names: list[str]
-    trace: ActivationTrace
-    block_input_bytes: int  # one block's input hidden state at (batch, seq_len): what checkpointing keeps
-    notes: list[str] = field(default_factory=list)
-
-
-def _weights_bytes(model: Any, arch: Any, quant: str, dtype_bytes: int) -> tuple[int, str]:
+def _weights_bytes(model: Any, arch: ArchInfo, quant: str, dtype_bytes: int) -> tuple[int, str]:
     """Frozen base weights as loaded. Quantisation packs the block linears only: bitsandbytes
     leaves embeddings, the LM head (transformers skips output embeddings), norms and biases in
     the load dtype."""
-    from torch import nn
-
-    from tokengraft.methods.spec import unwrap_peft
-
     hf = unwrap_peft(model)
-    conv1d = _conv1d()
     linear_weights: set[int] = set()
     scales = 0
     if quant != "none":
         blocks = hf.get_submodule(arch.blocks)
         for module in blocks.modules():
-            if isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d)):
+            if isinstance(module, (nn.Linear, Conv1D)):
                 linear_weights.add(id(module.weight))
                 out_rows = module.weight.shape[0] if isinstance(module, nn.Linear) else module.weight.shape[1]
                 scales += 4 * out_rows  # int8: fp32 row scale (SCB); unused for nf4
@@ -212,14 +88,6 @@ def _weights_bytes(model: Any, arch: Any, quant: str, dtype_bytes: int) -> tuple
         total = int(packed * INT8_BYTES_PER_PARAM) + scales + plain * dtype_bytes
         return total, f"{packed / 1e9:.2f}B params int8 + {plain / 1e9:.2f}B at {dtype_bytes} B"
     return plain * dtype_bytes, f"{plain / 1e9:.3f}B params at {dtype_bytes} B"
-
-
-def _conv1d() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover
-        return None
-    return Conv1D
 
 
 # --- the attention stand-in for fused kernels ---------------------------------------------------
@@ -299,16 +167,11 @@ def _plan_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: 
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register_plan_attention() -> bool:
-    try:
-        from transformers import AttentionInterface
-    except ImportError:  # pragma: no cover
-        return False
+def _register_plan_attention() -> None:
     AttentionInterface.register(PLAN_ATTENTION, _plan_attention)
-    return True
 
 
-def _role_of(name: str, arch: Any) -> str:
+def _role_of(name: str, arch: ArchInfo) -> str:
     """Role of a (plain-model) module path, for the per-role activation breakdown."""
     if "lora_" in name or "tokengraft_adapters" in name or "prefix" in name:
         return "methods"
@@ -328,7 +191,7 @@ def _role_of(name: str, arch: Any) -> str:
     return "other"
 
 
-def trace_activations(model: Any, arch: Any, batch: int, seq_len: int, *, input_grad: bool,
+def trace_activations(model: Any, arch: ArchInfo, batch: int, seq_len: int, *, input_grad: bool,
                       padded: bool = True, device: str = "cuda") -> ActivationTrace:
     """Run the body forward on the meta device and count the bytes saved for backward.
 
@@ -341,14 +204,13 @@ def trace_activations(model: Any, arch: Any, batch: int, seq_len: int, *, input_
     take the stand-in; they are traced with their own code (the meta math kernel, T x T
     scores included: an upper bound when a fused kernel runs).
     """
-    from tokengraft.methods.spec import unwrap_peft
-
     hf = unwrap_peft(model)
     body = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
     if body is None or body is hf:
         raise TokengraftError(f"cannot find the transformer body of {type(hf).__name__} to trace its activations")
     kernel = getattr(hf.config, "_attn_implementation", None) or "eager"
-    if kernel != "eager" and _register_plan_attention():
+    if kernel != "eager":
+        _register_plan_attention()
         _TraceState.kernel = "flash" if "flash" in kernel else "sdpa"
         _TraceState.padded, _TraceState.device, _TraceState.called, _TraceState.math = padded, device, False, False
         _set_attn(hf, PLAN_ATTENTION)
@@ -372,7 +234,7 @@ def trace_activations(model: Any, arch: Any, batch: int, seq_len: int, *, input_
     return trace
 
 
-def _trace_once(hf: Any, body: Any, arch: Any, batch: int, seq_len: int, input_grad: bool,
+def _trace_once(hf: Any, body: Any, arch: ArchInfo, batch: int, seq_len: int, input_grad: bool,
                 all_ones_mask: bool = False) -> ActivationTrace:
     param_ids = {p.untyped_storage()._cdata for p in hf.parameters()}
     param_ids |= {b.untyped_storage()._cdata for b in hf.buffers()}
@@ -446,18 +308,7 @@ def _set_attn(hf: Any, name: str) -> None:
 # --- tokens, data ------------------------------------------------------------------------------
 
 
-@dataclass
-class Workload:
-    """Shapes of one micro-batch: what the activations and logits scale with."""
-
-    batch: int
-    seq_len: int  # longest sequence of the largest batch (batches are padded to their longest)
-    supervised: int  # supervised positions in that batch (labels != -100)
-    source: str  # how these were found
-    padded: bool = True  # batches carry a padding mask (examples of different lengths)
-
-
-def _token_count(recipe: Any, tokenizer: Any, new_tokens: int | None, notes: list[str]) -> tuple[int, int, list[str]]:
+def _token_count(recipe: Recipe, tokenizer: Any, new_tokens: int | None, notes: list[str]) -> tuple[int, int, list[str]]:
     """(new tokens, existing ids that also train, the new token strings)."""
     tokens = recipe.tokens.all_tokens()
     existing = len(recipe.tokens.train_existing)
@@ -471,13 +322,13 @@ def _token_count(recipe: Any, tokenizer: Any, new_tokens: int | None, notes: lis
         if known:
             notes.append(f"{len(known):,} listed token(s) already exist in the vocabulary and add no rows")
         tokens = [t for t in tokens if t not in vocab]
-    if recipe.task == "lexicon" and recipe.data.generate and not tokens:
-        notes.append("lexicon task: the new-token count is only known after mining; planned with none: "
+    if get_task(recipe.task).mines_tokens and recipe.data.generate and not tokens:
+        notes.append(f"{recipe.task} task: the new-token count is only known after mining; planned with none: "
                      "pass --new-tokens N (or list them in tokens.add_file) for the real count")
     return len(tokens), existing, tokens
 
 
-def _workload(recipe: Any, tokenizer: Any, tokens: list[str], seq_len: int | None, supervised: int | None,
+def _workload(recipe: Recipe, tokenizer: Any, tokens: list[str], seq_len: int | None, supervised: int | None,
               scan_data: bool) -> Workload:
     """Batch shapes. Scans the training file when it exists (the real encoder, the real lengths);
     otherwise assumes the worst case, every position at ``data.max_length`` supervised."""
@@ -485,10 +336,6 @@ def _workload(recipe: Any, tokenizer: Any, tokens: list[str], seq_len: int | Non
     max_length = recipe.data.max_length
     if seq_len is None and supervised is None and scan_data and recipe.data.train and tokenizer is not None \
             and Path(recipe.data.train).is_file():
-        from tokengraft.data import encode_examples, load_examples
-
-        from tokengraft.core.vocab import register_tokens
-
         added = [t for t in tokens if t not in tokenizer.get_vocab()]
         if added:  # the new tokens must count as one id each, as they will in training
             register_tokens(tokenizer, added, recipe.tokens.special, recipe.tokens.single_word)
@@ -518,14 +365,15 @@ def _stored_dtype_bytes(config: Any) -> int | None:
     return DTYPE_BYTES.get(name)
 
 
-def _device(recipe: Any, device: str | None) -> str:
+def resolve_device(recipe: Recipe, device: str | None) -> str:
+    """The device to plan for: ``device``, else ``model.device`` (auto = cuda when present or quantized)."""
     name = device or recipe.model.device
     if name == "auto":
         return "cuda" if (torch.cuda.is_available() or recipe.model.quantization != "none") else "cpu"
     return "cuda" if name.startswith("cuda") else name
 
 
-def _compute_bytes(recipe: Any, device: str) -> int:
+def _compute_bytes(recipe: Recipe, device: str) -> int:
     """Activation element size: half precision under bf16/fp16 autocast or quantised compute, else the load dtype."""
     precision = recipe.train.precision
     if recipe.model.quantization != "none":
@@ -535,14 +383,9 @@ def _compute_bytes(recipe: Any, device: str) -> int:
     return DTYPE_BYTES[recipe.model.dtype]
 
 
-def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", seq_len: int | None = None,
+def gather(recipe: Recipe, *, new_tokens: int | None = None, device: str = "cpu", seq_len: int | None = None,
            supervised: int | None = None, scan_data: bool = True) -> tuple[Facts, Workload]:
     """Build the meta model, apply the methods, count, and trace. No weights are read."""
-    from transformers import AutoModelForCausalLM
-
-    from tokengraft.core.arch import describe
-    from tokengraft.models import load_config, load_tokenizer, parse_dtype
-
     notes: list[str] = []
     config = load_config(recipe.model.name, trust_remote_code=recipe.model.trust_remote_code)
     load_dtype = parse_dtype(recipe.model.dtype)
@@ -575,8 +418,6 @@ def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", s
     before = {id(p) for p in model.parameters()}
     method_names = []
     if recipe.methods:
-        from tokengraft.methods import apply_methods
-
         specs = [m.to_dict() if hasattr(m, "to_dict") else dict(m) for m in recipe.methods]
         method_names = [s["type"] for s in specs]
         with torch.device("meta"):  # new method weights are born on meta too: nothing is allocated
@@ -610,37 +451,3 @@ def gather(recipe: Any, *, new_tokens: int | None = None, device: str = "cpu", s
         block_input_bytes=workload.batch * workload.seq_len * arch.hidden_size * compute_bytes, notes=notes,
     )
     return facts, workload
-
-
-# ----------------------------------------------------------------------------- plan
-
-
-def plan(recipe: Any, *, new_tokens: int | None = None, budget: int | None = None, device: str | None = None,
-         seq_len: int | None = None, supervised_tokens: int | None = None, scan_data: bool = True) -> Plan:
-    """Plan a recipe's peak memory per device without loading weights; advice when over ``budget``."""
-    import warnings
-
-    dev = _device(recipe, device)
-    with warnings.catch_warnings():  # deprecation chatter from applying methods to a throwaway meta model
-        warnings.simplefilter("ignore")
-        facts, work = gather(recipe, new_tokens=new_tokens, device=dev, seq_len=seq_len,
-                             supervised=supervised_tokens, scan_data=scan_data)
-    from tokengraft.planner.assemble import Knobs, advise, assemble
-
-    knobs = Knobs.from_recipe(recipe, dev, work.batch)
-    result = assemble(facts, work, knobs, budget)
-    result.assumptions = {
-        "model": recipe.model.name, "model_type": facts.model_type, "device": dev,
-        "dtype": recipe.model.dtype, "quantization": recipe.model.quantization,
-        "compute_dtype_bytes": facts.compute_dtype_bytes, "backend": knobs.backend, "sides": knobs.sides,
-        "new_tokens": facts.new_tokens, "existing_rows_trained": facts.existing_trained,
-        "vocab_rows": {"base": facts.base_rows, "after": facts.vocab_after}, "hidden": facts.hidden,
-        "blocks": facts.num_blocks, "tied": facts.tied, "batch_size": knobs.batch, "grad_accum": knobs.grad_accum,
-        "seq_len": work.seq_len, "supervised_positions": work.supervised, "workload_source": work.source,
-        "gradient_checkpointing": knobs.gradient_checkpointing, "supervised_head_only": knobs.supervised_head_only,
-        "optimizer": knobs.optimizer, "attention": facts.trace.kernel, "methods": facts.method_names,
-        "activation_bytes_by_role": facts.trace.by_role,
-    }
-    result.notes = list(facts.notes)
-    result.advice = advise(facts, work, knobs, result)
-    return result
