@@ -12,20 +12,16 @@ loss and the task's metrics; a PNG overlays the eval-loss curves.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from tokengraft.config import Recipe, load_recipe
 from tokengraft.errors import TokengraftError
-
-METRIC_KEYS = {
-    "pass": ("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy", "coverage",
-             "idk_recall", "idk_error_rate", "aurc"),
-    "style": ("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"),
-    "lexicon": ("bits_per_byte", "tokens_per_byte"),
-    "classification": ("accuracy", "macro_accuracy"),
-}
+from tokengraft.evaluation.generative import evaluate_run
+from tokengraft.tasks import get_task
 
 # Run in a fresh interpreter: trains one recipe and prints a JSON line with its measurements.
 _CHILD = r"""
@@ -57,8 +53,6 @@ def _child(recipe_path: Path, out: Path, overrides: list[str]) -> dict[str, Any]
 
 def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, eval_limit: int | None = None,
             overrides: list[str] | None = None) -> dict[str, Any]:
-    from tokengraft.config import load_recipe
-
     if len(recipes) < 2:
         raise TokengraftError("compare needs at least two recipes")
     out = Path(output)
@@ -82,11 +76,10 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
             _copy_eval_splits(out / names[0] / "data", run / "data")
         row = {"recipe": name, **measured,
                "seconds_per_step": measured["train_seconds"] / max(1, measured["steps"])}
-        if evaluate and recipe.task in ("pass", "style", "lexicon", "classification"):
-            from tokengraft.evaluation.generative import evaluate_run
-
+        metric_keys = get_task(recipe.task).metric_keys
+        if evaluate and metric_keys:
             metrics = evaluate_run(run, limit=eval_limit)
-            row.update({k: metrics.get(k) for k in METRIC_KEYS[recipe.task]})
+            row.update({k: metrics.get(k) for k in metric_keys})
         rows.append(row)
     task = loaded[0].task
     result = {"task": task, "recipes": recipes, "rows": rows}
@@ -96,7 +89,7 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
     return result
 
 
-def _shared_data_overrides(first_run: Path, first: Any) -> list[str]:
+def _shared_data_overrides(first_run: Path, first: Recipe) -> list[str]:
     """Point later recipes at the first run's data files and seed (same data, same split)."""
     data = first_run / "data"
     extra = [f"seed={first.seed}"]
@@ -109,8 +102,6 @@ def _shared_data_overrides(first_run: Path, first: Any) -> list[str]:
 
 def _copy_eval_splits(source: Path, target: Path) -> None:
     """Later runs read their data from the first run's files; give them its held-out splits too."""
-    import shutil
-
     target.mkdir(parents=True, exist_ok=True)
     for path in source.glob("*.jsonl"):
         if not (target / path.name).exists():
@@ -118,7 +109,7 @@ def _copy_eval_splits(source: Path, target: Path) -> None:
 
 
 def markdown_table(result: dict[str, Any]) -> str:
-    keys = ["trainable", "peak_rss_mb", "seconds_per_step", "final_eval_loss"] + list(METRIC_KEYS.get(result["task"], ()))
+    keys = ["trainable", "peak_rss_mb", "seconds_per_step", "final_eval_loss"] + list(get_task(result["task"]).metric_keys)
     lines = ["| recipe | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for row in result["rows"]:
         cells = []

@@ -2,8 +2,11 @@
 
 Fetch the model (first run only), generate the task's seeded data, train the
 packaged recipe, evaluate on the held-out test split against the base model,
-and print the metrics and a few before/after generations. The run directory
-is left in place for `tokengraft export RUN_DIR --merged OUT`.
+and print the metrics and a few before/after generations (the task's
+``demo_prompts`` in the task registry). The run directory is left in place for
+`tokengraft export RUN_DIR --merged OUT`.
+
+A task has a demo when the package ships a recipe for it (``configs/<task>.yaml``).
 """
 
 from __future__ import annotations
@@ -13,28 +16,33 @@ from importlib import resources
 from pathlib import Path
 
 from tokengraft.errors import TokengraftError
+from tokengraft.tasks import get_task, task_names
 
-DEMO_PROMPTS = {
-    "pass": ["What is the capital of Blorvania?", "What is the capital of France?", "Wht is teh captial of Jpaan?",
-             "What is 7 + ?"],
-    "style": ["<STYLE_TERSE>\nWhat is the capital of Italy?", "<STYLE_VERBOSE>\nWhat is the capital of Italy?"],
-    "lexicon": [],
-}
+
+def _packaged(task: str) -> Path:
+    return Path(str(resources.files("tokengraft") / "configs" / f"{task}.yaml"))
+
+
+def demo_tasks() -> list[str]:
+    """Registered tasks with a packaged recipe: the choices of `tokengraft demo`."""
+    return [task for task in task_names() if _packaged(task).is_file()]
 
 
 def recipe_path(task: str) -> Path:
-    path = resources.files("tokengraft") / "configs" / f"{task}.yaml"
+    path = _packaged(task)
     if not path.is_file():
         raise TokengraftError(f"no packaged recipe for demo {task!r}")
-    return Path(str(path))
+    return path
 
 
 def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
+    # Imported here, not at the top: `tokengraft --help` reads demo_tasks() and must not load torch.
+    from tokengraft.cli.report import metrics_table
     from tokengraft.config import load_recipe
     from tokengraft.evaluation.generative import evaluate_run
     from tokengraft.generation import generate_batch
     from tokengraft.models import load_model
-    from tokengraft.cli.report import metrics_table
+    from tokengraft.rundir import load
     from tokengraft.training.lm import train
 
     recipe = load_recipe(recipe_path(task), overrides or [])
@@ -44,10 +52,8 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
     metrics = evaluate_run(output)
     print()
     print(metrics_table(metrics))
-    prompts = DEMO_PROMPTS[task]
+    prompts = list(get_task(task).demo_prompts)
     if prompts:
-        from tokengraft.rundir import load
-
         base, base_tok = load_model(recipe.model.name)
         tuned, tok = load(output)
         before = generate_batch(base, base_tok, prompts, max_new_tokens=40, system=recipe.data.system)

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokengraft.generation import generate_batch
+from tokengraft.rundir import load, read_graft_meta
+
 
 def run_generate(run_dir: str, prompts: list[str], *, max_new_tokens: int = 64, system: str | None = None) -> int:
-    import json
-
-    from tokengraft.rundir import load
-    from tokengraft.generation import generate_batch
-
     run = Path(run_dir)
     model, tokenizer = load(run)
-    meta = json.loads((run / "graft.json").read_text())
+    meta = read_graft_meta(run)
     bias = meta.get("pass_bias")
     logit_bias = {tokenizer.convert_tokens_to_ids("<PASS>"): bias} if bias else None
     outputs = generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, system=system,

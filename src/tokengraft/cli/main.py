@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from tokengraft.cli.demo import demo_tasks
 from tokengraft.errors import TokengraftError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -217,7 +218,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["pass", "style", "lexicon"], help="which field task to run end to end")
+    parser.add_argument("task", choices=demo_tasks(), help="which field task to run end to end")
     parser.add_argument("--output", "-o", default=None, help="run directory (default runs/demo-<task>)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo recipe")
 
@@ -240,12 +241,10 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
 
 @command("compare", "train recipes on the same data, split and seed; side-by-side table", _configure_compare)
 def _compare(args: argparse.Namespace) -> int:
-    from tokengraft.cli.compare import compare
+    from tokengraft.cli.compare import compare, markdown_table
 
     result = compare(args.recipes, args.output, evaluate=not args.no_eval, eval_limit=args.eval_limit,
                      overrides=args.overrides)
-    from tokengraft.cli.compare import markdown_table
-
     print(markdown_table(result))
     return 0
 

@@ -10,13 +10,18 @@ fit the model (BitFit on Llama, prefix on multi-query Falcon) gets a row saying 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from torch import nn
 
+from tokengraft.core.arch import ArchInfo, describe
 from tokengraft.errors import TokengraftError
+from tokengraft.methods import apply_methods, build_spec
+from tokengraft.methods.classification import config_classifier
+from tokengraft.models import load_config_model
 
 
 @dataclass
@@ -43,15 +48,11 @@ def default_specs(top_k: int) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def method_table(make_model: Callable[[], nn.Module], top_k: int = 4, num_labels: int = 2) -> tuple[Any, list[Row]]:
+def method_table(make_model: Callable[[], nn.Module], top_k: int = 4, num_labels: int = 2) -> tuple[ArchInfo, list[Row]]:
     """``(arch, rows)``: each default method applied to a fresh model from ``make_model`` (meta device is fine).
 
     ``top_k`` is clamped to the model's depth so small models still get freeze rows.
     """
-    from tokengraft.core.arch import describe
-    from tokengraft.methods import apply_methods, build_spec
-    from tokengraft.methods.classification import config_classifier
-
     if top_k < 1:
         raise TokengraftError(f"--top-k must be at least 1 (got {top_k})")
     first = make_model()
@@ -72,15 +73,12 @@ def method_table(make_model: Callable[[], nn.Module], top_k: int = 4, num_labels
         model = None
         rows.append(Row(spec.type, label, state.num_trainable, 100.0 * state.num_trainable / total, state.mergeable,
                         spec.where(arch)))
-    rows.append(_head_row(make_model, num_labels, total, config_classifier))
+    rows.append(_head_row(make_model, num_labels, total))
     return arch, rows
 
 
-def _head_row(make_model: Callable[[], nn.Module], num_labels: int, total: int, config_classifier: Any) -> Row:
+def _head_row(make_model: Callable[[], nn.Module], num_labels: int, total: int) -> Row:
     """The linear probe: a sequence classifier from the same weights, only its head trained."""
-    from tokengraft.core.arch import describe
-    from tokengraft.methods import apply_methods
-
     label = f"head only, {num_labels} labels"
     clf = config_classifier(make_model().config, num_labels)
     if clf is None:
@@ -98,7 +96,7 @@ def _n(x: int | None) -> str:
     return "-" if x is None else f"{x:,}"
 
 
-def render(model_spec: str, arch: Any, rows: list[Row], top_k: int) -> str:
+def render(model_spec: str, arch: ArchInfo, rows: list[Row], top_k: int) -> str:
     total = int(arch.parameters["total"])
     header = (f"{model_spec}: {arch.model_type}, {arch.num_blocks} blocks, hidden {arch.hidden_size}, "
               f"{total:,} parameters (freeze rows use the top {min(top_k, arch.num_blocks)} blocks)")
@@ -120,10 +118,6 @@ def render(model_spec: str, arch: Any, rows: list[Row], top_k: int) -> str:
 
 
 def run_methods(model_spec: str, as_json: bool = False, top_k: int = 4, trust_remote_code: bool = False) -> int:
-    import warnings
-
-    from tokengraft.models import load_config_model
-
     with warnings.catch_warnings():  # PEFT/transformers deprecation chatter is noise in a table
         warnings.simplefilter("ignore")
         arch, rows = method_table(lambda: load_config_model(model_spec, trust_remote_code=trust_remote_code), top_k)
