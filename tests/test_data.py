@@ -272,7 +272,7 @@ def test_split_rows_deterministic_and_disjoint():
 # ----------------------------------------------------------------------------- built-in model (ChatML)
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_builtin_chatml_completion_ends_with_im_end():
     from tokengraft.models import load_tokenizer
 

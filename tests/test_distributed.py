@@ -35,8 +35,6 @@ from tokengraft.config import load_recipe
 from tokengraft.training.lm import COMPLETE_MARKER, train
 from tiny import tiny_model, tiny_tokenizer
 
-pytestmark = pytest.mark.slow
-
 RECIPE = """\
 # tokengraft train recipe.yaml
 seed: 5
@@ -126,6 +124,7 @@ def test_two_processes_equal_one_process_with_the_global_batch(workspace, ddp_ru
     assert not torch.allclose(initial, ddp["rows.input"])  # the rows moved between step 2 and 4
 
 
+@pytest.mark.slow
 def test_data_parallel_resume_after_a_kill_mid_save(workspace, ddp_run):
     """Unmark the last checkpoint (a kill mid-save): both ranks resume from step 2 and end bit-identical."""
     resumed = workspace / "resumed"
@@ -141,6 +140,7 @@ def test_data_parallel_resume_after_a_kill_mid_save(workspace, ddp_run):
     assert [h["step"] for h in json.loads((resumed / "log_history.json").read_text()) if "loss" in h] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_non_finite_gradients_stop_every_rank_at_the_same_step(workspace):
     """token_lr=1e30: both ranks stop with the same one-line error; no rank is left waiting."""
     run = workspace / "nan"

@@ -403,6 +403,7 @@ def _pass_run(tmp_path: Path) -> Path:
     return run
 
 
+@pytest.mark.network
 @pytest.mark.slow
 def test_llama_cpp_runs_the_pass_graft(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp", reason="pip install 'tokengraft[gguf]' (llama-cpp-python) for this proof")

@@ -258,7 +258,7 @@ def test_a_full_backend_run_without_its_matrices(tmp_path: Path) -> None:
         load(run, device="cpu")
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_two_tokens_on_the_builtin_model_save_under_100_kb(tmp_path: Path) -> None:
     from tokengraft.models import BUILTIN_ALIAS
 

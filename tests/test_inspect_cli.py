@@ -129,7 +129,7 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, capsys):
     assert len(lines) == 1 and lines[0].startswith("tokengraft: error: "), err
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_builtin_model_inspect(capsys):
     code, out, _ = _run(["inspect", "smollm2-135m-instruct", "--json"], capsys)
     data = json.loads(out)

@@ -490,7 +490,7 @@ def test_table_counts_match_shape_formulas(family: str) -> None:
     assert _check_formulas(meta_model) == 14
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_table_counts_match_shape_formulas_builtin() -> None:
     from tokengraft.models import load_config_model
 

@@ -140,7 +140,7 @@ def test_fingerprint_changes_with_weights_and_shapes():
 # ----------------------------------------------------------------------------- the built-in model (slow)
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_builtin_model_loads():
     model, tokenizer = models.load_model(device="cpu")
     assert model.config.model_type == "llama"
@@ -153,7 +153,7 @@ def test_builtin_model_loads():
     assert logits.shape == (1, ids.shape[1], 49152) and torch.isfinite(logits).all()
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_incomplete_cache_is_detected_and_redone(tmp_path: Path, monkeypatch):
     """A converted directory without the completion marker (a killed fetch) is removed and rebuilt.
 

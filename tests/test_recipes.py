@@ -102,7 +102,7 @@ def test_recipe_trains_on_a_tiny_model(name, tiny_dir, tmp_path, capsys):
         assert {t["token"].strip() for t in meta["tokens"]} <= {line.strip() for line in mined}  # word_start: " word"
 
 
-@pytest.mark.slow
+@pytest.mark.network
 @pytest.mark.parametrize("path", RECIPES, ids=recipe_id)
 def test_recipe_passes_model_checks_on_the_builtin_model(path, capsys):
     """`validate --check-model` resolves methods and tokens against the built-in model (meta device)."""

@@ -332,7 +332,7 @@ def test_read_and_write_lexicon(tmp_path):
         L.read_lexicon(tmp_path / "empty.txt")
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_mine_lexicon_with_builtin_tokenizer(lexicon_splits):
     from transformers import AutoTokenizer
 

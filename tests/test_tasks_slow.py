@@ -15,7 +15,7 @@ from tokengraft.cli.demo import recipe_path
 from tokengraft.evaluation.generative import evaluate_run
 from tokengraft.training.lm import train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 SHORT = ["train.max_steps=3", "train.save_steps=0", "train.eval_steps=0", "train.logging_steps=1", "eval.batch_size=8"]
 KEYS = {

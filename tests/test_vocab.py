@@ -326,7 +326,7 @@ def test_init_keeps_the_next_token_distribution(family: str, init: str, backend:
     assert wins == 0
 
 
-@pytest.mark.slow
+@pytest.mark.network
 def test_init_keeps_the_builtin_models_distribution() -> None:
     """On the real model the bound is far tighter than on random weights; spherical, for contrast, is not."""
     from tokengraft.models import load_model, load_tokenizer
