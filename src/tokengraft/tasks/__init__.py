@@ -16,8 +16,9 @@ from __future__ import annotations
 
 # Registration order is the order `task_names()` lists them in.
 from tokengraft.tasks import pass_data, style_data, lexicon_data, classify_data  # noqa: F401, I001  (register the tasks)
-from tokengraft.tasks.registry import Generated, Generator, Task, get_task, register_task, task_names, tasks_where
+from tokengraft.tasks.registry import (Generated, Generator, Task, get_task, register_task, task_names,
+                                       unregister_task)
 from tokengraft.tasks.splits import SPLITS, check_disjoint, read_jsonl, write_jsonl, write_splits
 
 __all__ = ["SPLITS", "Generated", "Generator", "Task", "check_disjoint", "get_task", "read_jsonl", "register_task",
-           "task_names", "tasks_where", "write_jsonl", "write_splits"]
+           "task_names", "unregister_task", "write_jsonl", "write_splits"]

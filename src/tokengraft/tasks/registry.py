@@ -128,6 +128,14 @@ def register_task(task: Task, *, replace: bool = False) -> Task:
     return task
 
 
+def unregister_task(name: str) -> Task:
+    """Forget a registered task (a plugin's or a test's); returns it."""
+    try:
+        return _TASKS.pop(name)
+    except KeyError:
+        raise TokengraftError(f"task {name!r} is not registered") from None
+
+
 def get_task(name: str) -> Task:
     """The registered task called ``name``; an unknown name raises with the closest known one."""
     try:
@@ -141,11 +149,6 @@ def get_task(name: str) -> Task:
 def task_names() -> tuple[str, ...]:
     """Registered task names, in registration order."""
     return tuple(_TASKS)
-
-
-def tasks_where(predicate: Callable[[Task], bool]) -> tuple[str, ...]:
-    """Names of the registered tasks for which ``predicate`` holds (e.g. ``lambda t: t.can_generate``)."""
-    return tuple(name for name, task in _TASKS.items() if predicate(task))
 
 
 register_task(Task("generic", summary="plain fine-tuning on your own data files: no generator, no task metrics"))
