@@ -1,15 +1,20 @@
-"""The `tokengraft` command line.
+"""The `tokengraft` command line: argparse and dispatch.
 
 Each subcommand is a small function that parses its own arguments and calls
-the library; heavy imports happen inside the handlers so `--help` is instant.
+the library or a module of ``tokengraft.cli`` (which prints); imports that
+load torch happen inside the handlers so `--help` stays fast.
 A `TokengraftError` anywhere becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+import yaml
 
 from tokengraft.cli.demo import demo_tasks
 from tokengraft.errors import TokengraftError
@@ -83,8 +88,6 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 
 @command("validate", "check a recipe (keys, types, values, files) without loading weights", _configure_validate)
 def _validate(args: argparse.Namespace) -> int:
-    import yaml
-
     from tokengraft.config import load_recipe, validate_recipe
 
     recipe = load_recipe(args.config, args.overrides, validate=False)
@@ -142,8 +145,6 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 @command("train", "graft tokens and train a recipe; progress bar, checkpoints, run directory", _configure_train)
 def _train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tokengraft.config import load_recipe
     from tokengraft.training.lm import train
 
@@ -164,8 +165,6 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
 
 @command("eval", "task metrics on the run's held-out test split (pass / style / lexicon)", _configure_eval)
 def _eval(args: argparse.Namespace) -> int:
-    import json
-
     from tokengraft.evaluation.generative import evaluate_run
     from tokengraft.cli.report import metrics_table
 
