@@ -19,7 +19,7 @@ completion exactly ``"<PASS>"``; every row says which ``kind`` it is:
 - ``truncated``: the question cut off inside or before its entity.
 
 Held-out numbers come from data that never overlaps training: the question bank
-splits entities and templates (``tasks.split_bank``), invented names are unique
+splits entities and templates (``tasks.bank.split_bank``), invented names are unique
 per split, and the test split additionally holds corruption kinds never seen in
 training (by default ``shuffled_words`` and ``truncated``). Validation uses only
 training kinds, because it calibrates the `<PASS>` threshold and must not peek

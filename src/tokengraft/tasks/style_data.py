@@ -13,7 +13,7 @@ Every question appears in both styles in the same split (pairs share a
 token must keep the base model's behaviour, so nothing untokened is trained;
 ``generate_splits`` returns held-out untokened prompts (``test_untokened``, the
 test questions without a token) for the eval to compare against the base model.
-Entities and templates are split by the question bank (``tasks.split_bank``).
+Entities and templates are split by the question bank (``tasks.bank.split_bank``).
 """
 
 from __future__ import annotations
