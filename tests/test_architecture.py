@@ -36,18 +36,7 @@ DOTTED = re.compile(r"^tokengraft(\.\w+)+$")
 # someone's open work (the comment says whose); the test fails on any use NOT listed here, and on a
 # listed one that has gone (so the list only shrinks). It must be empty when issue 14 is done.
 KNOWN: set[tuple[str, str]] = {
-    # helper B (core/, models.py): make these public or stop needing them
-    ("src/tokengraft/core/graft.py", "peft.utils.other._set_trainable"),  # LoraConfig(modules_to_save=...) is public
-    ("src/tokengraft/planner/measure.py", "tokengraft.core.vocab._register_tokens"),  # -> vocab.register_tokens
-    ("tests/test_arch.py", "tokengraft.core.arch._NAME_HINTS"),
-    ("tests/test_models.py", "tokengraft.models._is_complete"),
-    ("tests/test_rows.py", "tokengraft.core.graft._effective_matrices"),
     # helper A (rundir.py, training/): the run directory's and the engine's helpers
-    ("src/tokengraft/rundir.py", "tokengraft.core.graft._effective_matrices"),
-    ("src/tokengraft/rundir.py", "tokengraft.models._has_tokenizer"),
-    ("src/tokengraft/rundir.py", "tokengraft.core.graft._apply_methods"),
-    ("src/tokengraft/training/classifier.py", "tokengraft.core.graft._attach"),
-    ("src/tokengraft/training/classifier.py", "tokengraft.core.graft._resolve_existing"),
     ("src/tokengraft/training/classifier.py", "tokengraft.rundir._load_tensors"),
     ("src/tokengraft/training/classifier.py", "tokengraft.rundir._report_from_meta"),
     ("src/tokengraft/training/classifier.py", "tokengraft.training.lm._make_trainer_class"),

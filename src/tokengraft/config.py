@@ -28,11 +28,12 @@ from typing import Any, Literal
 
 import yaml
 
-from tokengraft.constants import BUILTIN_ALIAS, GENERATOR_TASKS, INIT_STRATEGIES, TASK_TOKENS, Backend, Side
+from tokengraft.constants import BUILTIN_ALIAS, INIT_STRATEGIES, Backend, Side
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.registry import REGISTRY
 from tokengraft.methods.spec import MethodSpec, spec_from_dict
 from tokengraft.schema import build, field_docs, fields_to_plain, option, suggest, unknown_key
+from tokengraft.tasks import get_task
 
 Number = int | float
 
@@ -440,10 +441,11 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         # single_word wants a non-word character before the match, but a " word" token starts with the space
         # that follows the previous word: it would never match in running text.
         raise TokengraftError("tokens.word_start and tokens.single_word exclude each other; drop single_word")
+    task = get_task(recipe.task)
     if not tokens and not t.train_existing:
-        if recipe.task in TASK_TOKENS:
-            raise TokengraftError(f"task {recipe.task} needs its tokens in tokens.add (e.g. {TASK_TOKENS[recipe.task]})")
-        if not (recipe.task == "lexicon" and d.generate):
+        if task.tokens:
+            raise TokengraftError(f"task {recipe.task} needs its tokens in tokens.add (e.g. {list(task.tokens)})")
+        if not (task.mines_tokens and d.generate):
             notes.append("no tokens to add or train: this is plain fine-tuning of the methods")
     # methods
     kinds = [m.type if hasattr(m, "type") else m.get("type") for m in recipe.methods]
@@ -466,13 +468,13 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         raise TokengraftError(f"model.device must be auto, cpu, mps, cuda or cuda:N; got {recipe.model.device!r}")
     # data
     if d.generate:
-        if recipe.task not in GENERATOR_TASKS:
+        if not task.can_generate:
             raise TokengraftError(f"task {recipe.task} has no data generator; set data.generate: false and data.train: FILE.jsonl")
         if d.train or d.validation:
             raise TokengraftError("data.generate is true and data.train/validation are set; "
                                   "set data.generate: false to use your files, or remove data.train")
     elif not d.train:
-        hint = " or data.generate: true" if recipe.task in GENERATOR_TASKS else ""
+        hint = " or data.generate: true" if task.can_generate else ""
         raise TokengraftError(f"data.train is required (a JSONL file){hint}")
     for key in ("train", "validation"):
         value = getattr(d, key)
@@ -496,15 +498,15 @@ def default_recipe(task: str = "generic") -> Recipe:
     if task not in tasks:
         raise TokengraftError(f"unknown task {task!r}; use one of {', '.join(tasks)}" + suggest(task, list(tasks)))
     recipe = Recipe(task=task)  # type: ignore[arg-type]
-    recipe.data.generate = task in GENERATOR_TASKS
+    spec = get_task(task)
+    recipe.data.generate = spec.can_generate
+    if spec.tokens:
+        recipe.tokens.add = list(spec.tokens)
+        recipe.tokens.init_text = dict(spec.init_text)
     if task == "pass":
-        recipe.tokens.add = ["<PASS>"]
         recipe.tokens.init = TokenInit("text", "text")
-        recipe.tokens.init_text = {"<PASS>": "unknown"}
     elif task == "style":
-        recipe.tokens.add = ["<STYLE_TERSE>", "<STYLE_VERBOSE>"]
         recipe.tokens.init = TokenInit("text", "mean")
-        recipe.tokens.init_text = {"<STYLE_TERSE>": "brief", "<STYLE_VERBOSE>": "detailed"}
     elif task == "lexicon":
         # Whole new words: normal (not special) tokens that decode as text, initialised
         # from their own subword pieces; trained through the embeddings alone (reference 004).

@@ -28,9 +28,3 @@ BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
 IGNORE_INDEX = -100
 """Label of a position that is not trained on (the prompt); the value transformers' losses skip."""
-
-GENERATOR_TASKS = ("pass", "style", "lexicon", "classification")
-"""Tasks that can write their own training data (``data.generate: true``)."""
-
-TASK_TOKENS: dict[str, list[str]] = {"pass": ["<PASS>"], "style": ["<STYLE_TERSE>", "<STYLE_VERBOSE>"]}
-"""Tokens a task cannot work without (the recipe must add them)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from tokengraft.cli.demo import demo_tasks
+from tokengraft.constants import BUILTIN_ALIAS
 from tokengraft.errors import TokengraftError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -34,8 +35,6 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
-    from tokengraft.constants import BUILTIN_ALIAS
-
     parser.add_argument("model", nargs="?", default=BUILTIN_ALIAS,
                         help=f"local HF directory, .gguf file, hub id, or the built-in alias (default {BUILTIN_ALIAS})")
 
