@@ -53,7 +53,8 @@ def run_child(name: str, steps: int) -> dict:
     from tokengraft.core.graft import TokenSettings, graft
     from tokengraft.models import load_model
     from tokengraft.tasks import pass_data
-    from tokengraft.training.lm import build_optimizer, causal_lm_loss, full_logits, supervised_logits
+    from tokengraft.training.engine import build_optimizer
+    from tokengraft.training.lm import causal_lm_loss, full_logits, supervised_logits
 
     setup = CONFIGS[name]
     model, tokenizer = load_model(device="cpu")

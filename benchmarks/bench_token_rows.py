@@ -78,7 +78,8 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
 
     from tokengraft.core.graft import TokenSettings, apply_method_configs, graft
     from tokengraft.models import BUILTIN_ALIAS, load_model
-    from tokengraft.training.lm import build_optimizer, causal_lm_loss, supervised_logits
+    from tokengraft.training.engine import build_optimizer
+    from tokengraft.training.lm import causal_lm_loss, supervised_logits
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

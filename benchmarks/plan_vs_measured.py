@@ -4,7 +4,7 @@
     (options: --only NAME[,NAME] --steps 3 --workdir DIR)
 
 Each configuration trains for a few optimizer steps through the real entry point,
-``tokengraft.training.lm.train(recipe, run_dir)``, in a fresh Python process, and the plan
+``tokengraft.api.train(recipe, run_dir)``, in a fresh Python process, and the plan
 for the same recipe is made in this process (meta device, ``device=cpu``).
 
 What is measured, and why this way
@@ -26,9 +26,9 @@ Two process settings make RSS a faithful tensor-memory meter:
 - ``OMP_NUM_THREADS=1`` / one torch thread: per-thread kernel buffers stay small and the
   shared 2-core machine is left alone.
 Imports (torch, transformers, peft, matplotlib) happen before the baseline, and the
-training loop is observed through a Trainer callback added by wrapping
-``tokengraft.training.lm._callbacks``; the model load is observed by wrapping
-``tokengraft.models.load_model``. Both wrappers exist only inside the child process.
+training loop is observed through a Trainer callback passed to ``train(..., callbacks=[...])``;
+the model load is observed by wrapping the LM recipe's ``load_model``
+(``tokengraft.training.lm.load_model``). The wrapper exists only inside the child process.
 """
 
 from __future__ import annotations
@@ -148,13 +148,13 @@ def measure(recipe_path: Path, out_path: Path) -> None:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    import tokengraft.models as models
-    import tokengraft.training.lm as train_module
+    import tokengraft.training.lm as lm_recipe
+    from tokengraft.api import train
     from tokengraft.config import load_recipe
     from transformers import TrainerCallback
 
     record: dict[str, Any] = {"pre_load_rss": _status()["VmRSS"], "steps": [], "segments": []}
-    original_load = models.load_model
+    original_load = lm_recipe.load_model
 
     def load_and_mark(*args: Any, **kwargs: Any):
         model, tokenizer = original_load(*args, **kwargs)
@@ -192,17 +192,11 @@ def measure(recipe_path: Path, out_path: Path) -> None:
             self._segment("end")
             record["peak_hwm"] = max(s["hwm"] for s in record["segments"])
 
-    original_callbacks = train_module._callbacks
-
-    def callbacks_with_probe(*args: Any, **kwargs: Any):
-        return [Probe(), *original_callbacks(*args, **kwargs)]
-
-    models.load_model = load_and_mark
-    train_module._callbacks = callbacks_with_probe
+    lm_recipe.load_model = load_and_mark
     recipe = load_recipe(recipe_path)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
-        train_module.train(recipe, run_dir, quiet=True)
+        train(recipe, run_dir, quiet=True, callbacks=[Probe()])
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["growth"] = record["peak_hwm"] - record["baseline_rss"]
     record["loaded_model_rss"] = record["baseline_rss"] - record["pre_load_rss"]
@@ -315,7 +309,7 @@ def write_results(results: list[dict[str, Any]], command: str, steps: int) -> No
         f"Produced by: `{command}`" + (
             " (measurements from the first run, `python benchmarks/plan_vs_measured.py`; see the notes)"
             if "--reuse-measurements" in command else ""), "",
-        f"Each configuration: {steps} optimizer steps of `tokengraft.training.lm.train` in a fresh process, batch 4, "
+        f"Each configuration: {steps} optimizer steps of `tokengraft.api.train` in a fresh process, batch 4, "
         "fp32, one thread. Measured = peak RSS growth over the loaded model (VmHWM reset after load, "
         "glibc mmap threshold 64 KiB so freed tensors leave RSS); planned = `Plan.growth_over_load`. "
         "Total = the same peak counted from before the model was loaded, against `Plan.total`.", "",

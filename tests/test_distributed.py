@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file
 
 from tokengraft.config import load_recipe
-from tokengraft.training.lm import COMPLETE_MARKER, train
+from tokengraft.api import train
+from tokengraft.training.checkpoints import COMPLETE_MARKER
 from tiny import tiny_model, tiny_tokenizer
 
 RECIPE = """\

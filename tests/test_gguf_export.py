@@ -395,7 +395,7 @@ def _pass_run(tmp_path: Path) -> Path:
         return Path(reuse)
     from tokengraft.config import load_recipe
     from tokengraft.cli.demo import recipe_path
-    from tokengraft.training.lm import train
+    from tokengraft.api import train
 
     recipe = load_recipe(recipe_path("pass"), ["train.max_steps=60", "train.save_steps=0", "train.eval_steps=0"])
     run = tmp_path / "pass"

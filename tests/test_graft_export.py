@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.errors import TokengraftError
 from tokengraft.export.merged import export_merged
-from tokengraft.rundir import load, load_graft, save_graft
+from tokengraft.api import load
+from tokengraft.rundir import load_graft, save_graft
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.models import load_model
 

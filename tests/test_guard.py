@@ -24,7 +24,19 @@ def _graft(family: str = "mistral", methods=None, **settings):
 @pytest.mark.parametrize("family", ["llama", "mistral", "gpt2"])
 @pytest.mark.parametrize("backend", ["rows", "peft", "full"])
 def test_a_sound_graft_passes(family: str, backend: str) -> None:
-    preflight(_graft(family, backend=backend))
+    """It passes preflight, and the audit counts exactly the token rows as trainable, the base as frozen."""
+    g = _graft(family, backend=backend)
+    preflight(g)
+    base = tiny_model(family)
+    tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    sides = 1 if tied else 2
+    # rows / peft train the two new rows per side; full trains whole matrices (gradient-masked to those rows).
+    rows = g.report.final_rows if backend == "full" else 2
+    report = audit(g)
+    assert report.by_role == {"token rows": sides * rows * HIDDEN}
+    assert report.trainable == sides * rows * HIDDEN
+    if backend == "rows":  # the overlay leaves the base untouched: every base parameter is counted as frozen
+        assert report.total_model == sum(p.numel() for p in base.parameters())
 
 
 def test_frozen_input_rows_are_refused() -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from tokengraft.config import load_recipe
 from tokengraft.cli.demo import recipe_path
+from tokengraft.api import train
 from tokengraft.evaluation.generative import evaluate_run
-from tokengraft.training.lm import train
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 

@@ -20,13 +20,18 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 import tokengraft
+from tokengraft.api import train
 from tokengraft.cli.main import main
 from tokengraft.config import recipe_from_dict, validate_recipe
-from tokengraft.data import IGNORE_INDEX, Collator, encode_examples
+from tokengraft.constants import IGNORE_INDEX
+from tokengraft.data import Collator, encode_examples
 from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import unwrap_peft
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.tasks.prepare import prepare_data
-from tokengraft.training.lm import (COMPLETE_MARKER, complete_checkpoints, discard_incomplete_checkpoints, full_logits, rotate_checkpoints, supervised_logits, train)
+from tokengraft.training.checkpoints import (COMPLETE_MARKER, complete_checkpoints, discard_incomplete_checkpoints,
+                                             rotate_checkpoints)
+from tokengraft.training.lm import full_logits, supervised_logits
 from tiny import tiny_model, tiny_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -92,7 +97,7 @@ class HeadRows(TrainerCallback):
         self.handle = None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        head = tokengraft.training.lm._unwrap(model).get_output_embeddings()
+        head = unwrap_peft(model).get_output_embeddings()
 
         def record(module, inputs, output):  # a forward hook sees the inputs the head actually ran on
             self.shapes.append(tuple(inputs[0].shape))
@@ -324,7 +329,7 @@ class PoisonRows(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step == self.step:
             with torch.no_grad():
-                tokengraft.training.lm._unwrap(model).get_input_embeddings().rows.fill_(float("nan"))
+                unwrap_peft(model).get_input_embeddings().rows.fill_(float("nan"))
 
 
 def test_nan_loss_stops_before_the_update(tmp_path, llama_dir):

@@ -13,7 +13,7 @@ _EXPORTS = {
     "describe": "core.arch",
     "ArchInfo": "core.arch",
     "add_tokens": "core.vocab",
-    "load": "rundir",
+    "load": "api",
     "TokengraftError": "errors",
 }
 

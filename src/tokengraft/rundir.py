@@ -1,16 +1,23 @@
-"""Run directories: save a graft, load it back, export a plain merged checkpoint.
+"""The run directory's format: its file names, how a graft is saved, read back and restored.
 
 A run directory holds:
-- ``graft.json``        base model spec + fingerprint, tokens with ids, backend, methods, version;
+- ``graft.json``        base model spec + fingerprint, tokens with ids, backend, methods, version
+                        (and, once evaluated, the calibrated ``pass_bias``);
 - ``config.yaml``       the effective recipe (when trained from one);
 - tokenizer files       with the new tokens and the chat template;
 - ``rows.safetensors``  only the trained rows, by id (``ids``, ``input``, ``output`` when untied);
 - ``embeddings.safetensors`` the whole matrices, for the ``full`` backend only;
-- method weights        written by the methods registry (LoRA, adapters, ...).
+- method weights        written by the methods registry (LoRA, adapters, ...);
+- ``labels.json``       a classifier's class names (``task: classification``);
+- ``data/``             the splits the run trained and is evaluated on;
+- ``metrics.json``, ``dataset_stats.json``, ``log_history.json`` what training and evaluation measured.
 
+This module is the one place that knows those names; training, evaluation and
+export read and write the directory through it, so the format has one owner.
 Loading checks the base fingerprint first (a different base model is a clear
-error, not a size-mismatch traceback), builds the graft the same way training
-did, then restores the trained tensors. Nothing here unpickles.
+error, not a size-mismatch traceback) and the tokenizer's presence, through one
+path for causal LMs (`load_graft`) and classifiers (`load_classifier`), then
+restores the trained tensors. Nothing here unpickles.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +36,80 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tokengraft import __version__
-from tokengraft.errors import TokengraftError
-from tokengraft.core.graft import Graft, TokenSettings, effective_matrices
+from tokengraft.config import Recipe, load_recipe
+from tokengraft.core.arch import describe
+from tokengraft.core.graft import Graft, TokenSettings, apply_method_configs, effective_matrices
 from tokengraft.core.rows import RowGraft, attach_rows
+from tokengraft.core.vocab import AddReport
+from tokengraft.errors import TokengraftError
+from tokengraft.methods import load_methods
+from tokengraft.methods.classification import build_classifier
 from tokengraft.methods.spec import unwrap_peft
+from tokengraft.models import fingerprint, has_tokenizer, load_model
+from tokengraft.tasks.classify_data import LabelSet
 
 GRAFT_FILE = "graft.json"
 ROWS_FILE = "rows.safetensors"
 EMBEDDINGS_FILE = "embeddings.safetensors"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "config.yaml"
+DATA_DIR = "data"
+METRICS_FILE = "metrics.json"
+DATASET_STATS_FILE = "dataset_stats.json"
+LOG_HISTORY_FILE = "log_history.json"
+REQUIRED_META = ("base_model", "base_fingerprint", "settings", "trainable_ids")
 
 
-def _settings_to_dict(settings: TokenSettings) -> dict[str, Any]:
-    from dataclasses import asdict
+@dataclass
+class ClassifierGraft(Graft):
+    """A graft whose model is a sequence classifier; ``labels`` maps head outputs to class names."""
 
-    return asdict(settings)
+    labels: LabelSet | None = None
+
+    def token_parameters(self) -> list[torch.nn.Parameter]:
+        # Only token rows get train.token_lr: PEFT's trainable copy of the head (modules_to_save) is not a token row.
+        return self.rows.parameters() if self.rows is not None else []
+
+
+# ----------------------------------------------------------------------------- names and small files
+
+
+def data_dir(run_dir: str | Path) -> Path:
+    """Where a run keeps its data splits (generated ones are written there)."""
+    return Path(run_dir) / DATA_DIR
+
+
+def split_file(run_dir: str | Path, split: str) -> Path:
+    """The JSONL file of one data split (``train``, ``validation``, ``test``, ...)."""
+    return data_dir(run_dir) / f"{split}.jsonl"
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """Write JSON through a temporary sibling and one rename: a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def write_metrics(run_dir: str | Path, result: dict[str, Any]) -> Path:
+    return write_json(Path(run_dir) / METRICS_FILE, result)
+
+
+def write_labels(run_dir: str | Path, labels: LabelSet) -> Path:
+    return write_json(Path(run_dir) / LABELS_FILE, labels.to_dict())
+
+
+def read_run_recipe(run_dir: str | Path) -> Recipe:
+    """The recipe a run was trained with (as saved, not re-validated: its files may have moved since)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise TokengraftError(f"{run_dir} has no {CONFIG_FILE}; it was not written by `tokengraft train`")
+    return load_recipe(path, validate=False)
+
+
+# ----------------------------------------------------------------------------- save
 
 
 def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "float32",
@@ -73,7 +142,7 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
             "base_fingerprint": g.base_fingerprint,
             "tokens": [{"token": t, "id": g.report.ids[t], "new": t in added} for t in g.settings.add],
             "trainable_ids": g.trainable_ids,
-            "settings": _settings_to_dict(g.settings),
+            "settings": asdict(g.settings),
             "methods": g.method_configs,
             "report": g.report.to_dict(),
             "total_rows": g.report.final_rows,
@@ -89,7 +158,11 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
     return run
 
 
+# ----------------------------------------------------------------------------- read
+
+
 def read_graft_meta(run_dir: str | Path) -> dict[str, Any]:
+    """``graft.json``, checked: a missing directory, file or key is one clear error, not a KeyError later."""
     run = Path(run_dir)
     if not run.is_dir():
         raise TokengraftError(f"run directory {run} does not exist")
@@ -100,13 +173,30 @@ def read_graft_meta(run_dir: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise TokengraftError(f"{path} is damaged (invalid JSON at line {exc.lineno}); re-run training or restore it") from None
-    for key in ("base_model", "base_fingerprint", "settings", "trainable_ids"):
+    if not isinstance(meta, dict):
+        raise TokengraftError(f"{path} is damaged: it holds a {type(meta).__name__}, not an object")
+    for key in REQUIRED_META:
         if key not in meta:
             raise TokengraftError(f"{path} is damaged: key {key!r} is missing")
     return meta
 
 
-def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+def update_graft_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+    """Add or replace top-level ``graft.json`` fields (e.g. the calibrated ``pass_bias``), atomically."""
+    meta = read_graft_meta(run_dir)
+    meta.update(fields)
+    write_json(Path(run_dir) / GRAFT_FILE, meta)
+    return meta
+
+
+def is_classifier_meta(meta: dict[str, Any]) -> bool:
+    """Whether ``graft.json`` describes a classifier (head + labels) rather than a causal LM."""
+    return meta.get("task") == "classification"
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of the run directory; a missing or damaged one is a clear error."""
+    path = Path(path)
     if not path.is_file():
         raise TokengraftError(f"{path.parent} is incomplete: {path.name} is missing")
     try:
@@ -115,30 +205,40 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise TokengraftError(f"{path} is damaged ({exc}); re-run training or restore it") from None
 
 
-def load(run_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
-         check_fingerprint: bool = True) -> tuple[Any, Any]:
-    """Load a run directory as ``(model, tokenizer)``, ready for ``generate``."""
-    g = load_graft(run_dir, device=device, dtype=dtype, check_fingerprint=check_fingerprint)
-    return g.model, g.tokenizer
+def report_from_meta(meta: dict[str, Any]) -> AddReport:
+    """The ``AddReport`` a loaded graft carries, rebuilt from ``graft.json`` (no initial rows: they were trained)."""
+    r = meta.get("report", {})
+    tokens = meta.get("tokens", [])
+    return AddReport(
+        requested=r.get("requested", len(tokens)),
+        already_present=[t["token"] for t in tokens if not t.get("new")],
+        added=[t["token"] for t in tokens if t.get("new")],
+        ids={t["token"]: t["id"] for t in tokens},
+        old_tokenizer_size=r.get("old_tokenizer_size", 0), final_tokenizer_size=r.get("final_tokenizer_size", 0),
+        old_rows=r.get("old_rows", 0), final_rows=int(meta["total_rows"]),
+    )
 
 
-def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
-               check_fingerprint: bool = True, model: Any = None) -> Graft:
-    """Like ``load`` but returns the whole ``Graft`` (rows, methods, report).
+# ----------------------------------------------------------------------------- load
 
-    ``model`` may pass an already loaded, untouched base model (saves a reload).
-    """
+
+@dataclass
+class _Opened:
+    """What both loaders start from: checked metadata, the rows file, the base model and the run's tokenizer."""
+
+    run: Path
+    meta: dict[str, Any]
+    rows_state: dict[str, torch.Tensor]
+    model: Any
+    tokenizer: Any
+
+
+def _open(run_dir: str | Path, meta: dict[str, Any], *, device: str, dtype: str | None, check_fingerprint: bool,
+          model: Any) -> _Opened:
     from transformers import AutoTokenizer
 
-    from tokengraft.models import fingerprint, load_model
-
     run = Path(run_dir)
-    meta = read_graft_meta(run)
-    if meta.get("task") == "classification":  # a classifier (head + methods), rebuilt by classify.py
-        from tokengraft.training.classifier import load_classifier
-
-        return load_classifier(run, device=device, dtype=dtype, check_fingerprint=check_fingerprint, model=model)
-    rows_state = _load_tensors(run / ROWS_FILE)
+    rows_state = load_tensors(run / ROWS_FILE)
     if model is None:
         model, _ = load_model(meta["base_model"], dtype=dtype or meta.get("dtype", "float32"), device=device)
     if check_fingerprint:
@@ -148,14 +248,27 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
                 f"{run} was trained on a different base model: fingerprint {meta['base_fingerprint']} expected, "
                 f"{found} found for {meta['base_model']!r}; load it with the base it was trained on"
             )
-    from tokengraft.models import has_tokenizer
-
     if not has_tokenizer(run):  # transformers 5 would build an empty tokenizer instead of failing
         raise TokengraftError(f"{run} is incomplete: its tokenizer (tokenizer.json) is missing; re-run training or restore it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(run))
     except (OSError, ValueError) as exc:
         raise TokengraftError(f"{run}: tokenizer files are missing or damaged ({str(exc).splitlines()[0]})") from None
+    return _Opened(run=run, meta=meta, rows_state=rows_state, model=model, tokenizer=tokenizer)
+
+
+def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
+               check_fingerprint: bool = True, model: Any = None) -> Graft:
+    """A causal-LM run as a whole ``Graft`` (model, tokenizer, rows, methods, report), frozen for inference.
+
+    ``model`` may pass an already loaded, untouched base model (saves a reload).
+    Classification runs load with `load_classifier` (``tokengraft.load`` picks the right one).
+    """
+    meta = read_graft_meta(run_dir)
+    if is_classifier_meta(meta):
+        raise TokengraftError(f"{run_dir} is a classification run; load it with tokengraft.load or rundir.load_classifier")
+    opened = _open(run_dir, meta, device=device, dtype=dtype, check_fingerprint=check_fingerprint, model=model)
+    run, rows_state, model, tokenizer = opened.run, opened.rows_state, opened.model, opened.tokenizer
     settings = TokenSettings(**meta["settings"])
     base_embedding, base_head = unwrap_peft(model).get_input_embeddings(), unwrap_peft(model).get_output_embeddings()
     _check_rows_file(run / ROWS_FILE, rows_state, base_embedding.weight.shape[1],
@@ -167,18 +280,11 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
     if len(tokenizer) > total_rows:
         raise TokengraftError(f"{run}: tokenizer has {len(tokenizer)} tokens but the graft has {total_rows} rows")
 
-    methods_state = None
-    if meta.get("methods"):
-        from tokengraft.core.graft import apply_method_configs
-
-        model, methods_state = apply_method_configs(model, tokenizer, meta["methods"], str(run))
-    else:
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-
+    # Freezes the base when there are no methods; loads their trained weights when there are.
+    model, methods_state = apply_method_configs(model, tokenizer, meta.get("methods") or [], str(run))
     rows: RowGraft | None = None
     if settings.backend == "full":
-        _restore_full(model, _load_tensors(run / EMBEDDINGS_FILE), total_rows)
+        _restore_full(model, load_tensors(run / EMBEDDINGS_FILE), total_rows)
     else:
         # The `peft` backend trains the same rows as `rows`; both load as the row overlay.
         rows = attach_rows(model, ids, rows_state["input"], rows_state.get("output"),
@@ -186,10 +292,46 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
         for parameter in rows.parameters():
             parameter.requires_grad_(False)
     model.eval()
-    report = _report_from_meta(meta)
-    return Graft(model=model, tokenizer=tokenizer, settings=settings, report=report, trainable_ids=ids,
+    return Graft(model=model, tokenizer=tokenizer, settings=settings, report=report_from_meta(meta), trainable_ids=ids,
                  rows=rows, methods=methods_state, base_fingerprint=meta["base_fingerprint"],
                  method_configs=meta.get("methods") or [])
+
+
+def name_labels(classifier: Any, labels: LabelSet) -> None:
+    """Write the class names into the classifier's config, so its outputs are readable outside tokengraft too."""
+    classifier.config.id2label = dict(enumerate(labels.names))
+    classifier.config.label2id = {name: i for i, name in enumerate(labels.names)}
+
+
+def load_classifier(run_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
+                    check_fingerprint: bool = True, model: Any = None) -> ClassifierGraft:
+    """A classification run's classifier (head, methods, input token rows), frozen for inference."""
+    meta = read_graft_meta(run_dir)
+    if not is_classifier_meta(meta) or "labels" not in meta:
+        raise TokengraftError(f"{run_dir} is not a classification run (graft.json has no task: classification and labels)")
+    labels = LabelSet.from_dict(meta["labels"])
+    opened = _open(run_dir, meta, device=device, dtype=dtype, check_fingerprint=check_fingerprint, model=model)
+    run, rows_state, tokenizer = opened.run, opened.rows_state, opened.tokenizer
+    clf = build_classifier(opened.model, labels.num_labels, tokenizer, seed=int(meta.get("seed", 0)))
+    del opened  # the classifier holds its own copy of the backbone
+    name_labels(clf, labels)
+    # The head's weights are saved with the method weights, so this also restores a head-only run.
+    clf, state = load_methods(clf, describe(clf, tokenizer), None, run)
+    ids = [int(i) for i in rows_state["ids"].tolist()]
+    rows = None
+    if ids:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the input-only warning is for causal LMs
+            rows = attach_rows(clf, ids, rows_state["input"], None, sides="input", total_rows=int(meta["total_rows"]))
+        for p in rows.parameters():
+            p.requires_grad_(False)
+    for p in clf.parameters():
+        p.requires_grad_(False)
+    clf.eval()
+    return ClassifierGraft(model=clf, tokenizer=tokenizer, settings=TokenSettings(**meta["settings"]),
+                           report=report_from_meta(meta), trainable_ids=ids, rows=rows, methods=state,
+                           method_configs=meta.get("methods") or [], base_fingerprint=meta["base_fingerprint"],
+                           labels=labels)
 
 
 def _check_rows_file(path: Path, state: dict[str, torch.Tensor], hidden: int, *, untied: bool) -> None:
@@ -207,22 +349,8 @@ def _check_rows_file(path: Path, state: dict[str, torch.Tensor], hidden: int, *,
                                   f"expected ({n}, {hidden}) for {n} token ids and this base model's width")
 
 
-def _report_from_meta(meta: dict[str, Any]):
-    from tokengraft.core.vocab import AddReport
-
-    r = meta.get("report", {})
-    tokens = meta.get("tokens", [])
-    return AddReport(
-        requested=r.get("requested", len(tokens)),
-        already_present=[t["token"] for t in tokens if not t.get("new")],
-        added=[t["token"] for t in tokens if t.get("new")],
-        ids={t["token"]: t["id"] for t in tokens},
-        old_tokenizer_size=r.get("old_tokenizer_size", 0), final_tokenizer_size=r.get("final_tokenizer_size", 0),
-        old_rows=r.get("old_rows", 0), final_rows=int(meta["total_rows"]),
-    )
-
-
 def _restore_full(model: Any, tensors: dict[str, torch.Tensor], total_rows: int) -> None:
+    """The ``full`` backend's whole matrices, written into the resized base."""
     hf = unwrap_peft(model)
     hf.resize_token_embeddings(total_rows, mean_resizing=False)
     embedding, head = hf.get_input_embeddings(), hf.get_output_embeddings()

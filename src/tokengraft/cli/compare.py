@@ -18,16 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tokengraft import api
 from tokengraft.config import Recipe, load_recipe
 from tokengraft.errors import TokengraftError
-from tokengraft.evaluation.generative import evaluate_run
 from tokengraft.tasks import get_task
 
 # Run in a fresh interpreter: trains one recipe and prints a JSON line with its measurements.
 _CHILD = r"""
 import json, resource, sys, time
 from tokengraft.config import load_recipe
-from tokengraft.training.lm import train
+from tokengraft.api import train
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[3]))
 result = train(recipe, sys.argv[2], quiet=True)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -78,7 +78,7 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
                "seconds_per_step": measured["train_seconds"] / max(1, measured["steps"])}
         metric_keys = get_task(recipe.task).metric_keys
         if evaluate and metric_keys:
-            metrics = evaluate_run(run, limit=eval_limit)
+            metrics = api.evaluate(run, limit=eval_limit)
             row.update({k: metrics.get(k) for k in metric_keys})
         rows.append(row)
     task = loaded[0].task

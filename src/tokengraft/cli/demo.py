@@ -37,19 +37,17 @@ def recipe_path(task: str) -> Path:
 
 def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
     # Imported here, not at the top: `tokengraft --help` reads demo_tasks() and must not load torch.
+    from tokengraft.api import evaluate, load, train
     from tokengraft.cli.report import metrics_table
     from tokengraft.config import load_recipe
-    from tokengraft.evaluation.generative import evaluate_run
     from tokengraft.generation import generate_batch
     from tokengraft.models import load_model
-    from tokengraft.rundir import load
-    from tokengraft.training.lm import train
 
     recipe = load_recipe(recipe_path(task), overrides or [])
     started = time.perf_counter()
     print(f"tokengraft demo {task}: recipe {recipe_path(task)} -> {output}")
     result = train(recipe, output)
-    metrics = evaluate_run(output)
+    metrics = evaluate(output)
     print()
     print(metrics_table(metrics))
     prompts = list(get_task(task).demo_prompts)

@@ -144,8 +144,8 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
 
 @command("train", "graft tokens and train a recipe; progress bar, checkpoints, run directory", _configure_train)
 def _train(args: argparse.Namespace) -> int:
+    from tokengraft.api import train
     from tokengraft.config import load_recipe
-    from tokengraft.training.lm import train
 
     recipe = load_recipe(args.config, args.overrides)
     output = args.output or str(Path("runs") / Path(args.config).stem)
@@ -164,10 +164,10 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
 
 @command("eval", "task metrics on the run's held-out test split (pass / style / lexicon)", _configure_eval)
 def _eval(args: argparse.Namespace) -> int:
-    from tokengraft.evaluation.generative import evaluate_run
+    from tokengraft.api import evaluate
     from tokengraft.cli.report import metrics_table
 
-    result = evaluate_run(args.run_dir, limit=args.limit, base=not args.no_base, pass_bias=args.pass_bias)
+    result = evaluate(args.run_dir, limit=args.limit, base=not args.no_base, pass_bias=args.pass_bias)
     print(json.dumps(result, indent=2) if args.json else metrics_table(result))
     return 0
 
@@ -181,12 +181,8 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
 
 @command("generate", "greedy answers from a trained run", _configure_generate)
 def _generate(args: argparse.Namespace) -> int:
-    from tokengraft.rundir import read_graft_meta
     from tokengraft.cli.generate import run_generate
 
-    if read_graft_meta(args.run_dir).get("task") == "classification":
-        raise TokengraftError(f"{args.run_dir} is a classification run: a classifier has no LM head to generate "
-                              "with; score it with `tokengraft eval RUN_DIR`")
     return run_generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, system=args.system)
 
 
@@ -203,7 +199,7 @@ def _export(args: argparse.Namespace) -> int:
     if not args.merged and not args.gguf:
         raise TokengraftError("export needs --merged OUT or --gguf OUT.gguf")
     if args.merged:
-        from tokengraft.export.merged import export_merged
+        from tokengraft.api import export_merged
 
         out = export_merged(args.run_dir, args.merged)
         print(f"tokengraft: merged checkpoint written to {out} (load it with AutoModelForCausalLM.from_pretrained)")

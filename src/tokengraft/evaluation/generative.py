@@ -1,35 +1,32 @@
-"""`tokengraft eval RUN_DIR`: task metrics on the run's held-out test split.
+"""`tokengraft eval RUN_DIR` for the generative tasks (pass, style, lexicon): task metrics on the test split.
 
 The base model is loaded beside the tuned one and asked the same questions with
 the same decoding, so every "vs base" number compares like with like. Results go
 to ``RUN_DIR/metrics.json`` (flat numeric keys plus tables) and PNG plots.
+Classification runs are scored by evaluation/classification.py (``tokengraft.api.evaluate`` picks).
 """
 
 from __future__ import annotations
 
-import json
+import statistics
 from pathlib import Path
 from typing import Any
 
+from tokengraft.config import Recipe
+from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import generate_batch
+from tokengraft.models import load_model, load_tokenizer
+from tokengraft.rundir import load_graft, read_graft_meta, read_run_recipe, split_file, update_graft_meta, write_metrics
+from tokengraft.tasks import metrics, read_jsonl
+from tokengraft.tasks.pass_data import is_correct, read_probe_rows, score_read_probe
 
 SWEEP_BIASES = (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
-
-
-def _load_recipe(run: Path) -> Any:
-    from tokengraft.config import load_recipe
-
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise TokengraftError(f"{run} has no config.yaml; it was not written by `tokengraft train`")
-    return load_recipe(path, validate=False)
+GENERATIVE_TASKS = ("pass", "style", "lexicon")
 
 
 def _split_rows(run: Path, name: str) -> list[dict[str, Any]]:
-    from tokengraft.tasks import read_jsonl
-
-    path = run / "data" / f"{name}.jsonl"
+    path = split_file(run, name)
     if not path.is_file():
         raise TokengraftError(f"{path} is missing: `tokengraft eval` needs the run's generated test split")
     return read_jsonl(path)
@@ -37,26 +34,16 @@ def _split_rows(run: Path, name: str) -> list[dict[str, Any]]:
 
 def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = True,
                  pass_bias: float | None = None) -> dict[str, Any]:
-    """Compute the task's metrics for a run directory and write ``metrics.json``."""
-    from tokengraft.rundir import load_graft, read_graft_meta
-
+    """Compute a pass / style / lexicon run's metrics and write ``metrics.json``."""
     run = Path(run_dir)
     meta = read_graft_meta(run)
-    recipe = _load_recipe(run)
+    recipe = read_run_recipe(run)
     task = recipe.task
-    if task == "classification":  # no generation and no base model to compare: classify.py scores it
-        from tokengraft.training.classifier import evaluate_classification
-
-        result = {"task": task, **evaluate_classification(run, limit=limit)}
-        (run / "metrics.json").write_text(json.dumps(result, indent=2))
-        return result
-    if task not in ("pass", "style", "lexicon"):
-        raise TokengraftError(f"task {task!r} has no metrics; eval supports pass, style and lexicon runs")
+    if task not in GENERATIVE_TASKS:
+        raise TokengraftError(f"task {task!r} has no metrics; eval supports pass, style, lexicon and classification runs")
     g = load_graft(run, device=recipe.model.device)
     base_model = None
     if base:
-        from tokengraft.models import load_model
-
         base_model, _ = load_model(meta["base_model"], dtype=meta.get("dtype", "float32"), device=recipe.model.device)
     if task == "pass":
         bias = pass_bias if pass_bias is not None else recipe.eval.pass_bias
@@ -70,14 +57,14 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
     else:
         result = evaluate_lexicon(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
     result = {"task": task, **result}
-    (run / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_metrics(run, result)
     return result
 
 
 # ----------------------------------------------------------------------------- <PASS>
 
 
-def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Any, *,
+def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, *,
                  pass_bias: float | None = None, desc: str = "tuned model") -> list[dict[str, Any]]:
     """One record per row: the unbiased first-position ``margin`` and ``p_pass``, the answer the
     model gives when <PASS> is banned (``forced_answer``), and ``generated`` = what greedy
@@ -99,15 +86,13 @@ def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe:
     return records
 
 
-def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Any) -> list[bool]:
-    from tokengraft.tasks.pass_data import is_correct
-
+def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> list[bool]:
     answers = generate_batch(base_model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max(48, recipe.eval.max_new_tokens),
                              system=recipe.data.system, batch_size=recipe.eval.batch_size, desc="base model: answers")
     return [is_correct(a["text"], r) for a, r in zip(answers, rows)]
 
 
-def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any) -> float:
+def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe) -> float:
     """Choose the <PASS> logit bias on the validation split for ``eval.target_false_pass``; save it in graft.json.
 
     The bias is what `generate`, `eval` and the exports apply, so plain greedy decoding
@@ -119,22 +104,13 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
     for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
         record["base_correct"] = right
     bias, sweep = choose_pass_bias(records, recipe.eval.target_false_pass)
-    meta_path = run / "graft.json"
-    meta = json.loads(meta_path.read_text())
-    meta["pass_bias"] = bias
-    meta["calibration"] = {"split": "validation", "target_false_pass": recipe.eval.target_false_pass,
-                           "rows": len(records), "sweep": sweep}
-    tmp = meta_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(meta_path)
+    update_graft_meta(run, pass_bias=bias, calibration={"split": "validation", "target_false_pass": recipe.eval.target_false_pass,
+                                                        "rows": len(records), "sweep": sweep})
     return bias
 
 
-def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
+def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe, *,
                   limit: int | None = None, pass_bias: float | None = None) -> dict[str, Any]:
-    from tokengraft.tasks import metrics
-    from tokengraft.tasks.pass_data import read_probe_rows, score_read_probe
-
     rows = _split_rows(run, "test")[:limit]
     records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias)
     answerable = [r for r in records if r["answerable"]]
@@ -166,8 +142,6 @@ def bias_sweep(records: list[dict[str, Any]], biases: tuple[float, ...] = SWEEP_
     margin (PASS logit minus the best other logit, measured at the bias the records were
     made with) plus b is >= 0; otherwise the model gives its <PASS>-banned answer.
     """
-    from tokengraft.tasks.pass_data import is_correct
-
     answerable = [r for r in records if r["answerable"]]
     unanswerable = [r for r in records if not r["answerable"]]
     base_right = [r for r in answerable if r.get("base_correct")]
@@ -232,10 +206,8 @@ def _plot_sweep(sweep: list[dict[str, Any]], path: Path) -> None:
 # ----------------------------------------------------------------------------- style
 
 
-def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
+def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe, *,
                    limit: int | None = None) -> dict[str, Any]:
-    from tokengraft.tasks import metrics
-
     rows = _split_rows(run, "test")[: (limit * 2 if limit else None)]
     terse = [r for r in rows if r["style"] == "terse"]
     verbose = {r["pair_id"]: r for r in rows if r["style"] == "verbose"}
@@ -254,12 +226,10 @@ def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recip
         "terse_accuracy": metrics.answer_accuracy([o["text"] for o in out_t], [t for t, _ in pairs]),
         "verbose_accuracy": metrics.answer_accuracy([o["text"] for o in out_v], [v for _, v in pairs]),
     }
-    plain = _split_rows(run, "test_untokened")[:limit] if (run / "data" / "test_untokened.jsonl").is_file() else []
+    plain = _split_rows(run, "test_untokened")[:limit] if split_file(run, "test_untokened").is_file() else []
     if plain and base_model is not None:
         tuned_plain = generate_batch(model, tokenizer, [r["prompt"] for r in plain], desc="no style token", **common)
         base_plain = generate_batch(base_model, tokenizer, [r["prompt"] for r in plain], desc="base model", **common)
-        import statistics
-
         result["untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in tuned_plain)
         result["base_untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in base_plain)
     result["examples"] = [{"question": t["prompt"].split("\n", 1)[-1], "terse": a["text"], "verbose": b["text"]}
@@ -293,15 +263,11 @@ def _plot_lengths(terse: list[int], verbose: list[int], path: Path) -> None:
 STEP0_INITS = ("subwords", "mean", "spherical")
 
 
-def step0_bits_per_byte(run: Path, recipe: Any, texts: list[str], prefix: int | None,
+def step0_bits_per_byte(run: Path, recipe: Recipe, texts: list[str], prefix: int | None,
                         inits: tuple[str, ...] = STEP0_INITS) -> dict[str, float]:
     """Bits per byte on the held-out texts with the run's new tokens added and initialised but NOT trained,
     once per init strategy: how much each init costs before the first step (the base model is the floor)."""
-    from tokengraft.core.graft import TokenSettings, graft
-    from tokengraft.models import load_model
-    from tokengraft.tasks import metrics
-
-    meta = json.loads((run / "graft.json").read_text())
+    meta = read_graft_meta(run)
     tokens = [t["token"] for t in meta["tokens"] if t.get("new")]
     out: dict[str, float] = {}
     for init in inits:
@@ -314,25 +280,22 @@ def step0_bits_per_byte(run: Path, recipe: Any, texts: list[str], prefix: int | 
     return out
 
 
-def evaluate_lexicon(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Any, *,
+def evaluate_lexicon(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe, *,
                      limit: int | None = None) -> dict[str, Any]:
-    from tokengraft.models import load_tokenizer
-    from tokengraft.tasks import metrics
-
     texts = [r["text"] for r in _split_rows(run, "test")[:limit]]
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     nll, tokens, nbytes = metrics.text_nll(model, tokenizer, texts, prefix_token_id=prefix)
     result: dict[str, Any] = {"bits_per_byte": metrics.bits_per_byte(nll, nbytes),
                               "tokens_per_byte": metrics.tokens_per_byte(tokens, nbytes), "test_bytes": nbytes}
     if base_model is not None:
-        base_tok = load_tokenizer(json.loads((run / "graft.json").read_text())["base_model"])
+        base_tok = load_tokenizer(read_graft_meta(run)["base_model"])
         b_nll, b_tokens, b_bytes = metrics.text_nll(base_model, base_tok, texts, prefix_token_id=prefix)
         result["base_bits_per_byte"] = metrics.bits_per_byte(b_nll, b_bytes)
         result["base_tokens_per_byte"] = metrics.tokens_per_byte(b_tokens, b_bytes)
         result["tokens_per_byte_reduction"] = 1.0 - result["tokens_per_byte"] / result["base_tokens_per_byte"]
         for init, value in step0_bits_per_byte(run, recipe, texts, prefix).items():
             result[f"step0_bits_per_byte_{init}"] = value
-    new_ids = set(json.loads((run / "graft.json").read_text())["trainable_ids"])
+    new_ids = set(read_graft_meta(run)["trainable_ids"])
     prompts = [t[:200] for t in texts[:16]]
     outs = generate_batch(model, tokenizer, prompts, max_new_tokens=48, system=recipe.data.system, batch_size=recipe.eval.batch_size,
                           desc="generation")

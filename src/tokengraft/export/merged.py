@@ -33,12 +33,23 @@ def merge_graft(g: Graft) -> Any:
     return unwrap_peft(model)
 
 
-def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> Path:
-    """Write an ordinary checkpoint + tokenizer that plain ``from_pretrained`` loads (vLLM-servable)."""
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Refuse a non-empty output directory before anything is loaded: an export never overwrites."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise TokengraftError(f"{out} exists and is not empty; choose a new output directory")
-    g = load_graft(run_dir, device=device)
+    return out
+
+
+def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> Path:
+    """Write an ordinary checkpoint + tokenizer that plain ``from_pretrained`` loads (vLLM-servable)."""
+    out = check_output_dir(out_dir)
+    return save_merged(load_graft(run_dir, device=device), run_dir, out)
+
+
+def save_merged(g: Graft, run_dir: str | Path, out_dir: str | Path) -> Path:
+    """`export_merged` for an already loaded graft (``tokengraft.api`` loads classifiers too)."""
+    out = check_output_dir(out_dir)
     model = merge_graft(g)
     tokenizer = g.tokenizer
     out.mkdir(parents=True, exist_ok=True)

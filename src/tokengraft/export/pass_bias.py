@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,9 @@ from typing import Any
 import torch
 
 from tokengraft.errors import TokengraftError
-from tokengraft.rundir import read_graft_meta
+from tokengraft.generation import first_answer_states
+from tokengraft.rundir import read_graft_meta, read_run_recipe, split_file
+from tokengraft.tasks import read_jsonl
 
 
 def fold_pass_bias(model: Any, tokenizer: Any, bias: float, prompts: list[str], *,
@@ -28,8 +29,6 @@ def fold_pass_bias(model: Any, tokenizer: Any, bias: float, prompts: list[str], 
     greedy token agrees with the exact rule on all of them (benchmarks/results/pass_bias_fold.md);
     the row moves by a few % of its norm (tied models: the input embedding moves with it).
     """
-    from tokengraft.generation import first_answer_states
-
     pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
     head = model.get_output_embeddings()
     report: dict[str, Any] = {"bias": float(bias), "token_id": int(pass_id)}
@@ -59,15 +58,12 @@ def fold_run_pass_bias(run_dir: str | Path, model: Any, tokenizer: Any) -> dict[
     bias = read_graft_meta(run_dir).get("pass_bias")
     if not bias:
         return None
-    from tokengraft.config import load_recipe
-
-    recipe = load_recipe(Path(run_dir) / "config.yaml", validate=False)
+    recipe = read_run_recipe(run_dir)
     prompts: list[str] = []
     for split in ("validation", "train"):
-        path = Path(run_dir) / "data" / f"{split}.jsonl"
+        path = split_file(run_dir, split)
         if len(prompts) < 64 and path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            prompts += [r["prompt"] for r in rows if isinstance(r.get("prompt"), str)]
+            prompts += [r["prompt"] for r in read_jsonl(path) if isinstance(r.get("prompt"), str)]
     fold = fold_pass_bias(model, tokenizer, float(bias), prompts[:240], system=recipe.data.system)
     where = "the <PASS> head bias" if fold["exact"] else (
         f"the <PASS> row (realised shift {fold['shift_mean']:+.3f} +- {fold['shift_std']:.3f} on "

@@ -1,7 +1,7 @@
 """Where a run's data comes from: the task's generator, or the user's files.
 
-With ``data.generate: true`` the task writes its seeded splits into
-``RUN_DIR/data/`` (so the exact rows a run trained on stay beside it); otherwise
+With ``data.generate: true`` the task writes its seeded splits into the run's
+data directory, ``RUN_DIR/data/`` (so the exact rows a run trained on stay beside it); otherwise
 ``data.train`` / ``data.validation`` are read, and a missing validation file is
 carved from the training rows with ``data.validation_fraction``.
 """
@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokengraft.config import Recipe
+from tokengraft.data import load_examples, split_rows
 from tokengraft.errors import TokengraftError
-from tokengraft.tasks import write_jsonl
+from tokengraft.generation import greedy_answers
+from tokengraft.tasks import classify_data, lexicon_data, pass_data, style_data, write_jsonl
 
 
 @dataclass
@@ -25,23 +28,17 @@ class PreparedData:
     extra_tokens: list[str] = field(default_factory=list)  # e.g. a mined lexicon
 
 
-def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+def _generate(recipe: Recipe, tokenizer: Any, model: Any) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
     options = dict(recipe.data.generate_options)
     task = recipe.task
     if task == "pass":
-        from tokengraft.tasks import pass_data
-
         for moved in ("know_check", "self_answers"):
             if moved in options:
                 raise TokengraftError(f"data.generate_options.{moved} moved to data.{moved} (it labels given files too)")
         return pass_data.generate_splits(seed=recipe.seed, **options), []
     if task == "style":
-        from tokengraft.tasks import style_data
-
         return style_data.generate_splits(seed=recipe.seed, **options), []
     if task == "lexicon":
-        from tokengraft.tasks import lexicon_data
-
         mine = {k: options.pop(k) for k in ("min_pieces", "min_count", "max_words") if k in options}
         splits = lexicon_data.generate_splits(seed=recipe.seed, **options)
         words = lexicon_data.mine_lexicon([r["text"] for r in splits["train"]], tokenizer,
@@ -50,16 +47,12 @@ def _generate(recipe: Any, tokenizer: Any, model: Any) -> tuple[dict[str, list[d
             raise TokengraftError("the lexicon miner found no word; lower data.generate_options.min_count or min_pieces")
         return splits, words
     if task == "classification":
-        from tokengraft.tasks import classify_data
-
         return classify_data.generate_splits(seed=recipe.seed, **options), []
     raise TokengraftError(f"task {task!r} has no data generator; set data.generate: false and give data.train")
 
 
-def _label(recipe: Any, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
+def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
     """``data.self_answers`` / ``data.know_check``: label answerable rows by the base model's own greedy answers."""
-    from tokengraft.generation import greedy_answers
-    from tokengraft.tasks.pass_data import label_with_base_answers
 
     def answer(prompts: list[str]) -> list[str]:
         return greedy_answers(model, tokenizer, prompts, system=recipe.data.system, batch_size=recipe.eval.batch_size,
@@ -67,18 +60,16 @@ def _label(recipe: Any, rows: list[dict[str, Any]], tokenizer: Any, model: Any) 
                               desc="base model answers the training questions (know-check)")
 
     try:
-        return label_with_base_answers(rows, answer, self_answers=recipe.data.self_answers,
-                                       know_check=recipe.data.know_check)
+        return pass_data.label_with_base_answers(rows, answer, self_answers=recipe.data.self_answers,
+                                                 know_check=recipe.data.know_check)
     except ValueError as exc:
         raise TokengraftError(f"data.know_check / data.self_answers: {exc}") from None
 
 
-def _complete_with_base_answers(recipe: Any, rows: list[dict[str, Any]], tokenizer: Any,
+def _complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any,
                                 model: Any) -> list[dict[str, Any]]:
     """Generated rows with ``completion: None`` (the style task's plain rows) get the base model's own
     greedy answer: training on them keeps the model's behaviour where no new token is present."""
-    from tokengraft.generation import greedy_answers
-
     todo = [i for i, r in enumerate(rows) if "prompt" in r and r.get("completion") is None]
     if not todo:
         return rows
@@ -91,11 +82,10 @@ def _complete_with_base_answers(recipe: Any, rows: list[dict[str, Any]], tokeniz
     return rows
 
 
-def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
-    from tokengraft.data import load_examples, split_rows
-
+def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
+    """The training and validation rows of a run; generated splits are written into ``data_dir``
+    (the run directory's ``data/``, named by rundir: this layer sits below it)."""
     if recipe.data.generate:
-        data_dir = run_dir / "data"
         splits, extra = _generate(recipe, tokenizer, model)
         if recipe.data.know_check or recipe.data.self_answers:
             splits["train"] = _label(recipe, splits["train"], tokenizer, model)
@@ -109,9 +99,7 @@ def prepare_data(recipe: Any, run_dir: Path, tokenizer: Any, model: Any) -> Prep
             for name, rows in splits.items():
                 write_jsonl(rows, files[name])
             if extra:
-                from tokengraft.tasks.lexicon_data import write_lexicon
-
-                write_lexicon(extra, files["lexicon"], header="mined from the training split")
+                lexicon_data.write_lexicon(extra, files["lexicon"], header="mined from the training split")
         return PreparedData(train=splits["train"], validation=splits.get("validation", []), files=files,
                             extra_tokens=extra)
     if not recipe.data.train:

@@ -1,0 +1,425 @@
+"""The training engine's public parts; the recipes (lm.py, classifier.py) are built from them.
+
+``transformers.Trainer`` does the loop (accelerate underneath, so
+``accelerate launch`` gives data parallelism). What every recipe shares lives here:
+
+- run setup (`start_run`: directory, seed, quantization check, device);
+- ``TrainingArguments`` from the recipe (`training_arguments`) and the optimiser with
+  its own learning rate for token rows (`build_optimizer`);
+- `GraftTrainer` (`trainer_class`), a thin Trainer subclass that takes the recipe's
+  loss as a function, saves our run-directory artifacts as its checkpoints, restores
+  them on resume, and stops on a non-finite loss before the optimiser applies it;
+- the callbacks (`engine_callbacks`): checkpoint completion marker + rotation, the
+  non-finite gradient guard, throughput, row snapshots;
+- `run_and_save`: resume, train, check that the ranks agree, write the run directory.
+
+The Trainer's own optimiser/scheduler/RNG files are read back with
+``torch.load(weights_only=True)`` (the restricted loader: tensors and plain
+types only), which is what makes resume bit-identical on CPU.
+
+transformers and accelerate are imported where the Trainer is built, not at module
+import: importing the Trainer takes seconds, and ``tokengraft.load`` should not pay it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tokengraft.config import Recipe, TrainConfig
+from tokengraft.core.graft import Graft
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import unwrap_peft
+from tokengraft.models import pick_device
+from tokengraft.rundir import CONFIG_FILE, DATASET_STATS_FILE, LOG_HISTORY_FILE, save_graft, write_json
+from tokengraft.training.checkpoints import (checkpoint_dir, complete_checkpoints, discard_incomplete_checkpoints,
+                                             mark_complete, restore_trained_tensors, rotate_checkpoints)
+
+LossFn = Callable[[Any, dict[str, torch.Tensor], int | None], tuple[torch.Tensor, torch.Tensor]]
+"""``loss_fn(model, inputs, num_items) -> (loss, logits)``: a recipe's loss, normalised by ``num_items``
+(the supervised count over the whole accumulated, all-rank batch) when given."""
+
+
+class ListDataset(Dataset):
+    def __init__(self, items: list[dict[str, Any]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]
+
+
+# ----------------------------------------------------------------------------- run setup
+
+
+def start_run(recipe: Recipe, output_dir: str | Path) -> tuple[Path, torch.device]:
+    """What every training recipe does first: the run directory, the seed, the quantization check, the device."""
+    run = Path(output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    set_seed(recipe.seed)
+    if recipe.model.quantization != "none":
+        _check_quantization(recipe.model.quantization)
+    device = pick_device(recipe.model.device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        # Under a launcher each process owns the GPU of its local rank; plain "cuda" would put
+        # every process's copy on GPU 0 before the Trainer moves it (not tested here: CPU only).
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return run, device
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def method_configs(recipe: Recipe) -> list[dict[str, Any]]:
+    """The recipe's ``methods`` entries as plain dicts (what graft and the run directory record)."""
+    return [m.to_dict() if hasattr(m, "to_dict") else dict(m) for m in recipe.methods]
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass (non-reentrant, so frozen inputs still pass gradients)."""
+    hf = unwrap_peft(model)
+    if hasattr(hf, "activation_checkpointing_enable"):  # the name since transformers 5.x; the old one warns
+        hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    hf.config.use_cache = False
+
+
+def tokens_per_step(items: list[dict[str, Any]], train_cfg: TrainConfig) -> list[int]:
+    """Mean tokens per optimiser step (for the throughput log line), from the encoded training items."""
+    mean_length = sum(len(x["input_ids"]) for x in items) / len(items)
+    return [round(mean_length * train_cfg.batch_size * train_cfg.grad_accum)]
+
+
+def is_main_process() -> bool:
+    """Under ``accelerate launch`` only rank 0 writes the run directory."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def write_dataset_stats(run: Path, train_stats: dict[str, Any], audit: dict[str, Any]) -> None:
+    """``dataset_stats.json``: what the data held and what trains (rank 0 only)."""
+    if is_main_process():
+        write_json(run / DATASET_STATS_FILE, {"train": train_stats, "audit": audit})
+
+
+# ----------------------------------------------------------------------------- arguments and optimiser
+
+
+def _precision(recipe_precision: str, device: torch.device) -> dict[str, bool]:
+    if recipe_precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return {"bf16": True}
+        return {}
+    if recipe_precision == "fp32":
+        return {}
+    if device.type != "cuda":
+        raise TokengraftError(f"train.precision {recipe_precision} needs a CUDA GPU; on CPU use fp32 or auto")
+    return {recipe_precision: True}
+
+
+def training_arguments(recipe: Recipe, run: Path, device: torch.device, *, quiet: bool, eval_steps: int,
+                       **extra: Any) -> Any:
+    """The recipe's ``train`` section as ``TrainingArguments`` (``extra``: what a recipe adds, e.g. label names)."""
+    from transformers import TrainingArguments
+
+    cfg = recipe.train
+    return TrainingArguments(
+        output_dir=str(run), seed=recipe.seed, data_seed=recipe.seed,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps, logging_first_step=True,
+        eval_strategy="steps" if eval_steps else "no", eval_steps=eval_steps or None,
+        save_strategy="steps" if cfg.save_steps else "no", save_steps=cfg.save_steps or 500,
+        # Rotation is ours (rotate_checkpoints): it counts only complete checkpoints.
+        save_total_limit=None, report_to=list(cfg.report_to) or "none",
+        remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
+        use_cpu=device.type == "cpu", save_only_model=False,
+        **_precision(cfg.precision, device), **extra,
+    )
+
+
+def build_optimizer(g: Graft, train_cfg: Any) -> torch.optim.Optimizer:
+    """Token rows get their own learning rate; everything else trainable uses ``train.lr``."""
+    token_params = {id(p) for p in g.token_parameters()}
+    rows = [p for p in g.model.parameters() if p.requires_grad and id(p) in token_params]
+    rest = [p for p in g.model.parameters() if p.requires_grad and id(p) not in token_params]
+    groups = [{"params": rows, "lr": train_cfg.token_lr, "weight_decay": 0.0}]
+    if rest:
+        groups.append({"params": rest, "lr": train_cfg.lr, "weight_decay": train_cfg.weight_decay})
+    groups = [group for group in groups if group["params"]]
+    if train_cfg.optimizer == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(groups)
+
+
+# ----------------------------------------------------------------------------- the non-finite guard
+
+
+def non_finite_error(what: str, value: float | str, step: int, output_dir: str | Path) -> TokengraftError:
+    """The error that stops a run whose loss or gradients stopped being finite, naming the last good checkpoint."""
+    done = complete_checkpoints(output_dir)
+    kept = f"the last good checkpoint is {done[-1]}" if done else f"no checkpoint was written yet in {output_dir}"
+    return TokengraftError(
+        f"the {what} became {value} at step {step}; training stopped before that step's update and {kept} "
+        "(lower train.lr / train.token_lr, or use precision fp32)"
+    )
+
+
+def check_loss(loss: torch.Tensor, step: int, output_dir: str | Path, num_processes: int) -> None:
+    """Stop on a non-finite loss before the optimiser can apply it (single process).
+
+    With several processes a rank must not stop alone (the others would wait in the
+    all-reduce forever): the NaN spreads to every rank's gradients, and the gradient
+    guard (`engine_callbacks`) stops all of them at the same step, still before the update.
+    """
+    if not torch.isfinite(loss) and num_processes == 1:
+        raise non_finite_error("loss", loss.item(), step, output_dir)
+
+
+def check_gradients(model: Any, step: int, output_dir: str | Path) -> None:
+    """Refuse an update whose gradients are not finite (a finite loss can still overflow its gradients)."""
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    if grads and not bool(torch.stack([torch.isfinite(x).all() for x in grads]).all()):
+        raise non_finite_error("gradient", "non-finite", step, output_dir)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@functools.cache
+def trainer_class() -> type:
+    """`GraftTrainer`: ``transformers.Trainer`` with the recipe's loss, run-directory checkpoints and the guard.
+
+    Built on first use (importing the Trainer is slow); one class per process.
+    Its extra keyword arguments: ``graft_state`` (the `Graft` being trained),
+    ``loss_fn`` (a `LossFn`), ``base_spec`` and ``dtype`` (recorded in every save).
+    """
+    from transformers import Trainer
+
+    class GraftTrainer(Trainer):
+        """Trainer whose loss is the recipe's, and whose checkpoints are run-directory artifacts."""
+
+        def __init__(self, *args: Any, graft_state: Graft, loss_fn: LossFn, base_spec: str, dtype: str,
+                     **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            # The loss divides by num_items_in_batch (the supervised count over the whole accumulated,
+            # all-rank batch); this tells the Trainer so for every model family, so it neither divides
+            # again by grad_accum nor skips the x world-size that undoes DDP's mean.
+            self.model_accepts_loss_kwargs = True
+            self.graft_state = graft_state
+            self.loss_fn = loss_fn
+            self.base_spec = base_spec
+            self.dtype_name = dtype
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            count = int(num_items_in_batch) if num_items_in_batch is not None else None
+            loss, logits = self.loss_fn(model, inputs, count)
+            if count is not None and self.args.average_tokens_across_devices:
+                # `count` covers every rank's tokens, and DDP averages gradients over ranks: scale back
+                # up so the update is the mean over all supervised tokens (what Trainer.compute_loss does).
+                loss = loss * self.accelerator.num_processes
+            check_loss(loss, self.state.global_step + 1, self.args.output_dir, self.accelerator.num_processes)
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+        # The two Trainer hooks below are how a Trainer subclass chooses its checkpoint format.
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            if not self.args.should_save:
+                return
+            save_graft(self.graft_state, output_dir or self.args.output_dir, base_spec=self.base_spec,
+                       dtype=self.dtype_name)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+            restore_trained_tensors(self.graft_state, resume_from_checkpoint)
+
+    return GraftTrainer
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def engine_callbacks(g: Graft, run_dir: Path, snapshot_steps: int, step_tokens: list[int],
+                     keep: int | None = None) -> list[Any]:
+    """The callbacks every recipe trains with: completion marker + rotation, gradient guard, throughput, snapshots."""
+    from accelerate import PartialState
+    from transformers import TrainerCallback
+
+    class CheckpointMarker(TrainerCallback):
+        """Mark a checkpoint complete after every process has written its part, then rotate.
+
+        Every rank writes into the checkpoint (rank r its ``rng_state_r.pth``), so the
+        marker waits at a barrier. Rotation runs here, after the marker, and counts
+        complete checkpoints only: the Trainer's own rotation runs before the marker
+        exists and could delete the last complete checkpoint while the new one is not
+        yet marked, so it is switched off (``save_total_limit=None`` on the Trainer).
+        """
+
+        def on_save(self, args, state, control, **kwargs):
+            PartialState().wait_for_everyone()
+            if args.should_save:
+                path = checkpoint_dir(args.output_dir, state.global_step)
+                if path.is_dir():
+                    mark_complete(path, state.global_step)
+                rotate_checkpoints(args.output_dir, keep)
+
+    class NonFiniteGuard(TrainerCallback):
+        """Refuse an update whose gradients are not finite.
+
+        A loss can be finite while its gradients overflow; applying them would write
+        NaN into the rows, and the next checkpoint would save them. Checked after
+        clipping and the all-reduce, so every rank sees the same verdict.
+        """
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            check_gradients(g.model, state.global_step + 1, args.output_dir)
+
+    class Throughput(TrainerCallback):
+        """Tokens per second in the progress bar's log lines."""
+
+        def __init__(self) -> None:
+            self.start = time.perf_counter()
+            self.step0 = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start, self.step0 = time.perf_counter(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is None or "loss" not in logs:
+                return
+            elapsed = max(1e-9, time.perf_counter() - self.start)
+            steps = state.global_step - self.step0
+            mean_tokens = sum(step_tokens) / max(1, len(step_tokens))
+            logs["tokens_per_s"] = round(steps * mean_tokens / elapsed, 1)
+
+    callbacks = [CheckpointMarker(), NonFiniteGuard(), Throughput()]
+    if snapshot_steps and g.rows is not None:
+        from tokengraft.training.snapshots import RowSnapshots  # imports transformers' TrainerCallback
+
+        callbacks.append(RowSnapshots(g, run_dir / "snapshots", snapshot_steps))
+    return callbacks
+
+
+# ----------------------------------------------------------------------------- run
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    graft: Graft
+    log_history: list[dict[str, Any]]
+    train_seconds: float
+    steps: int
+
+
+def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: bool, quiet: bool,
+                 extra: dict[str, Any]) -> TrainResult:
+    """Resume from the latest complete checkpoint if asked, train, and write the run directory (rank 0).
+
+    ``extra`` goes into ``graft.json`` beside what every run records (task, seed, time, steps, world size).
+    """
+    from accelerate import PartialState
+
+    main_process = is_main_process()
+    checkpoint = None
+    if resume:
+        if main_process:
+            discard_incomplete_checkpoints(run)
+        PartialState().wait_for_everyone()
+        done = complete_checkpoints(run)
+        if not done:
+            raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; start without --resume")
+        checkpoint = str(done[-1])
+        if not quiet:
+            print(f"tokengraft: resuming from {checkpoint}")
+    g.model.train()
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    g.model.eval()
+    world_size = check_ranks_agree(g)
+    history = trainer.state.log_history
+    if main_process:
+        recipe.save(run / CONFIG_FILE)
+        save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
+                   extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
+                          "steps": trainer.state.global_step, "world_size": world_size})
+        write_json(run / LOG_HISTORY_FILE, history)
+        _plot_losses(history, run / "loss.png")
+    PartialState().wait_for_everyone()  # no rank returns before the run directory is complete
+    return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds,
+                       steps=trainer.state.global_step)
+
+
+def check_ranks_agree(g: Graft) -> int:
+    """Under data parallelism, make sure every rank ends with the same trained tensors; returns the world size.
+
+    DDP keeps replicas equal only if every update went through its gradient
+    all-reduce; a desync would otherwise go unnoticed, since only rank 0 saves.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 1
+    world = torch.distributed.get_world_size()
+    trained = [p for p in g.model.parameters() if p.requires_grad]
+    mine = torch.stack([p.detach().double().sum() for p in trained] or [torch.zeros((), dtype=torch.float64)])
+    mine = mine.to(trained[0].device if trained else "cpu")
+    every = [torch.empty_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(every, mine)
+    if any(not torch.equal(every[0], other) for other in every[1:]):
+        raise TokengraftError(f"the {world} data-parallel processes ended with different trained weights "
+                              "(their gradients were not synchronised); the run directory was not written")
+    return world
+
+
+def _check_quantization(kind: str) -> None:
+    if not torch.cuda.is_available():
+        raise TokengraftError(f"model.quantization: {kind} needs a CUDA GPU and bitsandbytes; on CPU set model.quantization: none")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TokengraftError(f"model.quantization: {kind} needs bitsandbytes: pip install bitsandbytes") from None
+    raise TokengraftError("quantized training is not wired into tokengraft yet; set model.quantization: none")
+
+
+def _plot_losses(history: list[dict[str, Any]], path: Path) -> None:
+    """Training and evaluation loss against step, as a PNG beside the run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h and math.isfinite(h["loss"])]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if not train and not evals:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
