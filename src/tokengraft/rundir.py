@@ -10,7 +10,9 @@ A run directory holds:
 - method weights        written by the methods registry (LoRA, adapters, ...);
 - ``labels.json``       a classifier's class names (``task: classification``);
 - ``data/``             the splits the run trained and is evaluated on;
-- ``metrics.json``, ``dataset_stats.json``, ``log_history.json`` what training and evaluation measured.
+- ``metrics.json``, ``dataset_stats.json``, ``log_history.json`` what training and evaluation measured;
+- ``snapshots/``        token-row snapshots taken during training (``train.snapshot_steps``);
+- ``checkpoint-<step>/`` step checkpoints in this same format (training/checkpoints.py).
 
 This module is the one place that knows those names; training, evaluation and
 export read and write the directory through it, so the format has one owner.
@@ -57,6 +59,7 @@ DATA_DIR = "data"
 METRICS_FILE = "metrics.json"
 DATASET_STATS_FILE = "dataset_stats.json"
 LOG_HISTORY_FILE = "log_history.json"
+SNAPSHOTS_DIR = "snapshots"
 REQUIRED_META = ("base_model", "base_fingerprint", "settings", "trainable_ids")
 
 

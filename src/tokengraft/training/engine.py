@@ -42,7 +42,7 @@ from tokengraft.core.graft import Graft
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import pick_device
-from tokengraft.rundir import CONFIG_FILE, DATASET_STATS_FILE, LOG_HISTORY_FILE, save_graft, write_json
+from tokengraft.rundir import CONFIG_FILE, DATASET_STATS_FILE, LOG_HISTORY_FILE, SNAPSHOTS_DIR, save_graft, write_json
 from tokengraft.training.checkpoints import (checkpoint_dir, complete_checkpoints, discard_incomplete_checkpoints,
                                              mark_complete, restore_trained_tensors, rotate_checkpoints)
 
@@ -52,6 +52,8 @@ LossFn = Callable[[Any, dict[str, torch.Tensor], int | None], tuple[torch.Tensor
 
 
 class ListDataset(Dataset):
+    """Encoded items as the map-style dataset the Trainer samples from."""
+
     def __init__(self, items: list[dict[str, Any]]):
         self.items = items
 
@@ -81,6 +83,7 @@ def start_run(recipe: Recipe, output_dir: str | Path) -> tuple[Path, torch.devic
 
 
 def set_seed(seed: int) -> None:
+    """Seed every generator the run draws from before the model is built (init, data order, dropout)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -316,7 +319,7 @@ def engine_callbacks(g: Graft, run_dir: Path, snapshot_steps: int, step_tokens: 
     if snapshot_steps and g.rows is not None:
         from tokengraft.training.snapshots import RowSnapshots  # imports transformers' TrainerCallback
 
-        callbacks.append(RowSnapshots(g, run_dir / "snapshots", snapshot_steps))
+        callbacks.append(RowSnapshots(g, run_dir / SNAPSHOTS_DIR, snapshot_steps))
     return callbacks
 
 

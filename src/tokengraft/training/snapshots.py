@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
+from tokengraft.core.graft import Graft
+
 NEAREST_LIMIT = 64
 NEAREST_K = 3
 
@@ -44,7 +46,7 @@ def drift_stats(rows: torch.Tensor, initial: torch.Tensor, base: torch.Tensor, t
 class RowSnapshots(TrainerCallback):
     """Save compact row snapshots and drift statistics every ``every`` optimiser steps."""
 
-    def __init__(self, graft: Any, directory: Path, every: int):
+    def __init__(self, graft: Graft, directory: Path, every: int):
         self.graft = graft
         self.directory = Path(directory)
         self.every = every
