@@ -154,9 +154,6 @@ def train_classifier(recipe: Recipe, output_dir: str | Path, *, resume: bool = F
         print(report.table())
         print(f"training data: {len(train_items)} rows ({dropped} dropped as too long), classes {counts}, "
               f"{len(eval_items)} validation rows")
-    write_dataset_stats(run, stats, report.to_dict())
-    if is_main_process():
-        write_labels(run, labels)
 
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(g.model)
@@ -164,6 +161,9 @@ def train_classifier(recipe: Recipe, output_dir: str | Path, *, resume: bool = F
     # Token rows join the graph only in batches that contain their ids: DDP must expect unused parameters.
     args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps, prediction_loss_only=False,
                               label_names=["labels"], ddp_find_unused_parameters=True if g.rows is not None else None)
+    write_dataset_stats(args, run, stats, report.to_dict())
+    if is_main_process(args):
+        write_labels(run, labels)
     trainer = trainer_class()(
         model=g.model, args=args, train_dataset=ListDataset(train_items),
         eval_dataset=ListDataset(eval_items) if eval_items else None,

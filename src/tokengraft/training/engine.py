@@ -110,16 +110,18 @@ def tokens_per_step(items: list[dict[str, Any]], train_cfg: TrainConfig) -> list
     return [round(mean_length * train_cfg.batch_size * train_cfg.grad_accum)]
 
 
-def is_main_process() -> bool:
-    """Under ``accelerate launch`` only rank 0 writes the run directory."""
-    from accelerate import PartialState
+def is_main_process(args: Any) -> bool:
+    """Whether this process writes the run directory: global rank 0 (under ``accelerate launch`` every rank runs).
 
-    return PartialState().is_main_process
+    Asked of the ``TrainingArguments`` because they set up the distributed state: before
+    them, on CPU, accelerate reports every rank as the main process.
+    """
+    return args.process_index == 0
 
 
-def write_dataset_stats(run: Path, train_stats: dict[str, Any], audit: dict[str, Any]) -> None:
-    """``dataset_stats.json``: what the data held and what trains (rank 0 only)."""
-    if is_main_process():
+def write_dataset_stats(args: Any, run: Path, train_stats: dict[str, Any], audit: dict[str, Any]) -> None:
+    """``dataset_stats.json``: what the data held and what trains (global rank 0 only)."""
+    if is_main_process(args):
         write_json(run / DATASET_STATS_FILE, {"train": train_stats, "audit": audit})
 
 
@@ -343,7 +345,7 @@ def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: b
     """
     from accelerate import PartialState
 
-    main_process = is_main_process()
+    main_process = is_main_process(trainer.args)
     checkpoint = None
     if resume:
         if main_process:

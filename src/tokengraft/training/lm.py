@@ -145,7 +145,6 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     if not quiet:
         print(report.table())
         print("training data: " + stats.table().replace("\n", "\n  "))
-    write_dataset_stats(run, stats.to_dict(), report.to_dict())
 
     cfg = recipe.train
     if cfg.gradient_checkpointing:
@@ -157,6 +156,7 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     sparse_inputs = g.rows is not None and g.rows.output_rows is not None
     args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps,
                               prediction_loss_only=True, ddp_find_unused_parameters=True if sparse_inputs else None)
+    write_dataset_stats(args, run, stats.to_dict(), report.to_dict())
     loss_fn = lm_loss(g, recipe)
     trainer = trainer_class()(
         model=g.model, args=args, train_dataset=ListDataset(train_items),
