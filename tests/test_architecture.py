@@ -35,15 +35,7 @@ DOTTED = re.compile(r"^tokengraft(\.\w+)+$")
 # Uses that remain while the restructuring lands in parallel branches: (file, name). Each one is
 # someone's open work (the comment says whose); the test fails on any use NOT listed here, and on a
 # listed one that has gone (so the list only shrinks). It must be empty when issue 14 is done.
-KNOWN: set[tuple[str, str]] = {
-    # helper A (rundir.py, training/): the run directory's and the engine's helpers
-    ("src/tokengraft/training/classifier.py", "tokengraft.rundir._load_tensors"),
-    ("src/tokengraft/training/classifier.py", "tokengraft.rundir._report_from_meta"),
-    ("src/tokengraft/training/classifier.py", "tokengraft.training.lm._make_trainer_class"),
-    ("src/tokengraft/training/classifier.py", "tokengraft.training.lm._callbacks"),
-    ("src/tokengraft/training/lm.py", "tokengraft.rundir._load_tensors"),
-    ("tests/test_train.py", "tokengraft.training.lm._unwrap"),
-}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _private(name: str) -> bool:

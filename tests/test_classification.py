@@ -22,6 +22,7 @@ import tokengraft
 from tokengraft.api import train
 from tokengraft.cli.main import main
 from tokengraft.config import recipe_from_dict, validate_recipe
+from tokengraft.data import ClassificationCollator
 from tokengraft.errors import TokengraftError
 from tokengraft.evaluation.classification import evaluate_classification
 from tokengraft.core.graft import TokenSettings
@@ -29,7 +30,6 @@ from tokengraft.methods.spec import canonical_name
 from tokengraft.methods.spec import unwrap_peft as unwrap
 from tokengraft.tasks import check_disjoint
 from tokengraft.tasks.classify_data import CORRUPTED, generate_splits, label_set
-from tokengraft.tasks.classify_rows import ClassificationCollator
 from tokengraft.training.classifier import build_classifier_graft
 from tiny import tiny_model, tiny_tokenizer
 

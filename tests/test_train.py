@@ -28,10 +28,10 @@ from tokengraft.data import Collator, encode_examples
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.core.graft import TokenSettings, graft
-from tokengraft.tasks.prepare import prepare_data
 from tokengraft.training.checkpoints import (COMPLETE_MARKER, complete_checkpoints, discard_incomplete_checkpoints,
                                              rotate_checkpoints)
 from tokengraft.training.lm import full_logits, supervised_logits
+from tokengraft.training.prepare import prepare_data
 from tiny import tiny_model, tiny_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -2,7 +2,7 @@
 
 No generation and no base model to compare: the classifier is loaded from the run
 directory (`rundir.load_classifier`) and its argmax at the last non-pad token is the
-prediction, read through the same encoding and padding as training (tasks/classify_rows.py).
+prediction, read through the same encoding and padding as training (data.py's classification rows).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
+from tokengraft.data import ClassificationCollator, as_labelled_rows, encode_labelled_rows
 from tokengraft.errors import TokengraftError
 from tokengraft.rundir import load_classifier, read_run_recipe, split_file, write_metrics
 from tokengraft.tasks import read_jsonl
-from tokengraft.tasks.classify_rows import ClassificationCollator, as_rows, encode_rows
 
 
 @torch.no_grad()
@@ -42,10 +42,10 @@ def evaluate_classification(run_dir: str | Path, *, limit: int | None = None) ->
     if not path.is_file():
         raise TokengraftError(f"{path} is missing: put the held-out {{\"text\", \"label\"}} rows there to evaluate")
     g = load_classifier(run, device=recipe.model.device)
-    rows = as_rows(read_jsonl(path)[:limit], str(path))
+    rows = as_labelled_rows(read_jsonl(path)[:limit], str(path))
     pad_id = int(g.hf_model.config.pad_token_id)
-    items, dropped = encode_rows(rows, g.tokenizer, g.labels, recipe.data.max_length,
-                                 "truncate_prompt" if recipe.data.on_overflow == "truncate_prompt" else "drop", pad_id)
+    items, dropped = encode_labelled_rows(rows, g.tokenizer, g.labels, recipe.data.max_length,
+                                         "truncate_prompt" if recipe.data.on_overflow == "truncate_prompt" else "drop", pad_id)
     if not items:
         raise TokengraftError(f"{path}: no test row fits data.max_length {recipe.data.max_length}")
     kept = [rows[x["row"]] for x in items]

@@ -11,7 +11,7 @@ changes is here:
 - tokens are optional. With none, nothing is grafted (there is no vocabulary change
   to make). With some, only their INPUT rows train: a classifier reads tokens but
   never writes them (it has no LM head);
-- rows are ``{"text", "label"}`` (tasks/classify_rows.py); the loss is cross-entropy
+- rows are ``{"text", "label"}`` (data.py's classification rows); the loss is cross-entropy
   on the head's logits at the last non-pad token; evaluation during training reports
   ``eval_accuracy`` beside ``eval_loss``.
 
@@ -34,17 +34,17 @@ from tokengraft.core.arch import describe
 from tokengraft.core.graft import TokenSettings, attach_row_graft, resolve_existing_ids, token_settings
 from tokengraft.core.guard import Audit, audit, preflight
 from tokengraft.core.vocab import AddReport, add_tokens
+from tokengraft.data import ClassificationCollator, as_labelled_rows, encode_labelled_rows
 from tokengraft.errors import TokengraftError
 from tokengraft.methods import apply_methods
 from tokengraft.methods.classification import build_classifier
 from tokengraft.models import fingerprint, load_model
 from tokengraft.rundir import ClassifierGraft, data_dir, name_labels, write_labels
 from tokengraft.tasks.classify_data import LabelSet, label_set
-from tokengraft.tasks.classify_rows import ClassificationCollator, as_rows, encode_rows
-from tokengraft.tasks.prepare import prepare_data
 from tokengraft.training.engine import (ListDataset, TrainResult, build_optimizer, enable_gradient_checkpointing,
                                         engine_callbacks, is_main_process, method_configs, run_and_save, start_run,
                                         tokens_per_step, trainer_class, training_arguments, write_dataset_stats)
+from tokengraft.training.prepare import prepare_data
 
 # ----------------------------------------------------------------------------- building
 
@@ -131,7 +131,7 @@ def train_classifier(recipe: Recipe, output_dir: str | Path, *, resume: bool = F
     lm, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
                                trust_remote_code=recipe.model.trust_remote_code)
     data = prepare_data(recipe, data_dir(run), tokenizer, lm)
-    train_rows, eval_rows = as_rows(data.train, "train"), as_rows(data.validation, "validation")
+    train_rows, eval_rows = as_labelled_rows(data.train, "train"), as_labelled_rows(data.validation, "validation")
     labels = label_set([(r.label, r.where) for r in train_rows])
     settings = token_settings(recipe.tokens, data.extra_tokens)
     g = build_classifier_graft(lm, tokenizer, settings, method_configs(recipe), labels, seed=recipe.seed,
@@ -142,8 +142,8 @@ def train_classifier(recipe: Recipe, output_dir: str | Path, *, resume: bool = F
     report = classifier_audit(g)
     cfg, d = recipe.train, recipe.data
     pad_id = int(g.hf_model.config.pad_token_id)
-    train_items, dropped = encode_rows(train_rows, tokenizer, labels, d.max_length, d.on_overflow, pad_id)
-    eval_items, _ = encode_rows(eval_rows, tokenizer, labels, d.max_length, "drop", pad_id)
+    train_items, dropped = encode_labelled_rows(train_rows, tokenizer, labels, d.max_length, d.on_overflow, pad_id)
+    eval_items, _ = encode_labelled_rows(eval_rows, tokenizer, labels, d.max_length, "drop", pad_id)
     if not train_items:
         raise TokengraftError("no training rows survived encoding (all dropped as too long?); raise data.max_length")
     _check_tokens_read(g, train_items)

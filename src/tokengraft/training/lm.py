@@ -27,11 +27,11 @@ from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import load_model
 from tokengraft.rundir import data_dir
-from tokengraft.tasks.prepare import prepare_data
 from tokengraft.training.engine import (ListDataset, LossFn, TrainResult, build_optimizer, enable_gradient_checkpointing,
                                         engine_callbacks, method_configs, run_and_save, start_run, tokens_per_step,
                                         trainer_class, training_arguments, write_dataset_stats)
 from tokengraft.training.objectives import IdkObjective
+from tokengraft.training.prepare import prepare_data
 
 # ----------------------------------------------------------------------------- the loss
 

@@ -1,13 +1,17 @@
 """Where a run's data comes from: the task's generator, or the user's files.
 
-With ``data.generate: true`` the task writes its seeded splits into the run's
-data directory, ``RUN_DIR/data/`` (so the exact rows a run trained on stay beside it); otherwise
+With ``data.generate: true`` the task's registered generator (tasks/registry.py)
+makes seeded splits, which are written into the run's data directory,
+``RUN_DIR/data/`` (so the exact rows a run trained on stay beside it); otherwise
 ``data.train`` / ``data.validation`` are read, and a missing validation file is
-carved from the training rows with ``data.validation_fraction``.
+carved from the training rows with ``data.validation_fraction``. Either way the
+base model can label or complete training rows first (``data.know_check``, plain
+style rows).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +21,7 @@ from tokengraft.config import Recipe
 from tokengraft.data import load_examples, split_rows
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import greedy_answers
-from tokengraft.tasks import classify_data, lexicon_data, pass_data, style_data, write_jsonl
+from tokengraft.tasks import get_task, pass_data
 
 
 @dataclass
@@ -26,29 +30,6 @@ class PreparedData:
     validation: list[dict[str, Any]]
     files: dict[str, Path] = field(default_factory=dict)
     extra_tokens: list[str] = field(default_factory=list)  # e.g. a mined lexicon
-
-
-def _generate(recipe: Recipe, tokenizer: Any, model: Any) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
-    options = dict(recipe.data.generate_options)
-    task = recipe.task
-    if task == "pass":
-        for moved in ("know_check", "self_answers"):
-            if moved in options:
-                raise TokengraftError(f"data.generate_options.{moved} moved to data.{moved} (it labels given files too)")
-        return pass_data.generate_splits(seed=recipe.seed, **options), []
-    if task == "style":
-        return style_data.generate_splits(seed=recipe.seed, **options), []
-    if task == "lexicon":
-        mine = {k: options.pop(k) for k in ("min_pieces", "min_count", "max_words") if k in options}
-        splits = lexicon_data.generate_splits(seed=recipe.seed, **options)
-        words = lexicon_data.mine_lexicon([r["text"] for r in splits["train"]], tokenizer,
-                                          after_space=recipe.tokens.word_start, **mine)
-        if not words:
-            raise TokengraftError("the lexicon miner found no word; lower data.generate_options.min_count or min_pieces")
-        return splits, words
-    if task == "classification":
-        return classify_data.generate_splits(seed=recipe.seed, **options), []
-    raise TokengraftError(f"task {task!r} has no data generator; set data.generate: false and give data.train")
 
 
 def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
@@ -84,24 +65,20 @@ def _complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], toke
 
 def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
     """The training and validation rows of a run; generated splits are written into ``data_dir``
-    (the run directory's ``data/``, named by rundir: this layer sits below it)."""
+    (the run directory's ``data/``: ``rundir.data_dir(run)``)."""
     if recipe.data.generate:
-        splits, extra = _generate(recipe, tokenizer, model)
+        generated = get_task(recipe.task).generate(recipe.seed, recipe.data.generate_options, tokenizer,
+                                                   recipe.tokens.word_start)
+        splits = dict(generated.splits)
         if recipe.data.know_check or recipe.data.self_answers:
             splits["train"] = _label(recipe, splits["train"], tokenizer, model)
         splits["train"] = _complete_with_base_answers(recipe, splits["train"], tokenizer, model)
-        files = {name: data_dir / f"{name}.jsonl" for name in splits}
-        if extra:
-            files["lexicon"] = data_dir / "lexicon.txt"
+        generated = dataclasses.replace(generated, splits=splits)
         # Under a launcher (torchrun, accelerate launch) every process generates the same seeded
         # rows in memory; only global rank 0 writes them, so the run directory is written once.
-        if os.environ.get("RANK", "0") == "0":
-            for name, rows in splits.items():
-                write_jsonl(rows, files[name])
-            if extra:
-                lexicon_data.write_lexicon(extra, files["lexicon"], header="mined from the training split")
+        files = generated.write(data_dir) if os.environ.get("RANK", "0") == "0" else generated.files(data_dir)
         return PreparedData(train=splits["train"], validation=splits.get("validation", []), files=files,
-                            extra_tokens=extra)
+                            extra_tokens=list(generated.tokens))
     if not recipe.data.train:
         raise TokengraftError("data.train is not set; give a JSONL file or set data.generate: true for a built-in task")
     train_rows: list[Any] = load_examples(recipe.data.train)  # errors name file and line
