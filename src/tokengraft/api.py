@@ -20,13 +20,11 @@ from tokengraft.evaluation.classification import evaluate_classification
 from tokengraft.evaluation.generative import evaluate_run
 from tokengraft.export.merged import check_output_dir, save_merged
 from tokengraft.generation import generate_batch
-from tokengraft.rundir import is_classifier_meta, load_classifier, read_graft_meta
+from tokengraft.rundir import CLASSIFICATION_TASK, is_classifier_meta, load_classifier, read_graft_meta
 from tokengraft.rundir import load_graft as load_lm_graft
 from tokengraft.training.classifier import train_classifier
 from tokengraft.training.engine import TrainResult
 from tokengraft.training.lm import train_lm
-
-CLASSIFICATION = "classification"
 
 
 def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, quiet: bool = False,
@@ -37,7 +35,7 @@ def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, quiet
     extra ``transformers.TrainerCallback`` objects (they see the model, state and
     control like any Trainer callback).
     """
-    recipe_fn = train_classifier if recipe.task == CLASSIFICATION else train_lm
+    recipe_fn = train_classifier if recipe.task == CLASSIFICATION_TASK else train_lm
     return recipe_fn(recipe, output_dir, resume=resume, quiet=quiet, callbacks=callbacks)
 
 

@@ -61,6 +61,7 @@ DATASET_STATS_FILE = "dataset_stats.json"
 LOG_HISTORY_FILE = "log_history.json"
 SNAPSHOTS_DIR = "snapshots"
 REQUIRED_META = ("base_model", "base_fingerprint", "settings", "trainable_ids")
+CLASSIFICATION_TASK = "classification"  # graft.json ``task`` of a classifier run (head + labels, no LM head)
 
 
 @dataclass
@@ -194,7 +195,7 @@ def update_graft_meta(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
 
 def is_classifier_meta(meta: dict[str, Any]) -> bool:
     """Whether ``graft.json`` describes a classifier (head + labels) rather than a causal LM."""
-    return meta.get("task") == "classification"
+    return meta.get("task") == CLASSIFICATION_TASK
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

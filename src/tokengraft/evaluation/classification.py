@@ -14,7 +14,7 @@ import torch
 
 from tokengraft.data import ClassificationCollator, as_labelled_rows, encode_labelled_rows
 from tokengraft.errors import TokengraftError
-from tokengraft.rundir import load_classifier, read_run_recipe, split_file, write_metrics
+from tokengraft.rundir import CLASSIFICATION_TASK, load_classifier, read_run_recipe, split_file, write_metrics
 from tokengraft.tasks import read_jsonl
 
 
@@ -60,7 +60,7 @@ def evaluate_classification(run_dir: str | Path, *, limit: int | None = None) ->
     per_class = {names[c]: {"rows": sum(confusion[c]), "accuracy": confusion[c][c] / sum(confusion[c])}
                  for c in range(n) if sum(confusion[c])}
     result: dict[str, Any] = {
-        "task": "classification",
+        "task": CLASSIFICATION_TASK,
         "accuracy": sum(t == p for t, p in zip(gold, predicted)) / len(gold),
         "macro_accuracy": sum(v["accuracy"] for v in per_class.values()) / len(per_class),
         "majority_baseline": max(v["rows"] for v in per_class.values()) / len(gold),

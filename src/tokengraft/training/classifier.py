@@ -39,7 +39,7 @@ from tokengraft.errors import TokengraftError
 from tokengraft.methods import apply_methods
 from tokengraft.methods.classification import build_classifier
 from tokengraft.models import fingerprint, load_model
-from tokengraft.rundir import ClassifierGraft, data_dir, name_labels, write_labels
+from tokengraft.rundir import CLASSIFICATION_TASK, ClassifierGraft, data_dir, name_labels, write_labels
 from tokengraft.tasks.classify_data import LabelSet, label_set
 from tokengraft.training.engine import (ListDataset, TrainResult, build_optimizer, enable_gradient_checkpointing,
                                         engine_callbacks, is_main_process, method_configs, run_and_save, start_run,
@@ -174,4 +174,4 @@ def train_classifier(recipe: Recipe, output_dir: str | Path, *, resume: bool = F
         graft_state=g, loss_fn=classification_loss, base_spec=recipe.model.name, dtype=recipe.model.dtype,
     )
     return run_and_save(trainer, g, run, recipe, resume=resume, quiet=quiet,
-                        extra={"task": "classification", "num_labels": labels.num_labels, "labels": labels.to_dict()})
+                        extra={"task": CLASSIFICATION_TASK, "num_labels": labels.num_labels, "labels": labels.to_dict()})
