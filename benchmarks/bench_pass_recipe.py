@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_token_rows import _status  # VmRSS / VmHWM, the same measurement as the token-row benchmark
+from bench_token_rows import process_memory  # VmRSS / VmHWM, the same measurement as the token-row benchmark
 
 CONFIGS = {
     "tokengraft": {"backend": "rows", "supervised": True},
@@ -59,7 +59,7 @@ def run_child(name: str, steps: int) -> dict:
     setup = CONFIGS[name]
     model, tokenizer = load_model(device="cpu")
     rows = pass_data.generate_splits(seed=42)["train"]
-    base = _status()["VmRSS"]
+    base = process_memory()["VmRSS"]
     Path("/proc/self/clear_refs").write_text("5")
     g = graft(model, tokenizer, TokenSettings(add=["<PASS>"], special=True, init_input="text", init_output="text",
                                                init_text={"<PASS>": "unknown"}, backend=setup["backend"]),
@@ -81,7 +81,7 @@ def run_child(name: str, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         times.append(time.process_time() - start)
         tokens.append(int(batch["attention_mask"].sum()))
-    peak = _status()["VmHWM"]
+    peak = process_memory()["VmHWM"]
     steady = times[1:] or times  # the first step pays one-off allocation
     median = statistics.median(steady)
     return {"config": name, "median_step_s": median, "tokens_per_s": statistics.mean(tokens) / median,

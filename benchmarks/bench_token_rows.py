@@ -45,7 +45,7 @@ MIB = 1024 * 1024
 # ----------------------------------------------------------------------------- child: one configuration
 
 
-def _status() -> dict[str, int]:
+def process_memory() -> dict[str, int]:
     """VmRSS / VmHWM in bytes."""
     values = {}
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -90,7 +90,7 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
     with torch.no_grad():  # weights may be mmapped from safetensors: fault every page in before the baseline
         for parameter in model.parameters():
             parameter.sum()
-    loaded = _status()["VmRSS"]
+    loaded = process_memory()["VmRSS"]
     _reset_peak()
 
     start = time.perf_counter()
@@ -110,7 +110,7 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
         optimizer = build_optimizer(g, SimpleNamespace(token_lr=1e-3, lr=1e-4, weight_decay=0.0, optimizer="adamw"))
         vocab = g.report.final_rows
     setup_s = time.perf_counter() - start
-    built = _status()["VmRSS"]
+    built = process_memory()["VmRSS"]
     token_params = sum(p.numel() for p in g.token_parameters()) if g is not None else 0
     trainable = sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
 
@@ -126,7 +126,7 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=True)
         step_s.append(time.perf_counter() - t)
         step_cpu_s.append(time.process_time() - c)
-    peak = _status()["VmHWM"]
+    peak = process_memory()["VmHWM"]
 
     with tempfile.TemporaryDirectory() as tmp:
         if g is not None:

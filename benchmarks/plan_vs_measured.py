@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_token_rows import _status  # VmRSS / VmHWM, the same measurement as the token-row benchmark
+from bench_token_rows import process_memory  # VmRSS / VmHWM, the same measurement as the token-row benchmark
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -153,7 +153,7 @@ def measure(recipe_path: Path, out_path: Path) -> None:
     from tokengraft.config import load_recipe
     from transformers import TrainerCallback
 
-    record: dict[str, Any] = {"pre_load_rss": _status()["VmRSS"], "steps": [], "segments": []}
+    record: dict[str, Any] = {"pre_load_rss": process_memory()["VmRSS"], "steps": [], "segments": []}
     original_load = lm_recipe.load_model
 
     def load_and_mark(*args: Any, **kwargs: Any):
@@ -163,7 +163,7 @@ def measure(recipe_path: Path, out_path: Path) -> None:
                 p.sum()
         gc.collect()
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        record["baseline_rss"] = _status()["VmRSS"]
+        record["baseline_rss"] = process_memory()["VmRSS"]
         return model, tokenizer
 
     class Probe(TrainerCallback):
@@ -171,12 +171,12 @@ def measure(recipe_path: Path, out_path: Path) -> None:
         boundary, so each segment's peak is known and the overall peak is their maximum."""
 
         def _segment(self, name: str) -> None:
-            now = _status()
+            now = process_memory()
             record["segments"].append({"segment": name, "hwm": now["VmHWM"], "rss_after": now["VmRSS"]})
             Path("/proc/self/clear_refs").write_text("5")
 
         def on_train_begin(self, args, state, control, **kwargs):
-            record["train_begin_rss"] = _status()["VmRSS"]
+            record["train_begin_rss"] = process_memory()["VmRSS"]
             self._segment("setup")
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -186,7 +186,7 @@ def measure(recipe_path: Path, out_path: Path) -> None:
             self._segment("optimizer step")
 
         def on_step_end(self, args, state, control, **kwargs):
-            record["steps"].append(_status())
+            record["steps"].append(process_memory())
 
         def on_train_end(self, args, state, control, **kwargs):
             self._segment("end")

@@ -13,7 +13,13 @@ _EXPORTS = {
     "describe": "core.arch",
     "ArchInfo": "core.arch",
     "add_tokens": "core.vocab",
+    "graft": "core.graft",
+    "TokenSettings": "core.graft",
+    "save_graft": "rundir",
+    "load_recipe": "config",
+    "train": "api",
     "load": "api",
+    "evaluate": "api",
     "TokengraftError": "errors",
 }
 
