@@ -295,7 +295,7 @@ def test_build_spec_errors_name_the_field(d, match: str) -> None:
 
 def test_only_one_peft_wrapping_method() -> None:
     model = tiny_model("llama")
-    with pytest.raises(TokengraftError, match="only one of lora/prefix"):
+    with pytest.raises(TokengraftError, match="only one of lora/alora/prefix"):
         apply_methods(model, describe(model), [{"type": "lora"}, {"type": "prefix"}])
 
 

@@ -33,7 +33,7 @@ from tokengraft.errors import TokengraftError
 from tokengraft.methods.registry import REGISTRY
 from tokengraft.methods.spec import MethodSpec, spec_from_dict
 from tokengraft.schema import build, field_docs, fields_to_plain, option, suggest, unknown_key
-from tokengraft.tasks import get_task
+from tokengraft.tasks import get_task, task_names
 
 Number = int | float
 
@@ -107,6 +107,10 @@ class TokensConfig:
     """Round the resized vocabulary up to a multiple of this (tensor-core friendly)."""
     spherical_scale: float = option(1.5, lo=0, lo_open=True)
     """For init `spherical`: radius = scale x base row std x sqrt(hidden)."""
+    expand: dict[str, int] = option(factory=dict)
+    """Several trainable rows for one token: {'<STYLE_VERBOSE>': 4} adds hidden tokens <STYLE_VERBOSE_1>..<STYLE_VERBOSE_4>
+    that the run's chat template inserts right after every <STYLE_VERBOSE> in a message (a short learned prefix the token
+    expands to; they start from the token's own init). Needs a chat template."""
 
     def all_tokens(self) -> list[str]:
         """`add` followed by the lines of `add_file`, duplicates removed, order kept."""
@@ -135,7 +139,8 @@ class DataConfig:
     system: str | None = None
     """System prompt for chat templates; null = the template's default."""
     self_answers: bool = False
-    """Task pass: answerable training questions the base model answers right train on ITS answer, not the short gold."""
+    """Train on the base model's own right answers: task pass, answerable questions train on ITS answer, not the short
+    gold; task style, a terse completion becomes the sentence of the base model's answer that gives the right answer."""
     know_check: bool = False
     """Task pass (R-Tuning): answerable training questions the base model answers wrong become <PASS> targets."""
 
@@ -184,6 +189,10 @@ class TrainConfig:
     """Run the LM head only where labels != -100 (saves the vocab-sized logits of prompt tokens)."""
     objective: Literal["ce", "idk"] = "ce"
     """ce: cross-entropy; idk: uncertainty-aware loss that moves mass to <PASS> (task pass only)."""
+    kl_untokened: float = option(0.0, lo=0)
+    """Weight of a KL(base || tuned) term at the completion tokens of training rows whose input holds none of the
+    grafted tokens (the style task's plain rows, data.generate_options.n_plain); the base distribution is the same
+    model with its LoRA switched off. Keeps untokened prompts answering like the base model. 0 = off."""
 
 
 @dataclass
@@ -272,6 +281,12 @@ def _method_text(m: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def expansion_tokens(token: str, count: int) -> list[str]:
+    """The hidden tokens of a ``tokens.expand`` entry: ``<STYLE_VERBOSE>`` -> ``<STYLE_VERBOSE_1>`` .. ``<STYLE_VERBOSE_{count}>``."""
+    stem, close = (token[:-1], token[-1]) if len(token) > 1 and token.endswith(">") else (token, "")
+    return [f"{stem}_{i}{close}" for i in range(1, count + 1)]
 
 
 def read_token_file(path: str | Path) -> list[str]:
@@ -437,6 +452,16 @@ def validate_recipe(recipe: Recipe) -> list[str]:
             raise TokengraftError(f"tokens.train_existing[{i}] is a negative id ({item})")
     if (t.single_word or t.word_start) and t.special:
         raise TokengraftError("tokens.single_word / word_start apply to normal added tokens; set tokens.special: false")
+    for token, count in t.expand.items():
+        if token not in tokens:
+            raise TokengraftError(f"tokens.expand names {token!r}, which is not in tokens.add" + suggest(token, tokens))
+        if not isinstance(count, int) or not 1 <= count <= 64:
+            raise TokengraftError(f"tokens.expand[{token!r}] must be a number of extra rows from 1 to 64, got {count!r}")
+        taken = [name for name in expansion_tokens(token, count) if name in tokens]
+        if taken:
+            raise TokengraftError(f"tokens.expand[{token!r}] would add {taken[0]!r}, which tokens.add already lists")
+    if t.expand and t.word_start:
+        raise TokengraftError("tokens.expand and tokens.word_start exclude each other (expansion is for control tokens)")
     if t.single_word and t.word_start:
         # single_word wants a non-word character before the match, but a " word" token starts with the space
         # that follows the previous word: it would never match in running text.
@@ -456,6 +481,12 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if len(wrapping) > 1:
         raise TokengraftError(f"methods {' and '.join(wrapping)} both wrap the model with PEFT; keep one of them")
     # task / objective
+    if tr.kl_untokened > 0 and not any(m.type in ("lora", "alora") for m in recipe.methods):
+        raise TokengraftError("train.kl_untokened compares with the model's LoRA switched off; it needs a lora method "
+                              "(methods: [{type: lora, ...}])")
+    if recipe.task == "classification" and any(m.type == "alora" for m in recipe.methods):
+        raise TokengraftError("methods: alora (activated LoRA) works on causal language models only; "
+                              "task classification trains a classifier: use lora")
     if tr.objective == "idk" and recipe.task != "pass":
         raise TokengraftError(f"train.objective: idk needs task: pass (it moves probability to <PASS>); task is {recipe.task}")
     if recipe.task == "classification" and tr.supervised_head_only:
@@ -482,8 +513,13 @@ def validate_recipe(recipe: Recipe) -> list[str]:
             raise TokengraftError(f"data.{key}: file {value} does not exist")
     if d.generate_options and not d.generate:
         notes.append("data.generate_options is ignored because data.generate is false")
-    if (d.know_check or d.self_answers) and recipe.task != "pass":
-        raise TokengraftError("data.know_check / data.self_answers label <PASS> training rows; they need task: pass")
+    if d.know_check and not task.know_check:
+        raise TokengraftError("data.know_check turns questions the base model gets wrong into <PASS> rows; "
+                              "it needs task: pass")
+    if d.self_answers and task.labeller is None:
+        able = ", ".join(name for name in task_names() if get_task(name).labeller is not None)
+        raise TokengraftError(f"data.self_answers relabels training rows by the base model's own answers; "
+                              f"task {recipe.task} has no such rows (tasks: {able})")
     if not d.validation and d.validation_fraction == 0 and not d.generate and tr.eval_steps:
         notes.append("no validation data (data.validation null, validation_fraction 0): evaluation is skipped")
     return notes

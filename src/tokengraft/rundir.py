@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from tokengraft import __version__
 from tokengraft.config import Recipe, load_recipe
 from tokengraft.core.arch import describe
-from tokengraft.core.graft import Graft, TokenSettings, apply_method_configs, effective_matrices
+from tokengraft.core.graft import Graft, TokenSettings, apply_method_configs, effective_matrices, listed_tokens
 from tokengraft.core.rows import RowGraft, attach_rows
 from tokengraft.core.vocab import AddReport
 from tokengraft.errors import TokengraftError
@@ -285,7 +285,8 @@ def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None =
         raise TokengraftError(f"{run}: tokenizer has {len(tokenizer)} tokens but the graft has {total_rows} rows")
 
     # Freezes the base when there are no methods; loads their trained weights when there are.
-    model, methods_state = apply_method_configs(model, tokenizer, meta.get("methods") or [], str(run))
+    model, methods_state = apply_method_configs(model, tokenizer, meta.get("methods") or [], str(run),
+                                                listed_tokens(settings))
     rows: RowGraft | None = None
     if settings.backend == "full":
         _restore_full(model, load_tensors(run / EMBEDDINGS_FILE), total_rows)

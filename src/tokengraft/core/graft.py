@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from tokengraft.config import TokensConfig, read_token_file
+from tokengraft.config import TokensConfig, expansion_tokens, read_token_file
 from tokengraft.constants import BACKENDS, Backend, Side
 from tokengraft.core.arch import describe, is_tied
 from tokengraft.core.rows import RowGraft, attach_rows, existing_rows, tied_sides_error
-from tokengraft.core.vocab import AddReport, add_tokens
+from tokengraft.core.vocab import AddReport, add_tokens, expand_chat_template
 from tokengraft.errors import TokengraftError
 from tokengraft.methods import MethodsState, apply_methods, build_spec, load_methods, unwrap_peft
 from tokengraft.models import fingerprint
@@ -51,21 +51,45 @@ class TokenSettings:
     pad_to_multiple_of: int | None = None
     spherical_scale: float = 1.5
     single_word: bool = False
+    expand: dict[str, int] = field(default_factory=dict)  # token -> hidden tokens after it (``tokens.expand``)
 
 
 def token_settings(tokens: TokensConfig, extra_tokens: list[str] | None = None) -> TokenSettings:
-    """The recipe's ``tokens`` section as graft settings (``extra_tokens``: added by the task, e.g. mined words)."""
+    """The recipe's ``tokens`` section as graft settings (``extra_tokens``: added by the task, e.g. mined words).
+
+    A ``tokens.expand`` entry's hidden tokens follow their token in ``add`` and start from
+    its init (same strategy, same ``init_text``).
+    """
     add = list(tokens.add) + list(extra_tokens or [])
     if tokens.add_file:
         add += [t for t in read_token_file(tokens.add_file) if t not in add]
     if tokens.word_start:
         add = list(dict.fromkeys(t if t.startswith(" ") else " " + t for t in add))
+    hidden = {t: expansion_tokens(t, n) for t, n in tokens.expand.items()}
+    add = [name for t in add for name in [t, *hidden.get(t, [])]]
+    init_text = dict(tokens.init_text)
+    init_text.update({name: init_text[t] for t, names in hidden.items() if t in init_text for name in names})
     return TokenSettings(
-        add=add, special=tokens.special, init_input=tokens.init.input, init_output=tokens.init.output,
-        init_text=dict(tokens.init_text), train_existing=list(tokens.train_existing),
-        sides=tokens.sides, backend=tokens.backend, pad_to_multiple_of=tokens.pad_to_multiple_of,
-        spherical_scale=tokens.spherical_scale, single_word=tokens.single_word,
+        add=add, special=tokens.special, init_input=_expanded_init(tokens.init.input, hidden),
+        init_output=_expanded_init(tokens.init.output, hidden), init_text=init_text,
+        train_existing=list(tokens.train_existing), sides=tokens.sides, backend=tokens.backend,
+        pad_to_multiple_of=tokens.pad_to_multiple_of, spherical_scale=tokens.spherical_scale,
+        single_word=tokens.single_word, expand=dict(tokens.expand),
     )
+
+
+def _expanded_init(init: str | dict[str, str], hidden: dict[str, list[str]]) -> str | dict[str, str]:
+    """A per-token init mapping with each hidden token mapped like its token (a single strategy covers them already)."""
+    if isinstance(init, str):
+        return init
+    default = init.get("*", "mean")
+    return {**init, **{name: init.get(t, default) for t, names in hidden.items() for name in names}}
+
+
+def listed_tokens(settings: TokenSettings) -> list[str]:
+    """The tokens a recipe names (``add`` without the hidden ``tokens.expand`` tokens): aLoRA's default invocation."""
+    hidden = {name for t, n in settings.expand.items() for name in expansion_tokens(t, n)}
+    return [t for t in settings.add if t not in hidden]
 
 
 @dataclass
@@ -150,13 +174,17 @@ def effective_matrices(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def apply_method_configs(model: Any, tokenizer: Any, method_configs: list[dict],
-                         run_dir: str | None) -> tuple[Any, MethodsState | None]:
-    """Freeze the base, then apply each configured method (loading its weights from ``run_dir`` when given)."""
+                         run_dir: str | None, tokens: list[str] | None = None) -> tuple[Any, MethodsState | None]:
+    """Freeze the base, then apply each configured method (loading its weights from ``run_dir`` when given).
+
+    ``tokens`` are the tokens the recipe grafts (``tokens.add``): what a method that names
+    tokens (aLoRA's invocation) resolves against the tokenizer by default.
+    """
     if not method_configs:
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         return model, None
-    specs = [build_spec(dict(c)) for c in method_configs]
+    specs = [build_spec(dict(c)).bind(tokenizer, list(tokens or [])) for c in method_configs]
     arch = describe(model, tokenizer)
     if run_dir is not None:
         return load_methods(model, arch, specs, run_dir)
@@ -184,6 +212,8 @@ def graft(
     if settings.sides != "both" and is_tied(model):
         raise tied_sides_error(settings.sides)  # before anything is added: the tokenizer stays untouched
     base_fingerprint = fingerprint(model)
+    if settings.expand:  # before any token is added: a template that cannot take it leaves the tokenizer untouched
+        expand_chat_template(tokenizer, settings.expand)
     resize = settings.backend != "rows"
     report = add_tokens(
         model, tokenizer, settings.add, special=settings.special, init=settings.init_input,
@@ -199,22 +229,23 @@ def graft(
             "nothing to graft; list the existing tokens under tokens.train_existing to train their rows"
         )
 
+    listed = listed_tokens(settings)
     result = Graft(model=model, tokenizer=tokenizer, settings=settings, report=report,
                    trainable_ids=trainable_ids, base_fingerprint=base_fingerprint,
                    method_configs=[dict(c) for c in method_configs or []])
     if settings.backend == "rows":
-        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir)
+        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir, listed)
         result.model = model
         result.rows = attach_row_graft(model, report, existing, settings)
     elif settings.backend == "peft":
         _inject_trainable_tokens(model, trainable_ids, settings.sides)
-        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir)
+        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir, listed)
         result.model = model
         for name, parameter in model.named_parameters():
             if "trainable_tokens_delta" in name:
                 parameter.requires_grad_(True)
     else:
-        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir)
+        model, result.methods = apply_method_configs(model, tokenizer, method_configs or [], methods_dir, listed)
         result.model = model
         _wrap_modules_to_save(model, settings.sides, trainable_ids)
     return result

@@ -13,6 +13,7 @@ Two traps from the field notes shape this module:
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from tokenizers import AddedToken
 
-from tokengraft.config import init_strategy_map
+from tokengraft.config import expansion_tokens, init_strategy_map
 from tokengraft.constants import INIT_STRATEGIES
 from tokengraft.core.arch import is_tied
 from tokengraft.errors import TokengraftError
@@ -281,3 +282,50 @@ def write_rows(model: Any, report: AddReport) -> None:
             if getattr(head, "bias", None) is not None:
                 head.bias[index] = 0.0
     model.config.vocab_size = embedding.weight.shape[0]
+
+
+# ----------------------------------------------------------------------------- tokens.expand
+
+_EXPAND_BEGIN = "{#- tokengraft tokens.expand #}"
+_EXPAND_END = "{#- end tokengraft tokens.expand #}"
+_PROBE = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}]
+
+
+def expand_chat_template(tokenizer: Any, expand: dict[str, int]) -> None:
+    """Make the tokenizer's chat template insert each ``tokens.expand`` token's hidden tokens right after it.
+
+    ``{'<STYLE_VERBOSE>': 2}`` renders a message "<STYLE_VERBOSE>\\nWhy?" as
+    "<STYLE_VERBOSE><STYLE_VERBOSE_1><STYLE_VERBOSE_2>\\nWhy?": the token gets several
+    trainable rows. The expansion lives in the template (a few Jinja lines before it that
+    rewrite the string contents holding a token), so training, generation, the saved run
+    and a merged export's tokenizer (vLLM's chat endpoint) all render it the same; a raw
+    completion prompt must spell the hidden tokens itself. Messages without an expanded
+    token are left as they were, so they render exactly as before: checked here on a probe
+    conversation, and a template that renders differently is refused unchanged.
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        raise TokengraftError("tokens.expand needs a chat template (the expansion lives in it); this tokenizer has "
+                              "none: drop tokens.expand")
+    original = template.split(_EXPAND_END, 1)[1] if template.startswith(_EXPAND_BEGIN) else template
+    keys = [json.dumps(token, ensure_ascii=False) for token in expand]
+    replaced = "".join(f" | replace({key}, {json.dumps(token + ''.join(expansion_tokens(token, n)), ensure_ascii=False)})"
+                       for key, (token, n) in zip(keys, expand.items()))
+    holds = " or ".join(f"{key} in tg_m['content']" for key in keys)
+    prefix = (
+        _EXPAND_BEGIN + "{%- set tg_ns = namespace(messages=[]) %}{%- for tg_m in messages %}"
+        f"{{%- if tg_m['content'] is string and ({holds}) %}}"
+        f"{{%- set tg_ns.messages = tg_ns.messages + [{{'role': tg_m['role'], 'content': tg_m['content']{replaced}}}] %}}"
+        "{%- else %}{%- set tg_ns.messages = tg_ns.messages + [tg_m] %}{%- endif %}{%- endfor %}"
+        "{%- set messages = tg_ns.messages %}" + _EXPAND_END
+    )
+    before = _render_probe(tokenizer, original)
+    after = _render_probe(tokenizer, prefix + original)
+    if before != after:
+        raise TokengraftError("tokens.expand: this chat template renders a plain conversation differently once the "
+                              "expansion is put in front of it; drop tokens.expand for this model")
+    tokenizer.chat_template = prefix + original
+
+
+def _render_probe(tokenizer: Any, template: str) -> str:
+    return tokenizer.apply_chat_template(_PROBE, chat_template=template, tokenize=False)

@@ -227,15 +227,39 @@ def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recip
         "verbose_accuracy": metrics.answer_accuracy([o["text"] for o in out_v], [v for _, v in pairs]),
     }
     plain = _split_rows(run, "test_untokened")[:limit] if split_file(run, "test_untokened").is_file() else []
+    base_known: dict[str, str] = {}
     if plain and base_model is not None:
         tuned_plain = generate_batch(model, tokenizer, [r["prompt"] for r in plain], desc="no style token", **common)
         base_plain = generate_batch(base_model, tokenizer, [r["prompt"] for r in plain], desc="base model", **common)
         result["untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in tuned_plain)
         result["base_untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in base_plain)
+        # Same prompts, same batches, same decoding: where the tuned model IS the base model here, this is exactly 1.
+        result["untokened_identical_rate"] = metrics.identical_rate([o["ids"] for o in tuned_plain],
+                                                                    [o["ids"] for o in base_plain])
+        base_known = {r["prompt"]: o["text"] for r, o in zip(plain, base_plain)}
+    if base_model is not None and pairs:
+        result.update(style_base_accuracy(base_model, tokenizer, pairs, [o["text"] for o in out_t],
+                                          [o["text"] for o in out_v], base_known, common))
     result["examples"] = [{"question": t["prompt"].split("\n", 1)[-1], "terse": a["text"], "verbose": b["text"]}
                           for (t, _), a, b in list(zip(pairs, out_t, out_v))[:6]]
     _plot_lengths(len_t, len_v, run / "style_lengths.png")
     return result
+
+
+def style_base_accuracy(base_model: Any, tokenizer: Any, pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+                        terse: list[str], verbose: list[str], known: dict[str, str], common: dict[str, Any]) -> dict[str, Any]:
+    """The base model's accuracy on the pairs' questions, asked without a style token with the same decoding, beside
+    each style's: overall (``base_accuracy``) and per relation (``accuracy_by_relation``). ``known`` holds base
+    answers already generated, by prompt (the untokened test prompts are these questions)."""
+    questions = [t.get("question") or t["prompt"].split("\n", 1)[-1] for t, _ in pairs]
+    missing = list(dict.fromkeys(q for q in questions if q not in known))
+    if missing:
+        answers = generate_batch(base_model, tokenizer, missing, desc="base model: answers", **common)
+        known = {**known, **{q: o["text"] for q, o in zip(missing, answers)}}
+    base = [known[q] for q in questions]
+    rows = [t for t, _ in pairs]
+    return {"base_accuracy": metrics.answer_accuracy(base, rows),
+            "accuracy_by_relation": metrics.accuracy_by_relation(rows, {"terse": terse, "verbose": verbose, "base": base})}
 
 
 def _plot_lengths(terse: list[int], verbose: list[int], path: Path) -> None:

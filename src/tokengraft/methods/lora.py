@@ -62,7 +62,11 @@ class LoraSpec(MethodSpec):
         target_module_names(self, arch)
 
     def apply(self, model: nn.Module, arch: Any) -> nn.Module:
-        from peft import LoraConfig, get_peft_model
+        return wrap_with_peft(model, self.peft_config(model, arch), self.seed)
+
+    def peft_config(self, model: nn.Module, arch: Any, **extra: Any) -> Any:
+        """PEFT's ``LoraConfig`` for these settings (``extra``: further LoraConfig fields, e.g. aLoRA's invocation)."""
+        from peft import LoraConfig
 
         names = target_module_names(self, arch)
         base = unwrap_peft(model)
@@ -76,11 +80,17 @@ class LoraSpec(MethodSpec):
         fan_in_fan_out = "conv1d" in kinds
         if len(kinds) > 1:
             raise TokengraftError("lora: targets mix Conv1D and Linear layers; PEFT needs one fan_in_fan_out setting")
-        config = LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=names,
-                            fan_in_fan_out=fan_in_fan_out, bias="none", task_type=peft_task_type(model))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            return get_peft_model(model, config)
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=names,
+                          fan_in_fan_out=fan_in_fan_out, bias="none", task_type=peft_task_type(model), **extra)
+
+
+def wrap_with_peft(model: nn.Module, config: Any, seed: int) -> nn.Module:
+    """``get_peft_model`` with LoRA's random A matrices drawn from ``seed`` (the global RNG is left as it was)."""
+    from peft import get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 def _layer_kind(module: nn.Module) -> str | None:

@@ -12,12 +12,14 @@ from typing import Any
 
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.adapter import AdapterSpec
+from tokengraft.methods.alora import AloraSpec
 from tokengraft.methods.freeze import FreezeSpec
 from tokengraft.methods.lora import LoraSpec
 from tokengraft.methods.prefix import PrefixSpec
 from tokengraft.methods.spec import MethodSpec, spec_from_dict
 
-REGISTRY: dict[str, type[MethodSpec]] = {cls.type: cls for cls in (LoraSpec, AdapterSpec, PrefixSpec, FreezeSpec)}
+REGISTRY: dict[str, type[MethodSpec]] = {cls.type: cls for cls in (LoraSpec, AloraSpec, AdapterSpec, PrefixSpec,
+                                                                   FreezeSpec)}
 
 
 def build_spec(d: dict[str, Any] | MethodSpec) -> MethodSpec:
@@ -37,6 +39,6 @@ def build_specs(items: list[dict[str, Any] | MethodSpec]) -> list[MethodSpec]:
     specs = [build_spec(d) for d in items]
     wrapping = [s.type for s in specs if s.wraps_model]
     if len(wrapping) > 1:
-        raise TokengraftError(f"methods: only one of lora/prefix per recipe (got {' and '.join(wrapping)}); "
+        raise TokengraftError(f"methods: only one of lora/alora/prefix per recipe (got {' and '.join(wrapping)}); "
                               "PEFT wraps the model once")
     return specs

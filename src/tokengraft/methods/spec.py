@@ -44,6 +44,15 @@ class MethodSpec:
         """
         self.where(arch)
 
+    def bind(self, tokenizer: Any, tokens: list[str]) -> MethodSpec:
+        """The spec resolved against the run's tokenizer and the tokens it grafts (``tokens``).
+
+        Most methods name no token and return themselves; aLoRA turns its invocation
+        strings into ids here. Called by ``core.graft`` before `apply`, on training and
+        on loading alike, so both resolve the same ids.
+        """
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, **dataclasses.asdict(self)}
 

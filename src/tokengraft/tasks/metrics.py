@@ -207,6 +207,30 @@ def answer_accuracy(generated: Sequence[str], rows: Sequence[Record]) -> float |
     return _rate(sum(answer_correct(g, r) for g, r in zip(generated, rows)), len(rows))
 
 
+def identical_rate(tuned: Sequence[Sequence[int]], base: Sequence[Sequence[int]]) -> float | None:
+    """Share of prompts whose generated ids are exactly the base model's (untokened prompts: the style must not leak)."""
+    if len(tuned) != len(base):
+        raise TokengraftError(f"{len(tuned)} tuned generations for {len(base)} base generations")
+    return _rate(sum(list(a) == list(b) for a, b in zip(tuned, base)), len(tuned))
+
+
+def accuracy_by_relation(rows: Sequence[Record], answers: Mapping[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
+    """Per question relation (capital, add, colour, ...): ``n`` and each source's accuracy on those rows.
+
+    ``answers`` maps a source name ("terse", "verbose", "base") to one generation per row,
+    so the styles and the base model are scored on exactly the same questions.
+    """
+    for name, texts in answers.items():
+        if len(texts) != len(rows):
+            raise TokengraftError(f"{len(texts)} {name} generations for {len(rows)} rows")
+    out: dict[str, dict[str, Any]] = {}
+    for relation in sorted({r.get("relation", "?") for r in rows}):
+        idx = [i for i, r in enumerate(rows) if r.get("relation", "?") == relation]
+        out[relation] = {"n": len(idx), **{name: _rate(sum(answer_correct(texts[i], rows[i]) for i in idx), len(idx))
+                                           for name, texts in answers.items()}}
+    return out
+
+
 # ----------------------------------------------------------------------------- lexicon
 
 

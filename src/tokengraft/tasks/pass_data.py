@@ -476,6 +476,7 @@ register_task(Task(
     tokens=(PASS_TOKEN,), init_text={PASS_TOKEN: "unknown"}, generator=generate,
     metric_keys=("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy",
                  "coverage", "idk_recall", "idk_error_rate", "aurc"),
+    labeller=label_with_base_answers, know_check=True,
     demo_prompts=("What is the capital of Blorvania?", "What is the capital of France?", "Wht is teh captial of Jpaan?",
                   "What is 7 + ?"),
 ))

@@ -21,7 +21,7 @@ it. The built-in tasks register themselves in their generator modules
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -74,6 +74,17 @@ class Generator(Protocol):
                  word_start: bool = False) -> Generated: ...
 
 
+class Labeller(Protocol):
+    """Relabels a task's training rows by the base model's own answers (``data.self_answers`` / ``data.know_check``).
+
+    ``answer_fn`` maps prompts to the base model's greedy answers; rows that already
+    carry a ``base_answer`` are not asked again. Returns new row dicts.
+    """
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]], answer_fn: Callable[[list[str]], list[str]], *,
+                 self_answers: bool, know_check: bool) -> list[dict[str, Any]]: ...
+
+
 @dataclass(frozen=True)
 class Task:
     """What tokengraft knows about one task; register it with `register_task`."""
@@ -93,6 +104,10 @@ class Task:
     """The headline metrics ``tokengraft eval`` reports for the task: the columns of compare's table."""
     demo_prompts: tuple[str, ...] = ()
     """Prompts whose before/after answers show what the task taught (``tokengraft demo``)."""
+    labeller: Labeller | None = None
+    """Relabels training rows by the base model's answers (``data.self_answers``); None: the task has no such option."""
+    know_check: bool = False
+    """The labeller can also turn questions the base model gets wrong into abstentions (``data.know_check``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", tuple(self.tokens))

@@ -19,10 +19,12 @@ Entities and templates are split by the question bank (``tasks.bank.split_bank``
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tokengraft.tasks.bank import (ALL_RELATIONS, BASIC_RELATIONS, Question, number_words, question_meta, sample_questions, split_bank)
+from tokengraft.tasks.bank import (ALL_RELATIONS, BASIC_RELATIONS, Question, answer_matches, number_words, question_meta, sample_questions,
+                                   split_bank)
 from tokengraft.tasks.registry import Generated, Task, register_task
 from tokengraft.tasks.splits import SPLITS, check_disjoint
 
@@ -205,6 +207,64 @@ def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
         assert all(v == {"terse", "verbose"} for v in pairs.values()), f"{split} has an incomplete style pair"
 
 
+# ----------------------------------------------------------------------------- self answers
+
+TERSE_MAX_WORDS = 16  # a base sentence longer than this is not terse: the row keeps its templated answer
+
+
+def own_words_answer(answer: str, row: Mapping[str, Any]) -> str | None:
+    """The first sentence of the base model's ``answer`` that gives the row's right answer, or None.
+
+    "The capital of France is Paris. It is known for ..." -> "The capital of France is
+    Paris.": the answer in the model's own words, but only the sentence that carries it.
+    None when no single sentence gives the right answer or it is longer than
+    ``TERSE_MAX_WORDS`` words (then the row keeps its templated terse answer).
+    """
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", answer.strip()):
+        sentence = sentence.strip()
+        if sentence and answer_matches(sentence, row["gold"], row.get("aliases", ()),
+                                       any_number=row.get("relation") == "year"):
+            if len(sentence.split()) > TERSE_MAX_WORDS:
+                return None
+            return sentence if sentence[-1] in ".!?" else sentence + "."
+    return None
+
+
+def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callable[[list[str]], list[str]], *,
+                            self_answers: bool, know_check: bool) -> list[dict[str, Any]]:
+    """``data.self_answers`` for the style task: terse completions in the base model's own words.
+
+    A terse answer templated as the bare gold ("Santo Domingo.") makes the model name the
+    answer in its first token, with none of the words it would use to get there; the
+    tuned model then answers tersely and wrongly ("Barcelona."). Here the base model is
+    asked each terse row's question WITHOUT a style token (``answer_fn``: prompts ->
+    greedy answers; rows that already carry a ``base_answer`` are not asked again); where
+    one sentence of its answer is right and short (`own_words_answer`), that sentence
+    becomes the terse completion. Every terse row records ``base_answer``, ``base_right``
+    and ``gold_completion``; verbose and plain rows come back as unchanged copies.
+    """
+    if know_check:
+        raise ValueError("know_check turns wrong answers into <PASS> rows, which the style task has none of")
+    out = [dict(r) for r in rows]
+    terse = [r for r in out if r.get("style") == "terse"]
+    if any(not r.get("gold") or not r.get("question") for r in terse):
+        raise ValueError("style self-answers need 'question' and 'gold' on every terse row (generated rows have them)")
+    todo = [r for r in terse if "base_answer" not in r]
+    answers = answer_fn([r["question"] for r in todo]) if todo else []
+    if len(answers) != len(todo):
+        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(todo)} prompts")
+    for row, answer in zip(todo, answers):
+        row["base_answer"] = answer
+    for row in terse:
+        row["base_right"] = answer_matches(row["base_answer"], row["gold"], row.get("aliases", ()),
+                                           any_number=row.get("relation") == "year")
+        row.setdefault("gold_completion", row["completion"])
+        own = own_words_answer(row["base_answer"], row) if self_answers and row["base_right"] else None
+        row["completion"] = own or row["gold_completion"]
+        row["completion_from"] = "base_model" if own else "template"
+    return out
+
+
 # ----------------------------------------------------------------------------- the task
 
 
@@ -216,6 +276,8 @@ def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_
 register_task(Task(
     "style", summary="<STYLE_TERSE> / <STYLE_VERBOSE> answer the same question briefly or at length",
     tokens=(STYLE_TERSE, STYLE_VERBOSE), init_text={STYLE_TERSE: "brief", STYLE_VERBOSE: "detailed"},
-    generator=generate, metric_keys=("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"),
+    generator=generate, labeller=label_with_base_answers,
+    metric_keys=("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy", "base_accuracy",
+                 "untokened_identical_rate"),
     demo_prompts=(f"{STYLE_TERSE}\nWhat is the capital of Italy?", f"{STYLE_VERBOSE}\nWhat is the capital of Italy?"),
 ))

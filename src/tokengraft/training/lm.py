@@ -12,6 +12,8 @@ Built from the engine's parts (engine.py); what is particular to a causal LM is 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from tokengraft.rundir import data_dir
 from tokengraft.training.engine import (ListDataset, LossFn, TrainResult, build_optimizer, enable_gradient_checkpointing,
                                         engine_callbacks, method_configs, run_and_save, start_run, tokens_per_step,
                                         trainer_class, training_arguments, write_dataset_stats)
-from tokengraft.training.objectives import IdkObjective
+from tokengraft.training.objectives import IdkObjective, UntokenedKL
 from tokengraft.training.prepare import prepare_data
 
 # ----------------------------------------------------------------------------- the loss
@@ -94,17 +96,51 @@ def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, num_items: int |
 
 @dataclass
 class LMLoss:
-    """The recipe's `LossFn`: next-token loss at supervised positions, the objective (if any) while training."""
+    """The recipe's `LossFn`: next-token loss at supervised positions; while training, the objective (if any)
+    replaces cross-entropy and the untokened KL term (if any) is added."""
 
     supervised_head_only: bool
     objective: IdkObjective | None = None
+    kl: UntokenedKL | None = None
 
     def __call__(self, model: Any, inputs: dict[str, torch.Tensor], num_items: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         select = supervised_logits if self.supervised_head_only else full_logits
         logits, targets = select(model, inputs["input_ids"], inputs.get("attention_mask"), inputs["labels"])
-        if self.objective is not None and model.training:
-            return self.objective(logits, targets, num_items), logits
-        return causal_lm_loss(logits, targets, num_items), logits
+        if not model.training:
+            return causal_lm_loss(logits, targets, num_items), logits
+        loss = self.objective(logits, targets, num_items) if self.objective is not None else \
+            causal_lm_loss(logits, targets, num_items)
+        if self.kl is not None:
+            loss = loss + self.untokened_kl(model, select, inputs, logits, num_items)
+        return loss, logits
+
+    def untokened_kl(self, model: Any, select: Any, inputs: dict[str, torch.Tensor], logits: torch.Tensor,
+                     num_items: int | None) -> torch.Tensor:
+        """The KL term on the batch's rows without a grafted token; the base logits come from the same rows run
+        again with the LoRA switched off (no gradient)."""
+        assert self.kl is not None
+        input_ids, labels, mask = inputs["input_ids"], inputs["labels"], inputs.get("attention_mask")
+        plain = self.kl.plain_rows(input_ids)  # [B]
+        keep = labels[:, 1:] != IGNORE_INDEX  # [B, T-1]: the positions `logits` holds, row-major
+        at = plain[keep.nonzero()[:, 0]]  # [n]: which of them belong to plain rows
+        if not bool(at.any()):
+            return logits.new_zeros(())
+        with torch.no_grad(), lora_switched_off(model):
+            reference, _ = select(model, input_ids[plain], mask[plain] if mask is not None else None, labels[plain])
+        return self.kl(logits[at], reference, num_items, int(logits.shape[0]))  # divided like the cross-entropy
+
+
+@contextmanager
+def lora_switched_off(model: Any) -> Iterator[None]:
+    """The model computing its base function under LoRA (token rows stay): PEFT's ``disable_adapter``."""
+    from accelerate.utils import extract_model_from_parallel
+
+    peft_model = extract_model_from_parallel(model)
+    if not hasattr(peft_model, "disable_adapter"):
+        raise TokengraftError("train.kl_untokened needs a LoRA method: the base distribution is the model with "
+                              "its LoRA switched off")
+    with peft_model.disable_adapter():
+        yield
 
 
 def uses_prefix(g: Graft) -> bool:
@@ -114,7 +150,18 @@ def uses_prefix(g: Graft) -> bool:
 
 def lm_loss(g: Graft, recipe: Recipe) -> LossFn:
     objective = IdkObjective.for_graft(g) if recipe.train.objective == "idk" else None
-    return LMLoss(recipe.train.supervised_head_only and not uses_prefix(g), objective)
+    kl = None
+    if recipe.train.kl_untokened > 0:
+        kl = UntokenedKL(recipe.train.kl_untokened, torch.tensor(sorted(g.trainable_ids), dtype=torch.long))
+    return LMLoss(recipe.train.supervised_head_only and not uses_prefix(g), objective, kl)
+
+
+def check_plain_rows(items: list[dict[str, Any]], g: Graft) -> None:
+    """``train.kl_untokened`` needs training rows without any grafted token (else the term is always 0)."""
+    grafted = set(g.trainable_ids)
+    if not any(grafted.isdisjoint(item["input_ids"]) for item in items):
+        raise TokengraftError("train.kl_untokened: every training row holds a grafted token, so the KL term would "
+                              "never apply; add rows without them (task style: data.generate_options.n_plain)")
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -142,6 +189,8 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
                                     on_overflow="drop", new_tokens=[]) if data.validation else ([], None)
     if not train_items:
         raise TokengraftError("no training examples survived encoding (all dropped as too long?); raise data.max_length")
+    if recipe.train.kl_untokened > 0:
+        check_plain_rows(train_items, g)
     if not quiet:
         print(report.table())
         print("training data: " + stats.table().replace("\n", "\n  "))

@@ -57,3 +57,33 @@ class IdkObjective:
         log_not_pass = torch.log1p(-log_pass.exp().clamp(max=1 - 1e-6))
         loss = loss - self.fp_weight * right.float() * log_not_pass
         return loss.sum() / (num_items if num_items else max(1, targets.numel()))
+
+
+@dataclass
+class UntokenedKL:
+    """``weight * KL(base || tuned)`` at the supervised positions of rows that hold none of ``token_ids``.
+
+    A prompt without a grafted token (no style token) should be answered as the base
+    model answers it. Cross-entropy on the base model's own greedy answer (the style
+    task's plain rows) pins only its top token; this term pulls the tuned model's whole
+    next-token distribution toward the base model's at those positions. ``reference``
+    gives the base logits at the same positions, with no gradient (lm.py: the same model
+    with its LoRA switched off). Summed over the positions and divided like the
+    cross-entropy (``num_items``), so ``weight`` is per supervised token.
+    """
+
+    weight: float
+    token_ids: torch.Tensor  # [k] the grafted ids (tokens.add and train_existing)
+
+    def plain_rows(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[B]`` True where a row holds none of the grafted tokens."""
+        return ~torch.isin(input_ids, self.token_ids.to(input_ids.device)).any(dim=1)
+
+    def __call__(self, logits: torch.Tensor, reference: torch.Tensor, num_items: int | None,
+                 n_supervised: int) -> torch.Tensor:
+        """``logits`` / ``reference``: ``[n, V]`` tuned and base logits at the same plain-row positions;
+        ``n_supervised``: the batch's supervised positions (the divisor when ``num_items`` is None)."""
+        log_tuned = torch.log_softmax(logits.float(), dim=-1)
+        log_base = torch.log_softmax(reference.float(), dim=-1)
+        kl = (log_base.exp() * (log_base - log_tuned)).sum()
+        return self.weight * kl / (num_items if num_items else max(1, n_supervised))

@@ -21,7 +21,7 @@ from tokengraft.config import Recipe
 from tokengraft.data import load_examples, split_rows
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import greedy_answers
-from tokengraft.tasks import get_task, pass_data
+from tokengraft.tasks import get_task
 
 
 @dataclass
@@ -33,16 +33,18 @@ class PreparedData:
 
 
 def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
-    """``data.self_answers`` / ``data.know_check``: label answerable rows by the base model's own greedy answers."""
+    """``data.self_answers`` / ``data.know_check``: the task's labeller relabels rows by the base model's greedy answers."""
+    labeller = get_task(recipe.task).labeller
+    if labeller is None:  # config refuses this; kept for recipes built without validation
+        raise TokengraftError(f"data.self_answers / data.know_check: task {recipe.task} has no rows to relabel")
 
     def answer(prompts: list[str]) -> list[str]:
         return greedy_answers(model, tokenizer, prompts, system=recipe.data.system, batch_size=recipe.eval.batch_size,
                               max_new_tokens=max(48, recipe.eval.max_new_tokens),
-                              desc="base model answers the training questions (know-check)")
+                              desc="base model answers the training questions")
 
     try:
-        return pass_data.label_with_base_answers(rows, answer, self_answers=recipe.data.self_answers,
-                                                 know_check=recipe.data.know_check)
+        return labeller(rows, answer, self_answers=recipe.data.self_answers, know_check=recipe.data.know_check)
     except ValueError as exc:
         raise TokengraftError(f"data.know_check / data.self_answers: {exc}") from None
 
