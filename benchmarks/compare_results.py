@@ -6,7 +6,8 @@
 The markdown starts with the exact command, then `compare`'s own table, then the
 per-run task details `compare` leaves out of its table (per-class accuracy and
 accuracy by corruption kind for classification; <PASS> recall by kind, the calibrated
-bias and the READ probe for pass), all read from each run's ``metrics.json``.
+bias and the READ probe for pass; answer accuracy per relation for style), all read from each run's
+``metrics.json``.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import json
 import platform
 import shutil
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -27,12 +29,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + \
-        ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+        ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
 
 
-def _run_metrics(out: Path, recipe: str) -> dict[str, Any]:
+def run_metrics(out: Path, recipe: str) -> dict[str, Any]:
     path = out / recipe / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -48,7 +50,7 @@ def _kind_counts(out: Path, first: str) -> dict[str, int]:
     return counts
 
 
-def _details(task: str, metrics: dict[str, dict[str, Any]], counts: dict[str, int]) -> list[str]:
+def details(task: str, metrics: dict[str, dict[str, Any]], counts: dict[str, int]) -> list[str]:
     lines: list[str] = []
     names = list(metrics)
 
@@ -57,24 +59,62 @@ def _details(task: str, metrics: dict[str, dict[str, Any]], counts: dict[str, in
     if task == "classification":
         classes = sorted({c for m in metrics.values() for c in m.get("per_class", {})})
         lines += ["", "Per-class accuracy (recall of each true class) on the test split:", ""]
-        lines += _table(["recipe", *classes, "majority baseline", "test rows"],
+        lines += table(["recipe", *classes, "majority baseline", "test rows"],
                         [[n, *[metrics[n].get("per_class", {}).get(c, {}).get("accuracy") for c in classes],
                           metrics[n].get("majority_baseline"), metrics[n].get("test_rows")] for n in names])
         kinds = sorted({k for m in metrics.values() for k in m.get("accuracy_by_kind", {})})
         if kinds:
             lines += ["", "Accuracy by row kind (answerable, and each corruption; `shuffled_words` and `truncated` "
                       "never occur in training):", ""]
-            lines += _table(["recipe", *map(head, kinds)], [[n, *[metrics[n].get("accuracy_by_kind", {}).get(k) for k in kinds]]
+            lines += table(["recipe", *map(head, kinds)], [[n, *[metrics[n].get("accuracy_by_kind", {}).get(k) for k in kinds]]
                                                  for n in names])
+    elif task == "style":
+        relations = sorted({r for m in metrics.values() for r in m.get("accuracy_by_relation", {})})
+        lines += ["", "Answer accuracy per relation, terse / verbose / base model on the same held-out questions "
+                  "(the base model asked without a style token, same greedy decoding):", ""]
+        sizes: dict[str, int] = {}
+        for m in metrics.values():
+            for relation, cell in m.get("accuracy_by_relation", {}).items():
+                sizes.setdefault(relation, cell["n"])
+        header = ["recipe"] + [f"{r} (n={sizes[r]})" for r in relations]
+        rows = []
+        for n in names:
+            by = metrics[n].get("accuracy_by_relation", {})
+            rows.append([n] + ["/".join(fmt(by.get(r, {}).get(k)) for k in ("terse", "verbose", "base")) for r in relations])
+        lines += table(header, rows)
     elif task == "pass":
         kinds = sorted({k for m in metrics.values() for k in m.get("pass_recall_by_kind", {})})
         lines += ["", "Calibrated <PASS> bias, READ probe and <PASS> recall by corruption kind "
                   "(`shuffled_words` and `truncated` never occur in training):", ""]
-        lines += _table(["recipe", "pass_bias", "base_clean_accuracy", "read_probe_accuracy", *map(head, kinds)],
+        lines += table(["recipe", "pass_bias", "base_clean_accuracy", "read_probe_accuracy", *map(head, kinds)],
                         [[n, metrics[n].get("pass_bias"), metrics[n].get("base_clean_accuracy"),
                           metrics[n].get("read_probe_accuracy"),
                           *[metrics[n].get("pass_recall_by_kind", {}).get(k) for k in kinds]] for n in names])
     return lines
+
+
+def write_results(out: Path, prefix: Path, command: str, notes: list[str],
+                  extra: Callable[[dict[str, dict[str, Any]]], list[str]] | None = None) -> dict[str, Any]:
+    """``prefix``.md / .json (+ the eval-loss PNG) from the compare directory ``out``; ``extra`` adds markdown lines
+    computed from the runs' metrics (a benchmark's own tables). Returns what the JSON holds."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    result = json.loads((out / "compare.json").read_text())
+    names = [row["recipe"] for row in result["rows"]]
+    metrics = {n: run_metrics(out, n) for n in names}
+    lines = [f"# tokengraft compare: {result['task']}", "", "```", command, "```", ""]
+    lines += [f"- {note}" for note in notes]
+    lines += [f"- machine: {platform.machine()}, Python {platform.python_version()}; CPU only", ""]
+    lines += (out / "compare.md").read_text().rstrip("\n").splitlines()
+    lines += details(result["task"], metrics, _kind_counts(out, names[0]))
+    lines += extra(metrics) if extra is not None else []
+    lines += ["", f"Eval-loss curves: `{prefix.name}_eval_loss.png`.", ""]
+    prefix.with_suffix(".md").write_text("\n".join(lines))
+    slim = {n: {k: v for k, v in m.items() if k not in ("examples", "sweep")} for n, m in metrics.items()}
+    saved = {"command": command, "notes": notes, **result, "metrics": slim}
+    prefix.with_suffix(".json").write_text(json.dumps(saved, indent=2))
+    if (out / "compare_eval_loss.png").is_file():
+        shutil.copy2(out / "compare_eval_loss.png", prefix.parent / f"{prefix.name}_eval_loss.png")
+    return saved
 
 
 def main() -> None:
@@ -84,23 +124,7 @@ def main() -> None:
     parser.add_argument("--command", required=True, help="the exact command that produced compare_dir")
     parser.add_argument("--note", action="append", default=[], help="a line of context (repeatable)")
     args = parser.parse_args()
-    out, prefix = Path(args.compare_dir), Path(args.prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    result = json.loads((out / "compare.json").read_text())
-    names = [row["recipe"] for row in result["rows"]]
-    metrics = {n: _run_metrics(out, n) for n in names}
-    lines = [f"# tokengraft compare: {result['task']}", "", "```", args.command, "```", ""]
-    lines += [f"- {note}" for note in args.note]
-    lines += [f"- machine: {platform.machine()}, Python {platform.python_version()}; CPU only", ""]
-    lines += (out / "compare.md").read_text().rstrip("\n").splitlines()
-    lines += _details(result["task"], metrics, _kind_counts(out, names[0]))
-    lines += ["", f"Eval-loss curves: `{prefix.name}_eval_loss.png`.", ""]
-    prefix.with_suffix(".md").write_text("\n".join(lines))
-    slim = {n: {k: v for k, v in m.items() if k not in ("examples", "sweep")} for n, m in metrics.items()}
-    saved = {"command": args.command, "notes": args.note, **result, "metrics": slim}
-    prefix.with_suffix(".json").write_text(json.dumps(saved, indent=2))
-    if (out / "compare_eval_loss.png").is_file():
-        shutil.copy2(out / "compare_eval_loss.png", prefix.parent / f"{prefix.name}_eval_loss.png")
+    write_results(Path(args.compare_dir), Path(args.prefix), args.command, args.note)
 
 
 if __name__ == "__main__":

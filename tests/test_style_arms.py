@@ -329,6 +329,7 @@ def _style_recipe(model_dir: Path, methods: list[dict], *, tokens: dict | None =
 
 @pytest.mark.parametrize("change, message", [
     ({"methods": [{"type": "adapter"}], "train": {"kl_untokened": 1.0}}, "train.kl_untokened compares with"),
+    ({"methods": [ALORA], "train": {"kl_untokened": 1.0}}, "an alora already runs untokened rows"),
     ({"tokens": {"expand": {"<STYLE_X>": 2}}}, "tokens.expand names '<STYLE_X>'"),
     ({"tokens": {"expand": {"<STYLE_TERSE>": 0}}}, "from 1 to 64"),
     ({"data": {"know_check": True}}, "it needs task: pass"),

@@ -21,7 +21,8 @@ SHORT = ["train.max_steps=3", "train.save_steps=0", "train.eval_steps=0", "train
 KEYS = {
     "pass": ["pass_recall", "false_pass_rate", "clean_accuracy", "base_clean_accuracy", "aurc", "wrong_answer_rate",
              "selective_accuracy", "coverage", "idk_recall", "idk_error_rate", "pass_bias"],
-    "style": ["length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy"],
+    "style": ["length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy", "base_accuracy",
+              "untokened_identical_rate"],
     "lexicon": ["bits_per_byte", "base_bits_per_byte", "tokens_per_byte", "base_tokens_per_byte",
                 "step0_bits_per_byte_subwords", "step0_bits_per_byte_spherical"],
 }

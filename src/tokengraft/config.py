@@ -218,7 +218,7 @@ class Recipe:
     tokens: TokensConfig = field(default_factory=TokensConfig)
     """Which tokens to add or train, how their rows start, and where they live."""
     methods: list[MethodSpec] = option(factory=lambda: [_default_lora()], parse=_parse_methods)
-    """Methods applied to the base model, each {type: lora|adapter|prefix|freeze, ...its fields}."""
+    """Methods applied to the base model, each {type: lora|alora|adapter|prefix|freeze, ...its fields}."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data and how it is rendered and cut."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -481,9 +481,9 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if len(wrapping) > 1:
         raise TokengraftError(f"methods {' and '.join(wrapping)} both wrap the model with PEFT; keep one of them")
     # task / objective
-    if tr.kl_untokened > 0 and not any(m.type in ("lora", "alora") for m in recipe.methods):
+    if tr.kl_untokened > 0 and not any(m.type == "lora" for m in recipe.methods):
         raise TokengraftError("train.kl_untokened compares with the model's LoRA switched off; it needs a lora method "
-                              "(methods: [{type: lora, ...}])")
+                              "(methods: [{type: lora, ...}]; an alora already runs untokened rows as the base model)")
     if recipe.task == "classification" and any(m.type == "alora" for m in recipe.methods):
         raise TokengraftError("methods: alora (activated LoRA) works on causal language models only; "
                               "task classification trains a classifier: use lora")

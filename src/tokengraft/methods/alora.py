@@ -26,10 +26,10 @@ What PEFT provides and what tokengraft adds:
 PEFT's limits hold: causal language models only; the update cannot be merged into the
 base weights (``merge_blocker``: no ``export --merged`` / ``--gguf``); PEFT refuses
 beam search; its docs advise a larger rank than plain LoRA (``r`` defaults to 32 here),
-since only part of each sequence adapts. Serving: vLLM and llama.cpp's server read
-PEFT's ``alora_invocation_tokens`` (one sequence per adapter, the last occurrence in
-the prompt), so an adapter with several invocations is served as one adapter per
-invocation with the same weights (docs/tasks.md).
+since only part of each sequence adapts. The run directory (``tokengraft.load``) is the
+form that runs it. Serving elsewhere (docs/tasks.md): vLLM 0.32 refuses aLoRA adapters;
+llama.cpp's server runs one (one invocation sequence per adapter, one aLoRA per request),
+so an adapter with several invocations would be converted once per invocation (untested).
 """
 
 from __future__ import annotations
