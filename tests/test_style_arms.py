@@ -343,6 +343,10 @@ def test_recipe_checks_for_the_new_settings(tmp_path: Path, change: dict, messag
     alora_classifier = {"task": "classification", "methods": [ALORA], "data": {"train": __file__}}
     with pytest.raises(TokengraftError, match="alora .* causal language models only"):
         validate_recipe(recipe_from_dict(alora_classifier))
+    expand_classifier = {"task": "classification", "methods": [], "tokens": {"add": ["<X>"], "expand": {"<X>": 2}},
+                         "data": {"train": __file__}}
+    with pytest.raises(TokengraftError, match="drop tokens.expand for task classification"):
+        validate_recipe(recipe_from_dict(expand_classifier))
     validate_recipe(recipe_from_dict({"task": "style", "tokens": {"add": list(STYLES)}, "data": {"generate": True,
                                       "self_answers": True}, "train": {"kl_untokened": 0.5}}))
 
@@ -379,3 +383,22 @@ def test_style_arms_train_and_evaluate(tmp_path: Path, style_model_dir: Path, ar
 
 def _test_pairs(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+
+
+def test_self_answers_on_a_given_file_keep_the_relabelled_rows_beside_the_run(tmp_path: Path, style_model_dir: Path):
+    """compare hands later arms the first arm's train.jsonl: the relabelled copy is written to the run, the input kept."""
+    from tokengraft.models import load_model
+    from tokengraft.tasks import write_jsonl
+    from tokengraft.training.prepare import prepare_data
+
+    splits = generate_splits(seed=2, n_train=6, n_validation=2, n_test=2, n_plain=1)
+    given = write_jsonl([dict(r, completion=r["completion"] or "Base words.") for r in splits["train"]],
+                        tmp_path / "given" / "train.jsonl")
+    before = given.read_text()
+    recipe = _style_recipe(style_model_dir, [], data={"generate": False, "train": str(given), "self_answers": True,
+                                                      "validation_fraction": 0.0, "generate_options": {}})
+    model, tokenizer = load_model(str(style_model_dir), device="cpu")
+    data = prepare_data(recipe, tmp_path / "run" / "data", tokenizer, model)
+    assert data.files["train"] == tmp_path / "run" / "data" / "train.jsonl" and given.read_text() == before
+    saved = [json.loads(line) for line in data.files["train"].read_text().splitlines()]
+    assert saved == data.train and all("base_answer" in r for r in saved if r["style"] == "terse")

@@ -110,7 +110,7 @@ class TokensConfig:
     expand: dict[str, int] = option(factory=dict)
     """Several trainable rows for one token: {'<STYLE_VERBOSE>': 4} adds hidden tokens <STYLE_VERBOSE_1>..<STYLE_VERBOSE_4>
     that the run's chat template inserts right after every <STYLE_VERBOSE> in a message (a short learned prefix the token
-    expands to; they start from the token's own init). Needs a chat template."""
+    expands to; they start from the token's own init). Needs a chat template; `text` rows, which skip it, are not expanded."""
 
     def all_tokens(self) -> list[str]:
         """`add` followed by the lines of `add_file`, duplicates removed, order kept."""
@@ -484,6 +484,9 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if tr.kl_untokened > 0 and not any(m.type == "lora" for m in recipe.methods):
         raise TokengraftError("train.kl_untokened compares with the model's LoRA switched off; it needs a lora method "
                               "(methods: [{type: lora, ...}]; an alora already runs untokened rows as the base model)")
+    if recipe.task == "classification" and t.expand:
+        raise TokengraftError("tokens.expand inserts its hidden tokens through the chat template, which a classifier's "
+                              "text rows never go through; drop tokens.expand for task classification")
     if recipe.task == "classification" and any(m.type == "alora" for m in recipe.methods):
         raise TokengraftError("methods: alora (activated LoRA) works on causal language models only; "
                               "task classification trains a classifier: use lora")

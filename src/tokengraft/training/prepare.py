@@ -21,7 +21,7 @@ from tokengraft.config import Recipe
 from tokengraft.data import load_examples, split_rows
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import greedy_answers
-from tokengraft.tasks import get_task
+from tokengraft.tasks import get_task, write_jsonl
 
 
 @dataclass
@@ -84,15 +84,22 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
     if not recipe.data.train:
         raise TokengraftError("data.train is not set; give a JSONL file or set data.generate: true for a built-in task")
     train_rows: list[Any] = load_examples(recipe.data.train)  # errors name file and line
+    train_file = Path(recipe.data.train)
     if recipe.data.know_check or recipe.data.self_answers:
         if any(e.kind != "prompt" for e in train_rows):
             raise TokengraftError("data.know_check / data.self_answers need prompt/completion rows in data.train")
         train_rows = _label(
             recipe, [{"prompt": e.prompt, "completion": e.completion, **e.meta} for e in train_rows], tokenizer, model)
+        # The relabelled rows (before any validation split) stay beside the run, like generated splits.
+        labelled = Path(data_dir) / "train.jsonl"
+        if labelled.resolve() != train_file.resolve():  # never overwrite the file read
+            train_file = labelled
+            if os.environ.get("RANK", "0") == "0":
+                write_jsonl(train_rows, train_file)
     if recipe.data.validation:
         validation: list[Any] = load_examples(recipe.data.validation)
     elif recipe.data.validation_fraction > 0:
         train_rows, validation = split_rows(train_rows, recipe.data.validation_fraction, recipe.seed)
     else:
         validation = []
-    return PreparedData(train=train_rows, validation=validation, files={"train": Path(recipe.data.train)})
+    return PreparedData(train=train_rows, validation=validation, files={"train": train_file})
