@@ -24,9 +24,10 @@ What PEFT provides and what tokengraft adds:
   adds (``tokens.add``). They are resolved to ids by `bind` with the run's tokenizer.
 
 PEFT's limits hold: causal language models only; the update cannot be merged into the
-base weights (``merge_blocker``: no ``export --merged`` / ``--gguf``); PEFT refuses
-beam search; its docs advise a larger rank than plain LoRA (``r`` defaults to 32 here),
-since only part of each sequence adapts. The run directory (``tokengraft.load``) is the
+base weights (``merge_blocker``: no ``export --merged`` / ``--gguf``); its docs advise a
+larger rank than plain LoRA (``r`` defaults to 32 here), since only part of each sequence
+adapts. PEFT refuses beam search with aLoRA; here the activation follows each row through
+the cache and a prompt's beams share it, so nothing refuses it, but it is untested. The run directory (``tokengraft.load``) is the
 form that runs it. Serving elsewhere (docs/tasks.md): vLLM 0.32 refuses aLoRA adapters;
 llama.cpp's server runs one (one invocation sequence per adapter, one aLoRA per request),
 so an adapter with several invocations would be converted once per invocation (untested).
