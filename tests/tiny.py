@@ -77,3 +77,17 @@ def tiny_tokenizer(vocab_size: int = VOCAB, with_chat_template: bool = True) -> 
             "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
         )
     return tok
+
+
+def tiny_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with no merges (GPT-2's pre-tokenizer and byte alphabet): every UTF-8 byte
+    is one piece, so German words and CJK characters (3 bytes each) split into many pieces, as they do in an
+    English-centred vocabulary. Ids 0-2 are <pad>, <s>, </s>; 259 ids in all."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    pieces = ["<pad>", "<s>", "</s>"] + sorted(alphabet)
+    backend = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")

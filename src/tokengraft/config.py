@@ -111,6 +111,9 @@ class TokensConfig:
     """Several trainable rows for one token: {'<STYLE_VERBOSE>': 4} adds hidden tokens <STYLE_VERBOSE_1>..<STYLE_VERBOSE_4>
     that the run's chat template inserts right after every <STYLE_VERBOSE> in a message (a short learned prefix the token
     expands to; they start from the token's own init). Needs a chat template; `text` rows, which skip it, are not expanded."""
+    distill_output: bool = False
+    """After init, fit each new token's output row (a tied model's shared row) so its logit matches the log-probability
+    of its pieces on training contexts (least squares, anchored at the init; core/distill.py). Needs backend rows."""
 
     def all_tokens(self) -> list[str]:
         """`add` followed by the lines of `add_file`, duplicates removed, order kept."""
@@ -304,6 +307,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         if isinstance(sect, dict) and isinstance(sect.get(key), str) and sect[key]:
             p = Path(sect[key]).expanduser()
             sect[key] = str(p if p.is_absolute() else (base / p).resolve())
+    options = raw.get("data", {}).get("generate_options") if isinstance(raw.get("data"), dict) else None
+    if isinstance(options, dict) and isinstance(options.get("corpus"), str) and options["corpus"]:
+        p = Path(options["corpus"]).expanduser()  # the lexicon task's corpus directory
+        options["corpus"] = str(p if p.is_absolute() else (base / p).resolve())
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("name"), str):
         name = model["name"]
@@ -462,6 +469,8 @@ def validate_recipe(recipe: Recipe) -> list[str]:
             raise TokengraftError(f"tokens.expand[{token!r}] would add {taken[0]!r}, which tokens.add already lists")
     if t.expand and t.word_start:
         raise TokengraftError("tokens.expand and tokens.word_start exclude each other (expansion is for control tokens)")
+    if t.distill_output and t.backend != "rows":
+        raise TokengraftError(f"tokens.distill_output fits the row-sparse rows; set tokens.backend: rows (not {t.backend})")
     if t.single_word and t.word_start:
         # single_word wants a non-word character before the match, but a " word" token starts with the space
         # that follows the previous word: it would never match in running text.

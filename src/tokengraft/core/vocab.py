@@ -52,6 +52,7 @@ class AddReport:
     init_input: torch.Tensor | None = None  # [len(new_ids), hidden]
     init_output: torch.Tensor | None = None  # None when tied
     resized: bool = False
+    pieces: dict[str, list[int]] = field(default_factory=dict)  # new token -> its ids under the original tokenizer
 
     @property
     def new_ids(self) -> list[int]:
@@ -257,7 +258,7 @@ def add_tokens(
         requested=len(tokens), already_present=already, added=new, ids=ids,
         old_tokenizer_size=old_tokenizer_size, final_tokenizer_size=len(tokenizer),
         old_rows=old_rows, final_rows=final_rows, inside_matrix=inside, appended=appended,
-        init_input=init_input, init_output=init_output,
+        init_input=init_input, init_output=init_output, pieces=pieces,
     )
     if resize and new:
         write_rows(model, report)

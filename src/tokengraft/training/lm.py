@@ -22,9 +22,10 @@ import torch
 
 from tokengraft.config import Recipe
 from tokengraft.constants import IGNORE_INDEX
+from tokengraft.core.distill import fit_output_rows
 from tokengraft.core.graft import Graft, graft, token_settings
 from tokengraft.core.guard import audit, preflight
-from tokengraft.data import Collator, check_tokens_used, encode_examples
+from tokengraft.data import Collator, Example, check_tokens_used, encode_examples
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import load_model
@@ -143,6 +144,16 @@ def lora_switched_off(model: Any) -> Iterator[None]:
         yield
 
 
+def example_text(row: Any) -> str:
+    """The running text of a training row (a generated dict or a loaded `Example`): plain text, or prompt
+    then completion; what the rows are fitted on."""
+    if isinstance(row, Example):
+        return row.completion if row.kind == "text" else f"{row.prompt}\n{row.completion}"
+    if "text" in row:
+        return str(row["text"])
+    return f"{row.get('prompt', '')}\n{row.get('completion') or ''}"
+
+
 def uses_prefix(g: Graft) -> bool:
     """Prefix tuning prepends virtual tokens, which the supervised-only head cannot line up with the labels."""
     return any(c.get("type") == "prefix" for c in g.method_configs)
@@ -180,6 +191,10 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     data = prepare_data(recipe, data_dir(run), tokenizer, model)
     settings = token_settings(recipe.tokens, data.extra_tokens)
     g = graft(model, tokenizer, settings, method_configs(recipe), seed=recipe.seed, verbose=not quiet)
+    if recipe.tokens.distill_output:
+        distilled = fit_output_rows(g, [example_text(r) for r in data.train], seed=recipe.seed)
+        if not quiet:
+            print(f"tokengraft: {distilled.summary()}")
     preflight(g)
     report = audit(g)
     train_items, stats = encode_examples(data.train, tokenizer, recipe.data.max_length, system=recipe.data.system,
