@@ -202,3 +202,41 @@ def test_distilled_rows_need_the_rows_backend_and_a_text_that_uses_the_tokens(tm
                                                               "distill_output": True}, "data": {"generate": True}}))
     with pytest.raises(TokengraftError, match="backend: rows"):
         load_recipe(path)
+
+
+# ----------------------------------------------------------------------------- the recipes, on a tiny model
+
+
+@pytest.fixture(scope="module")
+def byte_model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tiny-byte-llama")
+    tok = tiny_byte_tokenizer()
+    tiny_model("llama", vocab_size=len(tok), max_position_embeddings=1024).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("name, text", [("lexicon_de.yaml", GERMAN), ("lexicon_zh.yaml", CHINESE)])
+def test_language_recipe_trains_on_a_tiny_model_with_a_tiny_corpus(name, text, byte_model_dir, tmp_path, capsys):
+    """The shipped recipe through `tokengraft train`: mining, the distilled output fit, two steps."""
+    from tokengraft.cli.main import main
+
+    corpus = tmp_path / "corpus"
+    L.write_corpus({"train": {f"ch{i}": text for i in range(4)}, "validation": {"ch8": text[:40]},
+                    "test": {"ch9": text[:60]}}, corpus)
+    run = tmp_path / "run"
+    config = Path(__file__).resolve().parent.parent / "configs" / name
+    code = main(["train", str(config), f"model.name={byte_model_dir}", "model.device=cpu", "train.max_steps=2",
+                 "train.save_steps=0", "train.eval_steps=0", "train.snapshot_steps=0", "train.batch_size=2",
+                 f"data.generate_options.corpus={corpus}", "data.generate_options.chunk_chars=60",
+                 "--output", str(run)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "distilled output rows:" in out.out
+    meta = json.loads((run / "graft.json").read_text())
+    tokens = [t["token"] for t in meta["tokens"]]
+    assert meta["steps"] == 2 and tokens
+    if name == "lexicon_de.yaml":
+        assert " Paketverwaltung" in tokens and all(t.startswith(" ") for t in tokens)
+    else:
+        assert not any(t.startswith(" ") for t in tokens) and any(len(t) >= 2 for t in tokens)

@@ -1,0 +1,401 @@
+"""Vocabulary expansion for a new language: does the lexicon pay off on real held-out text?
+
+    # once: the corpus (Debian's translated Debian Reference, split by chapter; see lexicon_corpus.py)
+    apt-get install -y debian-reference-en debian-reference-de debian-reference-ja debian-reference-zh-cn
+    python benchmarks/lexicon_corpus.py
+    # 1. tokenizer only (no model, ~3 min): tokens per byte on the held-out chapters, per language and budget
+    python benchmarks/lexicon_languages.py tokenizer
+    # 2. step-0 bits per byte of each init strategy (built-in model, no training; ~10 min per language)
+    python benchmarks/lexicon_languages.py inits --langs de zh-cn
+    # 3. train + evaluate the recipes (the heavy part; see the runtime estimate in docs/lexicon_languages.md)
+    python benchmarks/lexicon_languages.py train configs/lexicon_de.yaml configs/lexicon_zh.yaml --workdir runs/lang
+    # any time: rebuild the markdown from the JSON parts present
+    python benchmarks/lexicon_languages.py report
+
+Every part writes ``benchmarks/results/lexicon_languages_<part>.json`` and then
+rebuilds ``benchmarks/results/lexicon_languages.md`` from all parts present.
+
+- ``tokenizer``: for German, Japanese, Chinese (and English, the same guide) from the
+  Debian Reference, and the pydoc corpus (the control: text the tokenizer already
+  fits), mines a lexicon from the TRAIN chapters at budgets of 1k-40k tokens with the
+  miner that fits the script (words after a space / CJK units / identifiers), adds
+  it to a fresh copy of the built-in tokenizer exactly as training does
+  (``core.vocab.register_tokens``) and counts tokens per UTF-8 byte on the TEST
+  chapters against the base tokenizer. ``min_count`` 2 and 1 are both reported: the
+  corpus (~0.4-0.5 MB of training text per language) runs out of repeated words
+  before 10k.
+- ``inits``: the built-in model with the language's lexicon (``--budget``) added and
+  NOT trained, bits per byte on the test chapters for each init: mean, Hewitt (mean +
+  noise), subwords (FVT), spherical (reference 004), and subwords followed by the
+  distilled output fit (``core.distill``); the base model is the floor.
+- ``train``: each recipe runs in a fresh process (``tokengraft.api.train``) with its
+  peak memory measured as in plan_vs_measured.py (VmHWM growth over the loaded model,
+  ``MALLOC_MMAP_THRESHOLD_=65536``), next to ``tokengraft plan``'s figure for the mined
+  token count; then ``tokengraft eval`` metrics (tokens/byte and bits/byte vs the
+  base model, new-token use in generation, step-0 bits per byte), the CPU time to
+  score the held-out text with the expanded vs the base model (fewer tokens = less
+  work), and bits per byte on the pydoc test split (the English control must not get
+  worse by more than 2 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_token_rows import process_memory  # VmRSS / VmHWM, the same measurement as the other benchmarks
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+CORPUS = ROOT / "data" / "debian-reference"
+BUDGETS = (1000, 2000, 5000, 10000, 20000, 40000)
+# language -> (miner, word_start): words after a space for German/English, units for CJK.
+LANGUAGES = {"de": ("words", True), "ja": ("units", False), "zh-cn": ("units", False), "en": ("words", True)}
+INITS = ("mean", "hewitt", "subwords", "spherical", "subwords+distill")
+BUDGET_GIB = 8  # the verdict's budget: a third of this 24 GiB machine, which several jobs share
+
+
+# ----------------------------------------------------------------------------- shared
+
+
+def corpus_texts(lang: str) -> dict[str, list[str]]:
+    """Rows' texts per split, exactly as the lexicon task makes them (pydoc: the built-in corpus)."""
+    from tokengraft.tasks import lexicon_data as L
+
+    corpus = None if lang == "pydoc" else CORPUS / lang
+    if corpus is not None and not (corpus / L.CORPUS_MANIFEST).is_file():
+        raise SystemExit(f"{corpus} is missing: run python benchmarks/lexicon_corpus.py first")
+    splits = L.generate_splits(seed=42, corpus=corpus)
+    return {s: [r["text"] for r in rows] for s, rows in splits.items()}
+
+
+def mine(lang: str, train: list[str], tokenizer: Any, budget: int, min_count: int) -> list[str]:
+    """The lexicon as the recipes mine it: token strings, " word" for space-separated languages."""
+    from tokengraft.tasks import lexicon_data as L
+
+    miner, word_start = LANGUAGES.get(lang, ("identifiers", True))
+    words = L.mine_lexicon(train, tokenizer, min_pieces=2, min_count=min_count, max_words=budget,
+                           after_space=word_start, miner=miner, rank="saved", max_unit_chars=8)
+    return [" " + w if word_start else w for w in words]
+
+
+def count_tokens(tokenizer: Any, texts: list[str]) -> int:
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def write_part(name: str, data: Any) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"lexicon_languages_{name}.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    report()
+
+
+def read_part(name: str) -> Any:
+    path = RESULTS / f"lexicon_languages_{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------- 1. tokenizer only
+
+
+def tokenizer_part(langs: list[str], budgets: tuple[int, ...]) -> None:
+    from tokengraft.core.vocab import register_tokens
+    from tokengraft.models import load_tokenizer
+
+    base = load_tokenizer()
+    rows = []
+    for lang in langs:
+        texts = corpus_texts(lang)
+        test_bytes = sum(len(t.encode("utf-8")) for t in texts["test"])
+        base_tokens = count_tokens(base, texts["test"])
+        for min_count in (2, 1):
+            previous = None
+            for budget in budgets:
+                started = time.perf_counter()
+                tokens = mine(lang, texts["train"], base, budget, min_count)
+                if previous is not None and len(tokens) == previous:
+                    rows.append({**rows[-1], "budget": budget})  # the corpus ran out: same lexicon as before
+                    continue
+                previous = len(tokens)
+                expanded = load_tokenizer()
+                register_tokens(expanded, tokens, special=False, single_word=False)
+                new_tokens = count_tokens(expanded, texts["test"])
+                rows.append({"corpus": lang, "min_count": min_count, "budget": budget, "mined": len(tokens),
+                             "test_bytes": test_bytes, "base_tokens": base_tokens, "tokens": new_tokens,
+                             "base_tokens_per_byte": base_tokens / test_bytes, "tokens_per_byte": new_tokens / test_bytes,
+                             "reduction": 1 - new_tokens / base_tokens,
+                             "seconds": round(time.perf_counter() - started, 1), "examples": tokens[:12]})
+                print(f"{lang} min_count {min_count} budget {budget}: {len(tokens)} tokens, "
+                      f"{100 * rows[-1]['reduction']:.1f} % fewer tokens per byte", flush=True)
+    write_part("tokenizer", {"tokenizer": "smollm2-135m-instruct", "rows": rows})
+
+
+# ----------------------------------------------------------------------------- 2. step-0 inits
+
+
+def inits_part(langs: list[str], budget: int, limit: int | None) -> None:
+    import torch
+
+    from tokengraft.core.distill import fit_output_rows
+    from tokengraft.core.graft import TokenSettings, graft
+    from tokengraft.models import load_model, load_tokenizer
+    from tokengraft.tasks import metrics
+
+    torch.set_num_threads(1)
+    results = read_part("inits") or {}
+    for lang in langs:
+        texts = corpus_texts(lang)
+        test = texts["test"][:limit]
+        tokens = mine(lang, texts["train"], load_tokenizer(), budget, 2)
+        model, tokenizer = load_model("smollm2-135m-instruct")
+        nll, n_tokens, nbytes = metrics.text_nll(model, tokenizer, test)
+        row: dict[str, Any] = {"tokens": len(tokens), "test_bytes": nbytes, "test_chunks": len(test),
+                               "base": metrics.bits_per_byte(nll, nbytes), "base_tokens": n_tokens}
+        for init in INITS:
+            model, tokenizer = load_model("smollm2-135m-instruct")
+            strategy = init.split("+")[0]
+            g = graft(model, tokenizer, TokenSettings(add=tokens, init_input=strategy, init_output=strategy),
+                      seed=42, verbose=False)
+            started = time.process_time()
+            if init.endswith("+distill"):
+                report_ = fit_output_rows(g, texts["train"], seed=42)
+                row["distill"] = {**report_.to_dict(), "cpu_seconds": round(time.process_time() - started, 1)}
+            nll, n_tokens, nbytes = metrics.text_nll(g.model, g.tokenizer, test)
+            row[init] = metrics.bits_per_byte(nll, nbytes)
+            row["expanded_tokens"] = n_tokens
+            print(f"{lang} {init}: {row[init]:.4f} bits/byte (base {row['base']:.4f})", flush=True)
+        results[lang] = row
+        write_part("inits", results)
+
+
+# ----------------------------------------------------------------------------- 3. train + evaluate
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error",
+                "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"})
+    return env
+
+
+def train_child(recipe_path: Path, run_dir: Path, overrides: list[str], out: Path) -> None:
+    """In a fresh process: train with the peak-memory probe (as plan_vs_measured.py measures it)."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(1)
+    import matplotlib.pyplot  # noqa: F401  (imports before the baseline: their memory is not training's)
+    import transformers  # noqa: F401
+    from transformers import TrainerCallback
+
+    import tokengraft.training.lm as lm_recipe
+    from tokengraft.api import train
+    from tokengraft.config import load_recipe
+
+    record: dict[str, Any] = {"pre_load_rss": process_memory()["VmRSS"], "peaks": []}
+    original_load = lm_recipe.load_model
+
+    def load_and_mark(*args: Any, **kwargs: Any):
+        model, tokenizer = original_load(*args, **kwargs)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.sum()
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        record["baseline_rss"] = process_memory()["VmRSS"]
+        return model, tokenizer
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            record["setup_hwm"] = process_memory()["VmHWM"]  # mining, distillation, data: before the first step
+            Path("/proc/self/clear_refs").write_text("5")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            record["peaks"].append(process_memory()["VmHWM"])
+
+    lm_recipe.load_model = load_and_mark
+    recipe = load_recipe(recipe_path, overrides)
+    started = time.perf_counter()
+    cpu = time.process_time()
+    result = train(recipe, run_dir, quiet=False, callbacks=[Probe()])
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    record["cpu_seconds"] = round(time.process_time() - cpu, 1)
+    record["steps"] = getattr(result, "steps", None) or json.loads((run_dir / "graft.json").read_text()).get("steps")
+    record["peak_hwm"] = max(record["peaks"]) if record["peaks"] else None
+    record["growth"] = record["peak_hwm"] - record["baseline_rss"] if record["peak_hwm"] else None
+    out.write_text(json.dumps(record, indent=2))
+
+
+def held_out_speed(run_dir: Path) -> dict[str, Any]:
+    """CPU seconds to score the held-out text with the trained run vs the base model (same windows, one thread)."""
+    from tokengraft.api import load
+    from tokengraft.models import load_model
+    from tokengraft.rundir import read_graft_meta
+    from tokengraft.tasks import metrics, read_jsonl
+
+    texts = [r["text"] for r in read_jsonl(run_dir / "data" / "test.jsonl")]
+    out: dict[str, Any] = {}
+    for name in ("base", "expanded"):
+        if name == "base":
+            model, tokenizer = load_model(read_graft_meta(run_dir)["base_model"])
+        else:
+            model, tokenizer = load(run_dir, device="cpu")
+        started = time.process_time()
+        nll, tokens, nbytes = metrics.text_nll(model, tokenizer, texts)
+        out[f"{name}_cpu_seconds"] = round(time.process_time() - started, 1)
+        out[f"{name}_tokens"] = tokens
+    out["speedup"] = out["base_cpu_seconds"] / max(1e-9, out["expanded_cpu_seconds"])
+    return out
+
+
+def english_control(run_dir: Path) -> dict[str, float]:
+    """Bits per byte on the pydoc test split: the expanded, trained model against the base model."""
+    from tokengraft.api import load
+    from tokengraft.models import load_model
+    from tokengraft.rundir import read_graft_meta
+    from tokengraft.tasks import metrics
+
+    texts = corpus_texts("pydoc")["test"]
+    base_model, base_tok = load_model(read_graft_meta(run_dir)["base_model"])
+    b_nll, _, nbytes = metrics.text_nll(base_model, base_tok, texts)
+    model, tokenizer = load(run_dir, device="cpu")
+    nll, _, _ = metrics.text_nll(model, tokenizer, texts)
+    base_bpb, bpb = metrics.bits_per_byte(b_nll, nbytes), metrics.bits_per_byte(nll, nbytes)
+    return {"pydoc_base_bits_per_byte": base_bpb, "pydoc_bits_per_byte": bpb, "pydoc_change": bpb / base_bpb - 1}
+
+
+def train_part(configs: list[Path], workdir: Path, overrides: list[str]) -> None:
+    from tokengraft.config import load_recipe
+    from tokengraft.api import evaluate
+    from tokengraft.models import load_tokenizer
+    from tokengraft.planner import plan
+    from tokengraft.planner.types import parse_size
+    from tokengraft.tasks import get_task
+
+    results = read_part("runs") or {}
+    workdir.mkdir(parents=True, exist_ok=True)
+    for config in configs:
+        name = config.stem
+        recipe = load_recipe(config, overrides)
+        # The mined count first (mining is cheap), so the plan is made for the real number of rows.
+        generated = get_task("lexicon").generate(recipe.seed, recipe.data.generate_options,
+                                                 load_tokenizer(recipe.model.name), recipe.tokens.word_start)
+        planned = plan(recipe, new_tokens=len(generated.tokens), budget=parse_size(f"{BUDGET_GIB}GB"), device="cpu")
+        run_dir = workdir / name
+        out = workdir / f"{name}.measured.json"
+        print(f"[{name}] {len(generated.tokens):,} tokens; planned {planned.total / 2**30:.2f} GiB "
+              f"({planned.verdict}); training ...", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "_child", str(config), str(run_dir), str(out), *overrides],
+                              env=child_env())
+        if proc.returncode != 0:
+            raise SystemExit(f"training {name} failed")
+        measured = json.loads(out.read_text())
+        metrics = evaluate(run_dir)
+        row = {"config": str(config), "overrides": overrides, "new_tokens": len(generated.tokens),
+               "train_chunks": len(generated.splits["train"]), "steps": measured["steps"],
+               "train_seconds": measured["seconds"], "train_cpu_seconds": measured["cpu_seconds"],
+               "planned_total_mib": round(planned.total / 2**20, 1),
+               "planned_growth_mib": round(planned.growth_over_load / 2**20, 1),
+               "measured_growth_mib": round(measured["growth"] / 2**20, 1) if measured["growth"] else None,
+               "measured_total_mib": round((measured["peak_hwm"] - measured["pre_load_rss"]) / 2**20, 1)
+               if measured["peak_hwm"] else None,
+               "verdict": planned.verdict, "metrics": metrics, "speed": held_out_speed(run_dir),
+               "english_control": english_control(run_dir)}
+        results[name] = row
+        write_part("runs", results)
+
+
+# ----------------------------------------------------------------------------- the markdown
+
+
+def report() -> None:
+    lines = ["# Vocabulary expansion for a new language (built-in SmolLM2-135M tokenizer / model)", "",
+             "Held-out text: the test chapters of Debian's translated Debian Reference (same chapters, ch10 + pr01, "
+             "in every language; `benchmarks/lexicon_corpus.py`, manifest in `lexicon_corpus_manifest.json`), "
+             "and the pydoc test split as the English control the tokenizer already fits. Lexicons are mined from "
+             "the TRAIN chapters only. Produced by `python benchmarks/lexicon_languages.py tokenizer|inits|train`.", ""]
+    tok = read_part("tokenizer")
+    if tok:
+        lines += ["## Tokens per byte on held-out text, tokenizer only (no model)", "",
+                  "Reduction = 1 - expanded tokens / base tokens on the test split. `mined` is how many tokens the "
+                  "miner found within the budget (the corpus has ~0.4-0.5 MB of training text per language: beyond "
+                  "a few thousand repeated units the budget cannot be filled).", "",
+                  "| corpus | min count | budget | mined | base tokens/byte | expanded | reduction |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in tok["rows"]:
+            lines.append(f"| {r['corpus']} | {r['min_count']} | {r['budget']:,} | {r['mined']:,} | "
+                         f"{r['base_tokens_per_byte']:.4f} | {r['tokens_per_byte']:.4f} | {100 * r['reduction']:.1f} % |")
+        lines += ["", "Examples (first tokens of the largest min-count-2 lexicon): "]
+        seen = set()
+        for r in reversed(tok["rows"]):
+            if r["min_count"] == 2 and r["corpus"] not in seen:
+                seen.add(r["corpus"])
+                lines.append(f"- {r['corpus']}: " + ", ".join(f"`{t}`" for t in r["examples"]))
+        lines.append("")
+    inits = read_part("inits")
+    if inits:
+        lines += ["## Step-0 bits per byte by init (built-in model, new rows not trained)", "",
+                  "| language | tokens | base | " + " | ".join(INITS) + " |", "|---|---:|---:|" + "---:|" * len(INITS)]
+        for lang, r in inits.items():
+            lines.append(f"| {lang} | {r['tokens']:,} | {r['base']:.4f} | "
+                         + " | ".join(f"{r[i]:.4f}" if i in r else "" for i in INITS) + " |")
+        lines.append("")
+    runs = read_part("runs")
+    if runs:
+        lines += ["## Trained recipes", "",
+                  "| run | new tokens | steps | tokens/byte (base) | bits/byte (base) | new-token rate in generation | "
+                  "held-out scoring speed-up | pydoc bits/byte change | planned / measured growth MiB | verdict |",
+                  "|---|---:|---:|---|---|---:|---:|---:|---|---|"]
+        for name, r in runs.items():
+            m = r["metrics"]
+            lines.append(
+                f"| {name} | {r['new_tokens']:,} | {r['steps']} | {m['tokens_per_byte']:.4f} "
+                f"({m.get('base_tokens_per_byte', float('nan')):.4f}) | {m['bits_per_byte']:.4f} "
+                f"({m.get('base_bits_per_byte', float('nan')):.4f}) | {m['generated_new_token_rate']:.3f} | "
+                f"{r['speed']['speedup']:.2f}x | {100 * r['english_control']['pydoc_change']:+.2f} % | "
+                f"{r['planned_growth_mib']} / {r['measured_growth_mib']} | {r['verdict']} |")
+        lines.append("")
+    (RESULTS / "lexicon_languages.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        config, run_dir, out, *overrides = sys.argv[2:]
+        train_child(Path(config), Path(run_dir), overrides, Path(out))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("tokenizer", help="tokens per byte on held-out text per language and budget (no model)")
+    p.add_argument("--langs", nargs="+", default=["de", "ja", "zh-cn", "en", "pydoc"])
+    p.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    p = sub.add_parser("inits", help="step-0 bits per byte of each init strategy (built-in model)")
+    p.add_argument("--langs", nargs="+", default=["de", "zh-cn"])
+    p.add_argument("--budget", type=int, default=20000)
+    p.add_argument("--limit", type=int, default=None, help="score only the first N test chunks")
+    p = sub.add_parser("train", help="train + evaluate recipes (heavy)")
+    p.add_argument("configs", nargs="+", type=Path)
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lexicon-languages")
+    p.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. train.max_steps=2")
+    sub.add_parser("report", help="rebuild the markdown from the JSON parts")
+    args = parser.parse_args()
+    if args.part == "tokenizer":
+        tokenizer_part(args.langs, tuple(args.budgets))
+    elif args.part == "inits":
+        inits_part(args.langs, args.budget, args.limit)
+    elif args.part == "train":
+        train_part(args.configs, args.workdir, args.set)
+    else:
+        report()
+
+
+if __name__ == "__main__":
+    main()
