@@ -6,7 +6,7 @@
     # 1. tokenizer only (no model, ~3 min): tokens per byte on the held-out chapters, per language and budget
     python benchmarks/lexicon_languages.py tokenizer
     # 2. step-0 bits per byte of each init strategy (built-in model, no training; ~10 min per language)
-    python benchmarks/lexicon_languages.py inits --langs de zh-cn
+    python benchmarks/lexicon_languages.py inits --langs de zh-cn     # [--limit N chunks] [--distill-tokens N]
     # 3. train + evaluate the recipes (the heavy part; see the runtime estimate in docs/lexicon_languages.md)
     python benchmarks/lexicon_languages.py train configs/lexicon_de.yaml configs/lexicon_zh.yaml --workdir runs/lang
     # any time: rebuild the markdown from the JSON parts present
@@ -140,7 +140,8 @@ def tokenizer_part(langs: list[str], budgets: tuple[int, ...]) -> None:
 # ----------------------------------------------------------------------------- 2. step-0 inits
 
 
-def inits_part(langs: list[str], budget: int, limit: int | None) -> None:
+def inits_part(langs: list[str], budget: int, limit: int | None, model_spec: str = "smollm2-135m-instruct",
+               distill_tokens: int | None = None) -> None:
     import torch
 
     from tokengraft.core.distill import fit_output_rows
@@ -153,19 +154,20 @@ def inits_part(langs: list[str], budget: int, limit: int | None) -> None:
     for lang in langs:
         texts = corpus_texts(lang)
         test = texts["test"][:limit]
-        tokens = mine(lang, texts["train"], load_tokenizer(), budget, 2)
-        model, tokenizer = load_model("smollm2-135m-instruct")
+        tokens = mine(lang, texts["train"], load_tokenizer(model_spec), budget, 2)
+        model, tokenizer = load_model(model_spec)
         nll, n_tokens, nbytes = metrics.text_nll(model, tokenizer, test)
         row: dict[str, Any] = {"tokens": len(tokens), "test_bytes": nbytes, "test_chunks": len(test),
                                "base": metrics.bits_per_byte(nll, nbytes), "base_tokens": n_tokens}
         for init in INITS:
-            model, tokenizer = load_model("smollm2-135m-instruct")
+            model, tokenizer = load_model(model_spec)
             strategy = init.split("+")[0]
             g = graft(model, tokenizer, TokenSettings(add=tokens, init_input=strategy, init_output=strategy),
                       seed=42, verbose=False)
             started = time.process_time()
             if init.endswith("+distill"):
-                report_ = fit_output_rows(g, texts["train"], seed=42)
+                report_ = fit_output_rows(g, texts["train"], seed=42, **({"max_tokens": distill_tokens}
+                                                                         if distill_tokens else {}))
                 row["distill"] = {**report_.to_dict(), "cpu_seconds": round(time.process_time() - started, 1)}
             nll, n_tokens, nbytes = metrics.text_nll(g.model, g.tokenizer, test)
             row[init] = metrics.bits_per_byte(nll, nbytes)
@@ -391,6 +393,8 @@ def main() -> None:
     p.add_argument("--langs", nargs="+", default=["de", "zh-cn"])
     p.add_argument("--budget", type=int, default=20000)
     p.add_argument("--limit", type=int, default=None, help="score only the first N test chunks")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="MODEL spec (default: the built-in model)")
+    p.add_argument("--distill-tokens", type=int, default=None, help="training tokens the distilled fit scans")
     p = sub.add_parser("train", help="train + evaluate recipes (heavy)")
     p.add_argument("configs", nargs="+", type=Path)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lexicon-languages")
@@ -400,7 +404,7 @@ def main() -> None:
     if args.part == "tokenizer":
         tokenizer_part(args.langs, tuple(args.budgets))
     elif args.part == "inits":
-        inits_part(args.langs, args.budget, args.limit)
+        inits_part(args.langs, args.budget, args.limit, args.model, args.distill_tokens)
     elif args.part == "train":
         train_part(args.configs, args.workdir, args.set)
     else:

@@ -229,7 +229,7 @@ def test_language_recipe_trains_on_a_tiny_model_with_a_tiny_corpus(name, text, b
     code = main(["train", str(config), f"model.name={byte_model_dir}", "model.device=cpu", "train.max_steps=2",
                  "train.save_steps=0", "train.eval_steps=0", "train.snapshot_steps=0", "train.batch_size=2",
                  f"data.generate_options.corpus={corpus}", "data.generate_options.chunk_chars=60",
-                 "--output", str(run)])
+                 "tokens.distill_output=true", "--output", str(run)])
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "distilled output rows:" in out.out
