@@ -219,6 +219,22 @@ def test_f16_and_q8_0_types_and_error(tied_run: Path) -> None:
     assert (tied_run.parent / "model-f16.gguf").stat().st_mtime_ns == before
 
 
+def test_visible_pass_is_user_defined(tied_run: Path, tmp_path: Path) -> None:
+    """--visible-tokens <PASS>: a USER_DEFINED token, which llama.cpp prints as text (CONTROL it hides)."""
+    out = export_gguf(tied_run, tmp_path / "shown.gguf", tensor_type="f32", visible_tokens=["<PASS>"])
+    f = gguf.GGUFReader(str(out)).fields
+    tok = load_graft(tied_run, device="cpu").tokenizer
+    pass_id = tok.convert_tokens_to_ids("<PASS>")
+    assert f["tokenizer.ggml.token_type"].contents()[pass_id] == gguf.TokenType.USER_DEFINED
+    assert f["tokenizer.ggml.tokens"].contents()[pass_id] == "<PASS>"
+    assert f["tokengraft.visible_tokens"].contents() == ["<PASS>"]
+    assert f["tokenizer.chat_template"].contents() == CHATML
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (pip install 'tokengraft[gguf]')")
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=64, verbose=False, n_threads=1)
+    assert llm.detokenize([pass_id]) == b"<PASS>"  # shown without asking for specials
+    assert llm.tokenize(b"<PASS>", add_bos=False, special=False) == [pass_id]  # still one token
+
+
 def test_untied_writes_output_tensor(tmp_path: Path) -> None:
     run = make_run(tmp_path, tie=False)
     out = export_gguf(run, tmp_path / "untied.gguf", tensor_type="f32")
@@ -413,7 +429,9 @@ def test_llama_cpp_runs_the_pass_graft(tmp_path: Path) -> None:
         m = measure_llama_cpp(run, out, per_kind=10, steps=8)
         print(kind, {k: v for k, v in m.items() if k != "samples"})
         assert m["pass_tokenized"] == [m["pass_id"]]  # one token, our id
-        assert len(m["pass_text_plain"]) > 1  # a CONTROL token: plain text is not parsed into it
+        # task pass: the export writes <PASS> as a normal (USER_DEFINED) token, so servers print it and
+        # plain text parses into it, one token (export --keep-special would make it CONTROL)
+        assert m["pass_text_plain"] == [m["pass_id"]]
         assert m["tokenization_agreement"] == 1.0
         if kind == "f32":  # llama.cpp decides exactly as transformers does
             assert m["top1_agreement_last_position"] == 1.0

@@ -19,6 +19,7 @@ from tokengraft.errors import TokengraftError
 from tokengraft.evaluation.classification import evaluate_classification
 from tokengraft.evaluation.generative import evaluate_run
 from tokengraft.export.merged import check_output_dir, save_merged
+from tokengraft.export.visible import resolve_visible_tokens
 from tokengraft.generation import generate_batch
 from tokengraft.rundir import CLASSIFICATION_TASK, is_classifier_meta, load_classifier, read_graft_meta
 from tokengraft.rundir import load_graft as load_lm_graft
@@ -83,7 +84,13 @@ def generate(run_dir: str | Path, prompts: list[str], *, max_new_tokens: int = 6
                           logit_bias=logit_bias)
 
 
-def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> Path:
-    """An ordinary transformers checkpoint (rows written in, methods merged) that plain ``from_pretrained`` loads."""
+def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cpu",
+                  visible_tokens: list[str] | None = None) -> Path:
+    """An ordinary transformers checkpoint (rows written in, methods merged) that plain ``from_pretrained`` loads.
+
+    ``visible_tokens``: the run's tokens written as normal added tokens, shown by servers that skip
+    special tokens (None: the task's answer tokens, ``<PASS>``; ``[]``: as the run has them).
+    """
     out = check_output_dir(out_dir)
-    return save_merged(load_graft(run_dir, device=device), run_dir, out)
+    resolve_visible_tokens(run_dir, visible_tokens)  # a wrong token name fails before the model loads
+    return save_merged(load_graft(run_dir, device=device), run_dir, out, visible_tokens=visible_tokens)

@@ -192,22 +192,78 @@ def _configure_export(parser: argparse.ArgumentParser) -> None:
                         help="write a plain transformers checkpoint (LoRA merged, rows written in, vLLM-servable)")
     parser.add_argument("--gguf", metavar="OUT.gguf", default=None, help="write a llama.cpp GGUF file")
     parser.add_argument("--type", dest="gguf_type", default="f16", choices=["f32", "f16", "q8_0"], help="GGUF tensor type")
+    parser.add_argument("--lora-adapter", metavar="OUT", default=None,
+                        help="write OUT/base (resized base with the new rows, written once) and OUT/adapters/NAME "
+                             "(a plain PEFT LoRA adapter that vLLM's multi-LoRA serving accepts); runs that share "
+                             "the base model and new tokens export into the same OUT")
+    parser.add_argument("--adapter-name", default=None, help="name of the adapter under OUT/adapters (default: the run directory's name)")
+    parser.add_argument("--rows-in-adapter", action="store_true",
+                        help="with --lora-adapter: when this run's token rows differ from those in OUT/base, carry the "
+                             "difference in the adapter (an exact LoRA on embed_tokens and lm_head) instead of refusing")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--visible-tokens", nargs="+", metavar="TOKEN", default=None,
+                       help="the run's tokens to write as normal added tokens, which servers show in the text they "
+                            "return (default: the task's answer tokens, i.e. <PASS> for task pass)")
+    shown.add_argument("--keep-special", action="store_true",
+                       help="write the tokenizer exactly as the run has it (a special <PASS> is then dropped from "
+                            "the text of vLLM / llama.cpp responses unless the client asks for special tokens)")
+
+
+def _visible_tokens(args: argparse.Namespace) -> list[str] | None:
+    return [] if args.keep_special else args.visible_tokens
+
+
+def _shown_note(out: Path) -> str:
+    """Which tokens a server will show, from the export's own record."""
+    from tokengraft.export.info import read_export_info
+
+    info = read_export_info(out) or {}
+    shown = info.get("visible_tokens") or []
+    hidden = [t["token"] for t in info.get("tokens", []) if t.get("special")]
+    parts = []
+    if shown:
+        parts.append(f"{', '.join(shown)} written as normal added tokens (same ids, one token each): servers show "
+                     "them in the text they return")
+    if hidden:
+        parts.append(f"{', '.join(hidden[:5])} kept special: servers drop them from the text they return unless a "
+                     "request asks for special tokens (skip_special_tokens: false)")
+    return "; ".join(parts)
 
 
 @command("export", "merged transformers checkpoint or GGUF from a run directory", _configure_export)
 def _export(args: argparse.Namespace) -> int:
-    if not args.merged and not args.gguf:
-        raise TokengraftError("export needs --merged OUT or --gguf OUT.gguf")
+    if not args.merged and not args.gguf and not args.lora_adapter:
+        raise TokengraftError("export needs --merged OUT, --gguf OUT.gguf or --lora-adapter OUT")
+    if (args.adapter_name or args.rows_in_adapter) and not args.lora_adapter:
+        raise TokengraftError("--adapter-name and --rows-in-adapter go with --lora-adapter OUT")
     if args.merged:
         from tokengraft.api import export_merged
 
-        out = export_merged(args.run_dir, args.merged)
+        out = export_merged(args.run_dir, args.merged, visible_tokens=_visible_tokens(args))
         print(f"tokengraft: merged checkpoint written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
+        note = _shown_note(out)
+        if note:
+            print(f"tokengraft: {note}")
     if args.gguf:
         from tokengraft.export.gguf import export_gguf
 
-        out = export_gguf(args.run_dir, args.gguf, tensor_type=args.gguf_type)
+        out = export_gguf(args.run_dir, args.gguf, tensor_type=args.gguf_type, visible_tokens=_visible_tokens(args))
         print(f"tokengraft: GGUF written to {out}")
+    if args.lora_adapter:
+        from tokengraft.export.lora_adapter import export_lora_adapter
+
+        done = export_lora_adapter(args.run_dir, args.lora_adapter, name=args.adapter_name,
+                                   visible_tokens=_visible_tokens(args), rows_in_adapter=args.rows_in_adapter)
+        shared = "written" if done.base_written else "shared: already there, checked against this run"
+        rows = (f"; rows of {', '.join(done.rows_in_adapter[:5])} differ from the base's and are carried in the "
+                "adapter" if done.rows_in_adapter else "")
+        print(f"tokengraft: base {done.base} ({shared}); adapter {done.name!r} at {done.adapter} "
+              f"(LoRA r={done.rank}{rows})")
+        note = _shown_note(done.base)
+        if note:
+            print(f"tokengraft: {note}")
+        print(f"tokengraft: serve with: vllm serve {done.base} --enable-lora --max-lora-rank {done.vllm_max_lora_rank} "
+              f"--lora-modules {done.name}={done.adapter.resolve()}  (CPU: also --max-loras = adapters + 1)")
     return 0
 
 

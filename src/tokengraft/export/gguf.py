@@ -11,10 +11,13 @@ GGUF with gguf's own writer and tensor-name map. Two kinds of base are handled:
 - a llama-family Hugging Face directory: metadata is built from ``config.json``
   and the run's ``tokenizer.json`` (byte-level BPE -> tokenizer model ``gpt2``).
 
-New tokens keep the type their tokenizer gave them: special ones (``<PASS>``)
+New tokens keep the type the exported tokenizer gives them: special ones
 become CONTROL (llama.cpp matches them only when asked to parse specials and
 hides them when detokenizing without ``special``), normal added ones (style
 tokens, lexicon words) USER_DEFINED (always matched as one piece, printed as text).
+The task's answer tokens (``<PASS>``) are written as normal added tokens unless
+``visible_tokens=[]`` (export/visible.py), so llama.cpp's server and
+llama-cpp-python return ``<PASS>`` in the text instead of dropping it.
 
 Q and K projections are permuted into the interleaved-rotary layout llama.cpp
 computes with; ``permute_qk`` is the exact inverse of the un-permutation in
@@ -326,16 +329,19 @@ def llama_tensors(model: Any) -> list[tuple[str, np.ndarray]]:
 # ----------------------------------------------------------------------------- export
 
 
-def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str = "f16", device: str = "cpu") -> Path:
+def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str = "f16", device: str = "cpu",
+                visible_tokens: list[str] | None = None) -> Path:
     """Write ``out_path`` (a .gguf) from a run directory; returns the path.
 
     ``tensor_type`` is ``f32``, ``f16`` or ``q8_0`` for 2-D weights; 1-D tensors
     (norms, biases) are always f32. The file is written beside the target and
     renamed into place, so an interrupted export leaves no half-written file.
+    ``visible_tokens`` as in `export_merged` (None: the task's answer tokens become USER_DEFINED).
     """
     import gguf
 
     from tokengraft.export.pass_bias import fold_run_pass_bias
+    from tokengraft.export.visible import resolve_visible_tokens, show_tokens
     from tokengraft.rundir import load_graft, read_graft_meta
     from tokengraft.export.merged import merge_graft
     from tokengraft.models import load_config
@@ -355,11 +361,12 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
         raise TokengraftError(f"GGUF export supports llama-family models; {family} is not supported yet "
                               "(export --merged writes a transformers checkpoint instead)")
     base_gguf = _gguf_base_path(meta["base_model"])
+    visible = resolve_visible_tokens(run_dir, visible_tokens)
 
     g = load_graft(run_dir, device=device, dtype="float32")
+    tokenizer = show_tokens(g.tokenizer, visible)
     model = merge_graft(g)
-    fold = fold_run_pass_bias(run_dir, model, g.tokenizer)
-    tokenizer = g.tokenizer
+    fold = fold_run_pass_bias(run_dir, model, tokenizer)
     config = model.config
     rows = int(model.get_input_embeddings().weight.shape[0])
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
@@ -398,7 +405,7 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
         writer.add_file_type(int(file_type))
         if tensor_type == "q8_0":
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_tokengraft_keys(writer, meta, tokenizer, fold)
+        _write_tokengraft_keys(writer, meta, tokenizer, fold, visible)
 
         for name, data in llama_tensors(model):
             payload, raw_dtype = _tensor_payload(data, tensor_type)
@@ -431,14 +438,17 @@ def _write_special_ids(writer: Any, tokenizer: Any) -> None:
         writer.add_eot_token_id(int(eot))
 
 
-def _write_tokengraft_keys(writer: Any, meta: dict[str, Any], tokenizer: Any, fold: dict[str, Any] | None) -> None:
-    """Where the file came from, and the <PASS> bias already folded into the weights (see the module docstring)."""
+def _write_tokengraft_keys(writer: Any, meta: dict[str, Any], tokenizer: Any, fold: dict[str, Any] | None,
+                           visible: list[str]) -> None:
+    """Where the file came from, the tokens shown as text, and the <PASS> bias already folded into the weights."""
     from tokengraft import __version__
 
     writer.add_string("tokengraft.version", __version__)
     tokens = [t["token"] for t in meta.get("tokens", [])]
     if tokens:
         writer.add_array("tokengraft.tokens", tokens)
+    if visible:
+        writer.add_array("tokengraft.visible_tokens", visible)
     if fold:
         writer.add_float32("tokengraft.pass_bias", fold["bias"])
         writer.add_uint32("tokengraft.pass_token_id", fold["token_id"])

@@ -473,7 +473,7 @@ def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_
 
 register_task(Task(
     "pass", summary="answer what you can, emit <PASS> when the question cannot be answered",
-    tokens=(PASS_TOKEN,), init_text={PASS_TOKEN: "unknown"}, generator=generate,
+    tokens=(PASS_TOKEN,), init_text={PASS_TOKEN: "unknown"}, answer_tokens=(PASS_TOKEN,), generator=generate,
     metric_keys=("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy",
                  "coverage", "idk_recall", "idk_error_rate", "aurc"),
     labeller=label_with_base_answers, know_check=True,

@@ -96,6 +96,9 @@ class Task:
     """Tokens the task is about: a recipe of this task must add them (its default recipe does)."""
     init_text: Mapping[str, str] = field(default_factory=dict)
     """Text each of those tokens' rows start from in the default recipe (``tokens.init_text``)."""
+    answer_tokens: tuple[str, ...] = ()
+    """Tokens the model WRITES as its reply (``<PASS>``), not ones a user writes into the prompt: exports write
+    them as normal added tokens so servers that skip special tokens still show them (export/visible.py)."""
     generator: Generator | None = None
     """Writes the task's seeded splits for ``data.generate: true``; None: the task needs data files."""
     mines_tokens: bool = False
@@ -111,12 +114,16 @@ class Task:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", tuple(self.tokens))
+        object.__setattr__(self, "answer_tokens", tuple(self.answer_tokens))
         object.__setattr__(self, "metric_keys", tuple(self.metric_keys))
         object.__setattr__(self, "demo_prompts", tuple(self.demo_prompts))
         object.__setattr__(self, "init_text", MappingProxyType(dict(self.init_text)))
         unknown = set(self.init_text) - set(self.tokens)
         if unknown:
             raise TokengraftError(f"task {self.name}: init_text names {sorted(unknown)}, which are not its tokens")
+        stray = set(self.answer_tokens) - set(self.tokens)
+        if stray:
+            raise TokengraftError(f"task {self.name}: answer_tokens names {sorted(stray)}, which are not its tokens")
 
     @property
     def can_generate(self) -> bool:
