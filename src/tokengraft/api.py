@@ -10,6 +10,8 @@ own kind of model; the CLI (cli/) calls only these functions.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,15 @@ from tokengraft.core.graft import Graft
 from tokengraft.errors import TokengraftError
 from tokengraft.evaluation.classification import evaluate_classification
 from tokengraft.evaluation.generative import evaluate_run
+from tokengraft.export.info import read_export_info
 from tokengraft.export.merged import check_output_dir, save_merged
 from tokengraft.export.visible import resolve_visible_tokens
 from tokengraft.generation import generate_batch
-from tokengraft.rundir import CLASSIFICATION_TASK, is_classifier_meta, load_classifier, read_graft_meta
+from tokengraft.rundir import (CLASSIFICATION_TASK, CONFIG_FILE, GRAFT_FILE, is_classifier_meta, load_classifier,
+                               read_graft_meta, read_run_recipe, split_file)
+from tokengraft.serving.check import serve_check as check_export
+from tokengraft.serving.runner import vllm_python
+from tokengraft.tasks import read_jsonl
 from tokengraft.rundir import load_graft as load_lm_graft
 from tokengraft.training.classifier import train_classifier
 from tokengraft.training.engine import TrainResult
@@ -94,3 +101,68 @@ def export_merged(run_dir: str | Path, out_dir: str | Path, *, device: str = "cp
     out = check_output_dir(out_dir)
     resolve_visible_tokens(run_dir, visible_tokens)  # a wrong token name fails before the model loads
     return save_merged(load_graft(run_dir, device=device), run_dir, out, visible_tokens=visible_tokens)
+
+
+def _held_out_rows(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first ``limit`` rows; for <PASS> rows half unanswerable and half answerable, so both rates exist."""
+    if not limit or limit >= len(rows):
+        return rows
+    if not any("answerable" in r for r in rows):
+        return rows[:limit]
+    una = [i for i, r in enumerate(rows) if r.get("answerable") is False][: (limit + 1) // 2]
+    ans = [i for i, r in enumerate(rows) if r.get("answerable") is not False][: limit - len(una)]
+    return [rows[i] for i in sorted(una + ans)]
+
+
+def serve_check(target: str | Path, *, data: str | Path | None = None, limit: int | None = None,
+                python: str | None = None, server: bool = False, max_new_tokens: int | None = None,
+                threads: int | None = None, dtype: str = "float32", max_model_len: int = 1024,
+                kv_cache_gib: float = 1.0, export_dir: str | Path | None = None, log_dir: str | Path | None = None,
+                say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """vLLM against transformers on a run's held-out prompts (``tokengraft serve-check``; serving/check.py).
+
+    ``target`` is a run directory (exported first, as ``export --merged`` would, into ``export_dir``
+    or a temporary directory) or a merged export (its ``tokengraft_export.json`` names the run whose
+    test split is used). ``data`` replaces the held-out rows with a JSONL file of prompt rows;
+    ``python`` is the interpreter that has vLLM (default: this one).
+    """
+    say = say or (lambda message: None)
+    target = Path(target)
+    if (target / GRAFT_FILE).is_file():
+        run_dir: Path | None = target
+        if is_classifier_meta(read_graft_meta(target)):
+            raise TokengraftError(f"{target} is a classification run: serve-check compares generated text")
+    elif (target / "config.json").is_file():
+        info = read_export_info(target) or {}
+        run_dir = Path(info["run_dir"]) if info.get("run_dir") and (Path(info["run_dir"]) / GRAFT_FILE).is_file() else None
+    else:
+        raise TokengraftError(f"{target} is neither a run directory (graft.json) nor a merged export (config.json)")
+    recipe = read_run_recipe(run_dir) if run_dir is not None and (run_dir / CONFIG_FILE).is_file() else None
+    if data is not None:
+        if not Path(data).is_file():
+            raise TokengraftError(f"--data {data} does not exist")
+        rows = read_jsonl(data)
+    elif run_dir is not None and split_file(run_dir, "test").is_file():
+        rows = read_jsonl(split_file(run_dir, "test"))
+    else:
+        where = f"{run_dir} has no {split_file(run_dir, 'test').relative_to(run_dir)}" if run_dir is not None else (
+            f"{target} names no run directory that still exists (tokengraft_export.json)")
+        raise TokengraftError(f"no held-out prompts: {where}; pass --data FILE.jsonl with prompt rows")
+    rows = _held_out_rows(rows, limit)
+    vllm_python(python)  # no vLLM there: say how to install it before exporting anything
+    options = dict(task=recipe.task if recipe else None, system=recipe.data.system if recipe else None,
+                   python=python, server=server, threads=threads, dtype=dtype, max_model_len=max_model_len,
+                   kv_cache_gib=kv_cache_gib, log_dir=log_dir, say=say,
+                   max_new_tokens=max_new_tokens or (recipe.eval.max_new_tokens if recipe else 32),
+                   batch_size=recipe.eval.batch_size if recipe else 16)
+    if (target / GRAFT_FILE).is_file():
+        with tempfile.TemporaryDirectory(prefix="tokengraft-serve-") as tmp:
+            out = Path(export_dir) if export_dir else Path(tmp) / "merged"
+            say(f"exporting {target} to {out} (export --merged, answer tokens visible)")
+            export = export_merged(target, out)
+            report = check_export(export, rows, **options)
+            report["export"] = str(export) if export_dir else f"(temporary) export --merged of {target}"
+    else:
+        report = check_export(target, rows, **options)
+    report["run_dir"] = str(run_dir) if run_dir is not None else None
+    return report

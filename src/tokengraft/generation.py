@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from tokengraft.data import ChatFormat
 
 
-def _stop_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
+def stop_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
+    """The ids that end a reply: EOS and the chat template's end-of-turn when it is one token."""
     ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if fmt.end_of_turn:
         pieces = tokenizer(fmt.end_of_turn, add_special_tokens=False)["input_ids"]
@@ -36,7 +37,7 @@ def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
     return ids, mask
 
 
-def _until_stop(ids: list[int], stops: list[int]) -> list[int]:
+def until_stop(ids: list[int], stops: list[int]) -> list[int]:
     """Generated ids up to (not including) the first stop token: what follows is padding."""
     for index, token in enumerate(ids):
         if token in stops:
@@ -64,7 +65,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     """
     fmt = ChatFormat(tokenizer, system=system)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = _stop_ids(tokenizer, fmt)
+    stops = stop_ids(tokenizer, fmt)
     device = next(model.parameters()).device
     processors = None
     if logit_bias:
@@ -96,7 +97,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
             # <PASS> is the greedy first token exactly when this margin (+ any extra bias) is >= 0.
             margin = scores[:, score_token_id] - others.max(dim=-1).values
         for i in range(len(chunk)):
-            row_ids = _until_stop(new[i].tolist(), stops)
+            row_ids = until_stop(new[i].tolist(), stops)
             text = tokenizer.decode(row_ids, skip_special_tokens=False)
             item = {"text": _clean(text, fmt, tokenizer), "ids": row_ids}
             if first is not None:

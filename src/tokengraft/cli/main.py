@@ -267,6 +267,47 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_serve_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="a run directory (exported to a temporary directory first) or a merged export")
+    parser.add_argument("--python", default=None, metavar="PYTHON",
+                        help="the interpreter that has vLLM, e.g. venv-vllm/bin/python (default: this one; vLLM "
+                             "pins transformers<5.20, so it usually lives in its own venv)")
+    parser.add_argument("--server", action="store_true",
+                        help="also start vLLM's OpenAI server and send one chat request for an unanswerable question")
+    parser.add_argument("--data", default=None, metavar="FILE.jsonl", help="prompt rows to use instead of the run's test split")
+    parser.add_argument("--limit", type=int, default=None, help="use N held-out rows (for <PASS>: half unanswerable)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's eval.max_new_tokens")
+    parser.add_argument("--threads", type=int, default=None, help="torch / OpenMP threads for both engines (default: torch's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--max-model-len", type=int, default=1024, help="vLLM's context length (KV cache per sequence)")
+    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="vLLM's KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    parser.add_argument("--export-dir", default=None, help="keep the export of a run directory here instead of a temporary one")
+    parser.add_argument("--report", default=None, metavar="STEM",
+                        help="write STEM.json and STEM.md, e.g. benchmarks/results/serve_pass; vLLM logs beside them")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+@command("serve-check", "serve an export with vLLM and compare with transformers on held-out prompts", _configure_serve_check)
+def _serve_check(args: argparse.Namespace) -> int:
+    from tokengraft.api import serve_check
+    from tokengraft.serving.check import report_markdown
+
+    log_dir = Path(args.report).parent if args.report else None
+    report = serve_check(args.target, data=args.data, limit=args.limit, python=args.python, server=args.server,
+                         max_new_tokens=args.max_new_tokens, threads=args.threads, dtype=args.dtype,
+                         max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib, export_dir=args.export_dir,
+                         log_dir=log_dir, say=lambda message: print(f"tokengraft: {message}", file=sys.stderr))
+    page = report_markdown(report)
+    if args.report:
+        json_path, md_path = Path(f"{args.report}.json"), Path(f"{args.report}.md")
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        md_path.write_text(page)
+        print(f"tokengraft: report written to {json_path} and {md_path}", file=sys.stderr)
+    print(json.dumps(report, indent=2) if args.json else page)
+    return 0
+
+
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=demo_tasks(), help="which field task to run end to end")
     parser.add_argument("--output", "-o", default=None, help="run directory (default runs/demo-<task>)")
