@@ -199,3 +199,21 @@ def test_lora_adapter_refusals(tmp_path: Path, capsys) -> None:
         export_lora_adapter(stranger, tmp_path / "b")
     assert main(["export", str(lora), "--merged", str(tmp_path / "m"), "--rows-in-adapter"]) == 2
     assert "go with --lora-adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_row_delta_tensors_are_the_exact_row_differences(tmp_path: Path, k: int) -> None:
+    """B @ A adds delta[j] to row ids[j] and nothing elsewhere; one token (k = 1, tied) saves too."""
+    from safetensors.torch import save_file
+
+    from tokengraft.export.lora_adapter import row_delta_tensors
+
+    ids = [5, 9, 2][:k]
+    delta = torch.randn(k, 8)
+    tensors = row_delta_tensors("p.", "embed", "head", ids, delta, delta, vocab=12)  # tied: the same delta twice
+    save_file(tensors, str(tmp_path / "a.safetensors"))  # no shared storage
+    embed = (tensors["p.embed.lora_embedding_B"] @ tensors["p.embed.lora_embedding_A"]).T  # [vocab, hidden]
+    head = tensors["p.head.lora_B.weight"] @ tensors["p.head.lora_A.weight"]  # [vocab, hidden]
+    expected = torch.zeros(12, 8)
+    expected[ids] = delta
+    assert torch.equal(embed, expected) and torch.equal(head, expected)

@@ -26,6 +26,7 @@ from tokengraft.export.visible import resolve_visible_tokens
 from tokengraft.generation import generate_batch
 from tokengraft.rundir import (CLASSIFICATION_TASK, CONFIG_FILE, GRAFT_FILE, is_classifier_meta, load_classifier,
                                read_graft_meta, read_run_recipe, split_file)
+from tokengraft.serving.adapters import AdapterCase, serve_check_adapters
 from tokengraft.serving.check import serve_check as check_export
 from tokengraft.serving.runner import vllm_python
 from tokengraft.tasks import read_jsonl
@@ -128,6 +129,10 @@ def serve_check(target: str | Path, *, data: str | Path | None = None, limit: in
     """
     say = say or (lambda message: None)
     target = Path(target)
+    if (target / "base" / "config.json").is_file() and (target / "adapters").is_dir():
+        return _serve_check_adapters(target, data=data, limit=limit, python=python, max_new_tokens=max_new_tokens,
+                                     threads=threads, dtype=dtype, max_model_len=max_model_len,
+                                     kv_cache_gib=kv_cache_gib, log_dir=log_dir, say=say)
     if (target / GRAFT_FILE).is_file():
         run_dir: Path | None = target
         if is_classifier_meta(read_graft_meta(target)):
@@ -166,3 +171,30 @@ def serve_check(target: str | Path, *, data: str | Path | None = None, limit: in
         report = check_export(target, rows, **options)
     report["run_dir"] = str(run_dir) if run_dir is not None else None
     return report
+
+
+def _serve_check_adapters(out: Path, *, data: str | Path | None, limit: int | None, python: str | None,
+                          max_new_tokens: int | None, threads: int | None, dtype: str, max_model_len: int,
+                          kv_cache_gib: float, log_dir: str | Path | None,
+                          say: Callable[[str], None]) -> dict[str, Any]:
+    """``export --lora-adapter OUT``: each adapter on its run's held-out prompts (or ``data``), all on OUT/base."""
+    cases: list[AdapterCase] = []
+    budget = 0
+    for adapter in sorted(p for p in (out / "adapters").iterdir() if (p / "adapter_config.json").is_file()):
+        info = read_export_info(adapter) or {}
+        run = Path(info["run_dir"]) if info.get("run_dir") else None
+        recipe = read_run_recipe(run) if run is not None and (run / CONFIG_FILE).is_file() else None
+        if data is not None:
+            rows = read_jsonl(data)
+        elif run is not None and split_file(run, "test").is_file():
+            rows = read_jsonl(split_file(run, "test"))
+        else:
+            raise TokengraftError(f"no held-out prompts for adapter {adapter.name}: its run "
+                                  f"{run or '(unknown)'} has no data/test.jsonl; pass --data FILE.jsonl")
+        cases.append(AdapterCase(name=adapter.name, path=adapter, rows=_held_out_rows(rows, limit),
+                                 system=recipe.data.system if recipe else None, task=recipe.task if recipe else None))
+        budget = max(budget, recipe.eval.max_new_tokens if recipe else 32)
+    vllm_python(python)
+    return serve_check_adapters(out / "base", cases, python=python, max_new_tokens=max_new_tokens or budget,
+                                threads=threads, dtype=dtype, max_model_len=max_model_len,
+                                kv_cache_gib=kv_cache_gib, log_dir=log_dir, say=say)

@@ -28,3 +28,12 @@ BACKENDS: tuple[str, ...] = typing.get_args(Backend)
 
 IGNORE_INDEX = -100
 """Label of a position that is not trained on (the prompt); the value transformers' losses skip."""
+
+VLLM_LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM's ``--max-lora-rank`` accepts (vllm/config/lora.py, 0.32); an adapter's r must not exceed it.
+The LoRA-adapter export prints it and serve-check passes it."""
+
+
+def vllm_max_lora_rank(rank: int) -> int:
+    """The smallest ``--max-lora-rank`` vLLM accepts that holds an adapter of rank ``rank``."""
+    return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)

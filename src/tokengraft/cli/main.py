@@ -268,7 +268,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _configure_serve_check(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help="a run directory (exported to a temporary directory first) or a merged export")
+    parser.add_argument("target", help="a run directory (exported to a temporary directory first), a merged export, "
+                                       "or the OUT of export --lora-adapter (every adapter on its base)")
     parser.add_argument("--python", default=None, metavar="PYTHON",
                         help="the interpreter that has vLLM, e.g. venv-vllm/bin/python (default: this one; vLLM "
                              "pins transformers<5.20, so it usually lives in its own venv)")
@@ -290,6 +291,7 @@ def _configure_serve_check(parser: argparse.ArgumentParser) -> None:
 @command("serve-check", "serve an export with vLLM and compare with transformers on held-out prompts", _configure_serve_check)
 def _serve_check(args: argparse.Namespace) -> int:
     from tokengraft.api import serve_check
+    from tokengraft.serving.adapters import adapters_markdown
     from tokengraft.serving.check import report_markdown
 
     log_dir = Path(args.report).parent if args.report else None
@@ -297,7 +299,7 @@ def _serve_check(args: argparse.Namespace) -> int:
                          max_new_tokens=args.max_new_tokens, threads=args.threads, dtype=args.dtype,
                          max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib, export_dir=args.export_dir,
                          log_dir=log_dir, say=lambda message: print(f"tokengraft: {message}", file=sys.stderr))
-    page = report_markdown(report)
+    page = adapters_markdown(report) if report.get("kind") == "lora-adapters" else report_markdown(report)
     if args.report:
         json_path, md_path = Path(f"{args.report}.json"), Path(f"{args.report}.md")
         json_path.parent.mkdir(parents=True, exist_ok=True)

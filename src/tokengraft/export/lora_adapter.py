@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from tokengraft.constants import vllm_max_lora_rank
 from tokengraft.core.arch import is_tied
 from tokengraft.errors import TokengraftError
 from tokengraft.export.info import export_info, read_export_info, write_export_info
@@ -46,8 +47,6 @@ BASE_DIR = "base"
 ADAPTERS_DIR = "adapters"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-# vLLM's --max-lora-rank accepts only these values (vllm/config/lora.py); an adapter's r must not exceed it.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 ROW_TOLERANCE = 1e-6  # float32 rows written from the same source agree exactly; anything larger is another row
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -66,7 +65,7 @@ class AdapterExport:
 
     @property
     def vllm_max_lora_rank(self) -> int:
-        return next(r for r in VLLM_LORA_RANKS if r >= self.rank) if self.rank <= VLLM_LORA_RANKS[-1] else self.rank
+        return vllm_max_lora_rank(self.rank)
 
 
 def _check_run(run_dir: str | Path) -> dict[str, Any]:
@@ -137,11 +136,12 @@ def row_delta_tensors(prefix: str, embed_name: str, head_name: str | None, ids: 
     k, hidden = delta_in.shape
     onehot = torch.zeros(k, vocab)
     onehot[torch.arange(k), torch.tensor(ids)] = 1.0
-    tensors = {f"{prefix}{embed_name}.lora_embedding_A": onehot.contiguous(),
-               f"{prefix}{embed_name}.lora_embedding_B": delta_in.T.contiguous()}
+    # clone(): every tensor its own storage (safetensors refuses shared memory; with k = 1 a transpose is a view)
+    tensors = {f"{prefix}{embed_name}.lora_embedding_A": onehot.clone(),
+               f"{prefix}{embed_name}.lora_embedding_B": delta_in.T.clone(memory_format=torch.contiguous_format)}
     if head_name is not None and delta_out is not None:
-        tensors[f"{prefix}{head_name}.lora_A.weight"] = delta_out.contiguous()
-        tensors[f"{prefix}{head_name}.lora_B.weight"] = onehot.T.contiguous()
+        tensors[f"{prefix}{head_name}.lora_A.weight"] = delta_out.clone(memory_format=torch.contiguous_format)
+        tensors[f"{prefix}{head_name}.lora_B.weight"] = onehot.T.clone(memory_format=torch.contiguous_format)
     return tensors
 
 

@@ -56,7 +56,7 @@ def prompts_of(rows: list[dict[str, Any]]) -> list[str | list[dict[str, str]]]:
     return prompts
 
 
-def _first(ids: list[int]) -> int | None:
+def first_token(ids: list[int]) -> int | None:
     return ids[0] if ids else None
 
 
@@ -66,7 +66,7 @@ def pass_summary(rows: list[dict[str, Any]], ids: list[list[int]], texts: list[s
     answerable = [i for i, r in enumerate(rows) if r.get("answerable") is True]
 
     def rate(group: list[int]) -> float | None:
-        return sum(_first(ids[i]) == pass_id for i in group) / len(group) if group else None
+        return sum(first_token(ids[i]) == pass_id for i in group) / len(group) if group else None
 
     said = [i for i, row_ids in enumerate(ids) if pass_id in row_ids]
     return {"pass_rate_unanswerable": rate(unanswerable), "pass_rate_answerable": rate(answerable),
@@ -88,7 +88,7 @@ def style_summary(rows: list[dict[str, Any]], ids: list[list[int]], seed: int = 
             "verbose_median_tokens": stats["median_verbose"], "pairs": len(pairs)}
 
 
-def _engine_summary(rows: list[dict[str, Any]], ids: list[list[int]], texts: list[str], seconds: float,
+def engine_summary(rows: list[dict[str, Any]], ids: list[list[int]], texts: list[str], seconds: float,
                     pass_id: int | None, task: str | None) -> dict[str, Any]:
     tokens = sum(len(x) for x in ids)
     out: dict[str, Any] = {"generate_s": seconds, "generated_tokens": tokens,
@@ -105,7 +105,7 @@ def _server_question(rows: list[dict[str, Any]], hf_ids: list[list[int]], pass_i
     """An unanswerable question that transformers answers with <PASS> (the case a client must see), else the first row."""
     unanswerable = [i for i, r in enumerate(rows) if r.get("answerable") is False]
     for i in unanswerable:
-        if pass_id is not None and _first(hf_ids[i]) == pass_id:
+        if pass_id is not None and first_token(hf_ids[i]) == pass_id:
             return i
     return unanswerable[0] if unanswerable else 0
 
@@ -159,17 +159,17 @@ def serve_check(export_dir: str | Path, rows: list[dict[str, Any]], *, task: str
     pass_id = vocab.get(PASS_TOKEN)
     n = len(rows)
     report: dict[str, Any] = {
-        "export": str(export), "task": task, "prompts": n, "max_new_tokens": max_new_tokens, "threads": threads,
+        "kind": "merged", "export": str(export), "task": task, "prompts": n, "max_new_tokens": max_new_tokens, "threads": threads,
         "dtype": dtype, "system": system,
-        "agreement": {"first_token": sum(_first(a) == _first(b) for a, b in zip(hf_ids, v_ids)) / n,
+        "agreement": {"first_token": sum(first_token(a) == first_token(b) for a, b in zip(hf_ids, v_ids)) / n,
                       "greedy_sequence": sum(a == b for a, b in zip(hf_ids, v_ids)) / n,
                       "client_text": sum(a == b for a, b in zip(hf_texts, v_texts)) / n,
                       "chat_template": (result["template_agreement"] / n
                                         if result["template_agreement"] is not None else None)},
-        "transformers": {"load_s": load_s, **_engine_summary(rows, hf_ids, hf_texts, hf_s, pass_id, task)},
+        "transformers": {"load_s": load_s, **engine_summary(rows, hf_ids, hf_texts, hf_s, pass_id, task)},
         "vllm": {"version": result["vllm_version"], "python": result["python"], "import_s": result["import_s"],
                  "engine_start_s": result["engine_start_s"],
-                 **_engine_summary(rows, v_ids, v_texts, result["generate_s"], pass_id, task)},
+                 **engine_summary(rows, v_ids, v_texts, result["generate_s"], pass_id, task)},
         "examples": [{"prompt": prompts[i] if isinstance(prompts[i], str) else prompts[i][-1]["content"],
                       "answerable": rows[i].get("answerable"), "transformers": hf_texts[i], "vllm": v_texts[i],
                       "vllm_ids": v_ids[i][:8]} for i in range(min(n, 6))],
@@ -202,7 +202,7 @@ def _server_check(exe: str, export: Path, rows: list[dict[str, Any]], prompts: l
         shown = srv.chat(messages, max_tokens=max_new_tokens, skip_special_tokens=False)
     return {"ready_s": ready_s, "question": messages[-1]["content"], "answerable": rows[i].get("answerable"),
             "messages": messages, "transformers_text": hf_texts[i],
-            "transformers_says_pass": pass_id is not None and _first(hf_ids[i]) == pass_id,
+            "transformers_says_pass": pass_id is not None and first_token(hf_ids[i]) == pass_id,
             "default": default, "skip_special_tokens_false": shown,
             "pass_visible_by_default": PASS_TOKEN in (default.get("content") or "")}
 
