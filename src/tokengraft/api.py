@@ -1,4 +1,4 @@
-"""The library's entry points: train a recipe, load a run, evaluate it, generate from it, export it.
+"""The library's entry points: train a recipe, load a run, evaluate it, generate from it, export it, serve-check it.
 
 This is the only module that branches on the task: a ``task: classification``
 recipe trains a sequence classifier (training/classifier.py) and its run loads and

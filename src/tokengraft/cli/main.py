@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -299,6 +300,7 @@ def _serve_check(args: argparse.Namespace) -> int:
                          max_new_tokens=args.max_new_tokens, threads=args.threads, dtype=args.dtype,
                          max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib, export_dir=args.export_dir,
                          log_dir=log_dir, say=lambda message: print(f"tokengraft: {message}", file=sys.stderr))
+    report["command"] = "tokengraft " + " ".join(shlex.quote(a) for a in args.argv)
     page = adapters_markdown(report) if report.get("kind") == "lora-adapters" else report_markdown(report)
     if args.report:
         json_path, md_path = Path(f"{args.report}.json"), Path(f"{args.report}.md")
@@ -358,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else sys.argv[1:])  # a report names the command that made it
     try:
         return int(args.handler(args) or 0)
     except TokengraftError as exc:

@@ -165,7 +165,8 @@ def adapters_markdown(report: dict[str, Any]) -> str:
              f"vLLM {v['version']} multi-LoRA (`max_loras` {report['max_loras']}, `max_lora_rank` "
              f"{report['max_lora_rank']}): {report['requests']} greedy requests in one call, each adapter's held-out "
              "prompts mixed with base-only requests; transformers: PEFT on the same base, same prompt ids. "
-             f"Engine start {v['engine_start_s']:.1f} s, {v['generated_tokens']} tokens in {v['generate_s']:.1f} s.", "",
+             f"Engine start {v['engine_start_s']:.1f} s, {v['generated_tokens']} tokens in {v['generate_s']:.1f} s."
+             + (f" Produced by `{report['command']}`." if report.get("command") else ""), "",
              "| adapter | prompts | first token agrees | greedy identical | `<PASS>` unanswerable (HF / vLLM) "
              "| `<PASS>` answerable (HF / vLLM) |", "|---|---|---|---|---|---|"]
 

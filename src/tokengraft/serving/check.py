@@ -221,10 +221,12 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def report_markdown(report: dict[str, Any]) -> str:
     """The report as a markdown page (what `--report STEM` writes to STEM.md)."""
     hf, v, agree = report["transformers"], report["vllm"], report["agreement"]
-    lines = [f"# serve-check: {Path(report['export']).name}", "",
+    lines = [f"# serve-check: {Path(report.get('run_dir') or report['export']).name}", "",
              f"Export `{report['export']}`, task `{report.get('task')}`, {report['prompts']} held-out prompts, "
              f"greedy, up to {report['max_new_tokens']} new tokens, {report['dtype']}, {report['threads']} thread(s); "
              f"vLLM {v['version']} (`{v['python']}`).", ""]
+    if report.get("command"):
+        lines[1:1] = ["", f"Produced by `{report['command']}`."]
     if "pass_token" in report:
         p = report["pass_token"]
         lines += [f"`<PASS>` is id {p['id']}, written as a {'SPECIAL' if p['special'] else 'normal added'} token "
@@ -246,7 +248,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines += [f"| generated tokens | {hf['generated_tokens']} | {v['generated_tokens']} |",
               f"| generation time (s) | {_fmt(hf['generate_s'], 1)} | {_fmt(v['generate_s'], 1)} |",
               f"| tokens/s | {_fmt(hf['tokens_per_s'], 0)} | {_fmt(v['tokens_per_s'], 0)} |",
-              f"| model load / engine start (s) | {_fmt(hf['load_s'], 1)} | {_fmt(v['engine_start_s'], 1)} |", ""]
+              f"| model load / engine start (s) | {_fmt(hf['load_s'], 1)} | {_fmt(v['engine_start_s'], 1)} |",
+              f"| `import vllm` (s) | | {_fmt(v['import_s'], 1)} |", ""]
     server = report.get("server")
     if server:
         d, s = server["default"], server["skip_special_tokens_false"]
