@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from tokengraft.errors import TokengraftError
+from tokengraft.export.visible import resolve_visible_tokens, show_tokens
 
 # Families llama.cpp runs with its LLAMA graph (same tensors, rotary layout and norms).
 LLAMA_FAMILIES = ("llama", "mistral")
@@ -341,7 +342,6 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
     import gguf
 
     from tokengraft.export.pass_bias import fold_run_pass_bias
-    from tokengraft.export.visible import resolve_visible_tokens, show_tokens
     from tokengraft.rundir import load_graft, read_graft_meta
     from tokengraft.export.merged import merge_graft
     from tokengraft.models import load_config
