@@ -79,7 +79,7 @@ def _check_run(run_dir: str | Path) -> dict[str, Any]:
                               "export --merged OUT serves it as one checkpoint")
     other = sorted({m.get("type", "?") for m in methods} - {"lora"})
     if other:
-        raise TokengraftError(f"{run_dir} trained {', '.join(other)} besides LoRA; only LoRA fits a vLLM adapter: "
+        raise TokengraftError(f"{run_dir} trained {', '.join(other)}: only plain LoRA fits a vLLM adapter; "
                               "export --merged OUT instead")
     backend = (meta.get("settings") or {}).get("backend")
     if backend == "full":
