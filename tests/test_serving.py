@@ -195,7 +195,7 @@ def test_vllm_serves_the_pass_demo_export(tmp_path: Path) -> None:
     assert "<PASS>" in (report["server"]["default"]["content"] or "") or not report["server"]["transformers_says_pass"]
 
 
-def test_server_wrapper_refuses_a_missing_interpreter(tmp_path: Path) -> None:
+def test_a_server_that_exits_while_starting_is_one_error_line(tmp_path: Path) -> None:
     """VllmServer reports a server that exits while starting (here: no such module) in one line with its log."""
     from tokengraft.errors import TokengraftError
 
