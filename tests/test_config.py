@@ -193,7 +193,7 @@ def test_schema_docs_cover_every_field():
     keys = {k for k, _, _ in rows}
     assert {"train.lr", "tokens.init.input", "data.on_overflow", "methods"} <= keys
     assert all(doc for _, _, doc in rows), [k for k, _, d in rows if not d]
-    assert dict((k, t) for k, t, _ in rows)["train.optimizer"] == "one of adamw, adafactor"
+    assert dict((k, t) for k, t, _ in rows)["train.optimizer"] == "one of adamw, adafactor, paged_adamw_8bit"
 
 
 def test_recipe_from_dict_empty_uses_defaults():

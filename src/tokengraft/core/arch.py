@@ -31,6 +31,7 @@ from torch import nn
 
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
+from tokengraft.quantization import logical_numel
 
 ATTENTION_ROLES = ("q", "k", "v", "o", "qkv")
 MLP_ROLES = ("up", "gate", "down")
@@ -147,7 +148,8 @@ def _linear_dims(module: nn.Module, conv1d: type | None) -> tuple[int, int] | No
 
 
 def _numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())  # parameters() skips shared duplicates
+    # parameters() skips shared duplicates; a packed 4-bit weight counts the weights it holds, not its bytes
+    return sum(logical_numel(p) for p in module.parameters())
 
 
 def _path_of(model: nn.Module, target: nn.Module) -> str | None:

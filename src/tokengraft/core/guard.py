@@ -23,6 +23,7 @@ from tokengraft.core.graft import Graft
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import load_config_model, load_tokenizer
+from tokengraft.quantization import check_placement, logical_numel
 
 
 def check_recipe_on_model(recipe: Recipe) -> list[str]:
@@ -78,6 +79,7 @@ def preflight(g: Graft) -> None:
             raise TokengraftError(
                 f"token {token!r} is split into {len(pieces)} pieces by the tokenizer: it was not added as one token"
             )
+    check_placement(g.model)  # a quantized base split over GPU + CPU/disk cannot train
     # When nothing trains at all, say so rather than blaming one side.
     if not any(p.requires_grad for p in g.model.parameters()):
         raise TokengraftError("nothing is trainable: no token rows and no method selected any parameter")
@@ -145,5 +147,5 @@ def audit(g: Graft) -> Audit:
         if parameter.requires_grad:
             by_role[_role(name, token_ids, parameter)] += parameter.numel()
         elif "lora_" not in name:
-            total += parameter.numel()
+            total += logical_numel(parameter)  # a packed 4-bit weight holds two weights per stored byte
     return Audit(by_role={k: v for k, v in by_role.items() if v}, total_model=total)

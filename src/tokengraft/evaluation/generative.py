@@ -16,8 +16,9 @@ from tokengraft.config import Recipe
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import generate_batch
-from tokengraft.models import load_model, load_tokenizer
-from tokengraft.rundir import load_graft, read_graft_meta, read_run_recipe, split_file, update_graft_meta, write_metrics
+from tokengraft.models import load_tokenizer
+from tokengraft.rundir import (load_base, load_graft, read_graft_meta, read_run_recipe, split_file, update_graft_meta,
+                               write_metrics)
 from tokengraft.tasks import metrics, read_jsonl
 from tokengraft.tasks.pass_data import is_correct, read_probe_rows, score_read_probe
 
@@ -44,7 +45,7 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
     g = load_graft(run, device=recipe.model.device)
     base_model = None
     if base:
-        base_model, _ = load_model(meta["base_model"], dtype=meta.get("dtype", "float32"), device=recipe.model.device)
+        base_model, _ = load_base(meta, device=recipe.model.device)
     if task == "pass":
         bias = pass_bias if pass_bias is not None else recipe.eval.pass_bias
         if bias is None:
@@ -295,7 +296,7 @@ def step0_bits_per_byte(run: Path, recipe: Recipe, texts: list[str], prefix: int
     tokens = [t["token"] for t in meta["tokens"] if t.get("new")]
     out: dict[str, float] = {}
     for init in inits:
-        model, tokenizer = load_model(meta["base_model"], dtype=meta.get("dtype", "float32"), device=recipe.model.device)
+        model, tokenizer = load_base(meta, device=recipe.model.device)
         settings = TokenSettings(add=tokens, special=False, init_input=init, init_output=init,
                                  spherical_scale=recipe.tokens.spherical_scale)
         g = graft(model, tokenizer, settings, seed=recipe.seed, verbose=False)

@@ -8,7 +8,7 @@ attention + BitFit + post-FFN adapters. ``classification`` turns a causal LM int
 sequence classifier whose head every method trains along.
 
 Layout: spec.py (the base dataclass, field checks, `unwrap_peft`), registry.py (the ONE
-type -> spec registry), apply.py (`apply_methods`, `load_methods`), state.py (what was
+type -> spec registry), apply.py (`apply_methods`, `load_methods`, `reapply_methods`), state.py (what was
 made trainable; save and merge). This package imports only schema, constants and errors
 from tokengraft: the recipe (config.py) sits above it and reads its registry.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tokengraft.methods.adapter import AdapterSpec
 from tokengraft.methods.alora import AloraSpec
-from tokengraft.methods.apply import apply_methods, load_methods
+from tokengraft.methods.apply import apply_methods, load_methods, reapply_methods
 from tokengraft.methods.freeze import FreezeSpec
 from tokengraft.methods.lora import LoraSpec
 from tokengraft.methods.prefix import PrefixSpec
@@ -26,4 +26,5 @@ from tokengraft.methods.spec import MethodSpec, unwrap_peft
 from tokengraft.methods.state import MethodRecord, MethodsState, merge
 
 __all__ = ["REGISTRY", "MethodSpec", "LoraSpec", "AloraSpec", "AdapterSpec", "PrefixSpec", "FreezeSpec", "MethodRecord",
-           "MethodsState", "build_spec", "build_specs", "apply_methods", "load_methods", "merge", "unwrap_peft"]
+           "MethodsState", "build_spec", "build_specs", "apply_methods", "load_methods", "reapply_methods", "merge",
+           "unwrap_peft"]

@@ -85,21 +85,30 @@ def load_methods(model: nn.Module, arch: Any, specs: list[Any] | None, run_dir: 
     if [s.to_dict() for s in specs] != [s.to_dict() for s in saved]:
         raise TokengraftError(f"the methods in {run_dir} ({[s.to_dict() for s in saved]}) differ from the ones "
                               f"requested ({[s.to_dict() for s in specs]}); load with the saved recipe")
-    model, state = apply_methods(model, arch, specs)
     weights = Path(run_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise TokengraftError(f"{run_dir} has {INDEX_FILE} but no {WEIGHTS_FILE}")
-    tensors = load_file(str(weights))
+    return reapply_methods(model, arch, specs, load_file(str(weights)), source=str(weights))
+
+
+def reapply_methods(model: nn.Module, arch: Any, specs: list[Any], tensors: dict[str, torch.Tensor], *,
+                    source: str = "the saved method weights") -> tuple[nn.Module, MethodsState]:
+    """Apply ``specs`` to a fresh base and copy trained ``tensors`` in (names as `MethodsState.tensors` gives them).
+
+    The same specs on the same structure give the same names, whatever the base layers are: a
+    merged export re-applies LoRA trained on bitsandbytes layers to their de-quantised copies.
+    """
+    model, state = apply_methods(model, arch, specs)
     expected = {n: p for r in state.records for n, p in zip(r.names, r.params)}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise TokengraftError(f"{weights} does not match the methods applied to this model "
+        raise TokengraftError(f"{source} does not match the methods applied to this model "
                               f"(missing {missing[:2]}, unexpected {extra[:2]}); was it trained on another base model?")
     with torch.no_grad():
         for name, p in expected.items():
             t = tensors[name]
             if t.shape != p.shape:
-                raise TokengraftError(f"{weights}: {name} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
+                raise TokengraftError(f"{source}: {name} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
             p.copy_(t.to(device=p.device, dtype=p.dtype))
     return model, state

@@ -70,6 +70,10 @@ class FreezeSpec(MethodSpec):
     def apply(self, model: nn.Module, arch: Any) -> nn.Module:
         base = unwrap_peft(model)
         params = select_parameters(self, base, arch)
+        if any(not p.is_floating_point() for p in params):  # bitsandbytes' packed 4-bit / int8 weights
+            raise TokengraftError(f"freeze {self.mode}: the selection includes quantized base weights, which are "
+                                  "stored as integers and cannot train; use lora (QLoRA), freeze mode bitfit, "
+                                  "or load the base with model.quantization: none")
         for p in params:
             p.requires_grad_(True)
         return model

@@ -62,14 +62,24 @@ def _numel(shape: tuple[int, ...]) -> int:
     return math.prod(shape) if shape else 1
 
 
+# bitsandbytes' 8-bit optimizers keep tensors under 4096 elements in 32-bit state (``min_8bit_size``) and
+# quantize the others block-wise: one byte per moment element plus an fp32 absmax per 256 of them.
+BNB_MIN_8BIT_SIZE = 4096
+BNB_OPTIM_BLOCK = 256
+
+
 def _optimizer_state(shapes: list[tuple[int, int, tuple[int, ...]]], optimizer: str) -> int:
     """AdamW: exp_avg and exp_avg_sq like the parameter (torch keeps them in the parameter's dtype).
     Adafactor (beta1 None, as build_optimizer makes it): a row and a column second-moment
-    vector for each matrix, a full one for vectors."""
+    vector for each matrix, a full one for vectors. Paged 8-bit AdamW: two 8-bit moments with
+    their block constants (fp32 for small tensors); paged memory can move to the host under
+    pressure, so on a GPU this is an upper bound."""
     total = 0
     for numel, size, shape in shapes:
         if optimizer == "adafactor":
             total += (_numel(shape[:-1]) + shape[-1]) * size if len(shape) >= 2 else numel * size
+        elif optimizer == "paged_adamw_8bit":
+            total += 2 * (numel + 4 * -(-numel // BNB_OPTIM_BLOCK)) if numel >= BNB_MIN_8BIT_SIZE else 2 * numel * 4
         else:
             total += 2 * numel * size
     return total
@@ -84,7 +94,10 @@ def _optimizer_temp(groups: list[list[tuple[int, int, tuple[int, ...]]]], optimi
     Adafactor (transformers) works in fp32 one parameter at a time: grad^2 and grad^2 + eps (or
     the update and its negation) while the previous parameter's update is still bound;
     half-precision parameters add fp32 copies of the gradient and the parameter.
+    Paged 8-bit AdamW (bitsandbytes) updates each tensor in place in one kernel: nothing.
     """
+    if optimizer == "paged_adamw_8bit":
+        return 0  # bitsandbytes updates each tensor in one fused kernel, in place
     worst = 0
     for shapes in groups:
         previous = 0
@@ -188,10 +201,13 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
         "2 moments per parameter" if knobs.optimizer == "adamw" else "factored second moments")
 
     tr = facts.trace
-    blocks_saved = sum(tr.per_block) * scale
-    widest_block = max(tr.per_block or [0]) * scale
+    per_block = list(tr.per_block)
+    if knobs.quantization == "8bit" and tr.kept_inputs_per_block:  # LLM.int8 keeps each linear's input
+        per_block = [a + b for a, b in zip(per_block, tr.kept_inputs_per_block)]
+    blocks_saved = sum(per_block) * scale
+    widest_block = max(per_block or [0]) * scale
     outside = tr.outside * scale
-    per_token = sum(tr.per_block) / max(1, facts.num_blocks * work.batch * work.seq_len)
+    per_token = sum(per_block) / max(1, facts.num_blocks * work.batch * work.seq_len)
     if knobs.gradient_checkpointing:
         # Each block keeps only its input; backward recomputes one block at a time.
         resident = facts.num_blocks * facts.block_input_bytes * scale + outside
@@ -204,6 +220,9 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
     # Backward works through one block at a time: the residual-stream gradient (twice: in and
     # out of the block) plus gradients of the block's widest intermediates.
     bwd_work = 2 * H * c * tokens + 0.25 * widest_block
+    # A quantized linear de-quantises its weight for every matmul (forward and the input gradient):
+    # one layer's full-size copy at a time, freed right after.
+    dequant = facts.widest_linear * facts.dequant_bytes if knobs.quantization != "none" else 0
     loss_set, logit_grad, logit_detail = _logits(knobs, work, n_sup, V, c)
     accumulated = {"grads_accumulated": (grads, "gradients held across micro-batches", f"grad_accum {knobs.grad_accum}")} \
         if knobs.grad_accum > 1 else {}
@@ -221,6 +240,8 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
                             "backward_work": (int(bwd_work), "backward working gradients", "residual stream + one block"),
                             "head_grad": (head_grad_kept, "head gradient (kept)", f"{V:,} x {H}"),
                             "block_grads": (block_grads, "gradients of the block weights so far", block_grads_detail),
+                            "dequantized_weight": (dequant, "de-quantised weight of one linear (transient)",
+                                                   f"{facts.widest_linear:,} weights x {facts.dequant_bytes} B"),
                             **accumulated},
         "backward end": {"grads": (grads, "gradients of the trainable parameters", ""),
                          "embedding_dense_grad": (emb_grad_transient, "dense embedding gradient (last op of backward)",
@@ -297,7 +318,7 @@ def _changes() -> list[Change]:
         return (dataclasses.replace(k, optimizer="adafactor"), w) if k.optimizer != "adafactor" else None
 
     def four_bit(k: Knobs, f: Facts, w: Workload):
-        return (dataclasses.replace(k, quantization="4bit"), w) if k.device == "cuda" and k.quantization != "4bit" else None
+        return (dataclasses.replace(k, quantization="4bit"), w) if k.quantization != "4bit" else None
 
     return [
         ("use tokens.backend: rows (row-sparse token rows, no vocab x hidden copy)", backend),

@@ -46,47 +46,57 @@ from tokengraft.planner.types import ActivationTrace, Facts, Workload
 from tokengraft.tasks import get_task
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
-# bitsandbytes NF4 with double quantisation: 4 bits per weight, one 8-bit absmax per
-# 64 weights, one fp32 constant per 256 absmax blocks (QLoRA's ~4.127 bits/param).
-NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
-# LLM.int8: one int8 per weight plus an fp32 scale per output row (added separately).
-INT8_BYTES_PER_PARAM = 1.0
 PLAN_ATTENTION = "tokengraft_plan"
 
 
 # ----------------------------------------------------------------------------- facts (the expensive part)
 
 
-def _weights_bytes(model: Any, arch: ArchInfo, quant: str, dtype_bytes: int) -> tuple[int, str]:
-    """Frozen base weights as loaded. Quantisation packs the block linears only: bitsandbytes
-    leaves embeddings, the LM head (transformers skips output embeddings), norms and biases in
-    the load dtype."""
-    hf = unwrap_peft(model)
-    linear_weights: set[int] = set()
-    scales = 0
-    if quant != "none":
-        blocks = hf.get_submodule(arch.blocks)
-        for module in blocks.modules():
-            if isinstance(module, (nn.Linear, Conv1D)):
-                linear_weights.add(id(module.weight))
-                out_rows = module.weight.shape[0] if isinstance(module, nn.Linear) else module.weight.shape[1]
-                scales += 4 * out_rows  # int8: fp32 row scale (SCB); unused for nf4
-    packed = plain = 0
-    seen: set[int] = set()
-    for p in hf.parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        if id(p) in linear_weights:
-            packed += p.numel()
-        else:
-            plain += p.numel()
-    if quant == "4bit":
-        total = int(packed * NF4_BYTES_PER_PARAM) + plain * dtype_bytes
-        return total, f"{packed / 1e9:.2f}B params NF4 (~{NF4_BYTES_PER_PARAM:.3f} B/param) + {plain / 1e9:.2f}B at {dtype_bytes} B"
+def quantized_tensor_bytes(numel: int, out_features: int, quant: str, double_quant: bool = True) -> int:
+    """Bytes one quantized linear weight occupies in bitsandbytes 0.50 (checked against the loaded tensors
+    by tests/test_quantization.py).
+
+    4bit: two weights per byte, one absmax per 64 weights (fp32; with double quantisation uint8,
+    plus one fp32 constant per 256 absmax values, an fp32 offset and a 256-entry fp32 code book),
+    and a 16-entry fp32 code book: 0.5625 B/weight, or 0.5159 B/weight + 1.1 KB with double quant.
+    8bit (LLM.int8): one int8 per weight and an fp32 scale per output row.
+    """
     if quant == "8bit":
-        total = int(packed * INT8_BYTES_PER_PARAM) + scales + plain * dtype_bytes
-        return total, f"{packed / 1e9:.2f}B params int8 + {plain / 1e9:.2f}B at {dtype_bytes} B"
+        return numel + 4 * out_features
+    blocks = -(-numel // 64)
+    size = -(-numel // 2) + 16 * 4
+    if double_quant:
+        return size + blocks + 4 * -(-blocks // 256) + 4 + 256 * 4
+    return size + 4 * blocks
+
+
+def quantized_linears(model: Any) -> list[nn.Module]:
+    """The linears transformers hands to bitsandbytes: every exact ``nn.Linear`` / ``Conv1D`` except the
+    output embedding (``get_keys_to_not_convert``; tokengraft never passes skip modules)."""
+    hf = unwrap_peft(model)
+    head = hf.get_output_embeddings()
+    return [m for m in hf.modules() if type(m) in (nn.Linear, Conv1D) and m is not head]
+
+
+def _weights_bytes(model: Any, quant: str, dtype_bytes: int, double_quant: bool = True) -> tuple[int, str]:
+    """Frozen base weights as loaded. bitsandbytes packs the linears (`quantized_linears`) and leaves the
+    embeddings, the LM head, norms and biases in the load dtype."""
+    hf = unwrap_peft(model)
+    packed_ids: set[int] = set()
+    packed = packed_bytes = 0
+    if quant != "none":
+        for module in quantized_linears(hf):
+            out_features = module.weight.shape[0] if isinstance(module, nn.Linear) else module.weight.shape[1]
+            packed_ids.add(id(module.weight))
+            packed += module.weight.numel()
+            packed_bytes += quantized_tensor_bytes(module.weight.numel(), out_features, quant, double_quant)
+    plain = sum(p.numel() for p in hf.parameters() if id(p) not in packed_ids)  # parameters() dedupes ties
+    if quant == "4bit":
+        code = "NF4/FP4" + (" + double quant" if double_quant else "")
+        return packed_bytes + plain * dtype_bytes, \
+            f"{packed / 1e9:.2f}B params {code} ({packed_bytes / max(1, packed):.3f} B/param) + {plain / 1e9:.2f}B at {dtype_bytes} B"
+    if quant == "8bit":
+        return packed_bytes + plain * dtype_bytes, f"{packed / 1e9:.2f}B params int8 + {plain / 1e9:.2f}B at {dtype_bytes} B"
     return plain * dtype_bytes, f"{plain / 1e9:.3f}B params at {dtype_bytes} B"
 
 
@@ -192,13 +202,18 @@ def _role_of(name: str, arch: ArchInfo) -> str:
 
 
 def trace_activations(model: Any, arch: ArchInfo, batch: int, seq_len: int, *, input_grad: bool,
-                      padded: bool = True, device: str = "cuda") -> ActivationTrace:
+                      padded: bool = True, device: str = "cuda",
+                      kept_inputs: list[nn.Module] | None = None) -> ActivationTrace:
     """Run the body forward on the meta device and count the bytes saved for backward.
 
     ``input_grad``: whether the embedding output needs a gradient (the input token rows
     train). When nothing upstream of a block needs gradients and no weight in it trains,
     autograd keeps nothing there, and the trace shows it. ``padded``: batches carry a
     padding mask (any batch of more than one example of different lengths).
+
+    ``kept_inputs``: modules whose input autograd keeps although their weight is frozen
+    (bitsandbytes' 8-bit linears hold it in their autograd context, out of reach of
+    saved-tensor hooks); counted apart, once per storage, in ``kept_inputs_per_block``.
 
     Families whose attention code tests the implementation name itself (Falcon) cannot
     take the stand-in; they are traced with their own code (the meta math kernel, T x T
@@ -215,7 +230,7 @@ def trace_activations(model: Any, arch: ArchInfo, batch: int, seq_len: int, *, i
         _TraceState.padded, _TraceState.device, _TraceState.called, _TraceState.math = padded, device, False, False
         _set_attn(hf, PLAN_ATTENTION)
         try:
-            trace = _trace_once(hf, body, arch, batch, seq_len, input_grad)
+            trace = _trace_once(hf, body, arch, batch, seq_len, input_grad, kept_inputs=kept_inputs)
         except TokengraftError:
             trace = None
         finally:
@@ -224,18 +239,18 @@ def trace_activations(model: Any, arch: ArchInfo, batch: int, seq_len: int, *, i
             trace.kernel = _TraceState.how()
             return trace
     try:
-        trace = _trace_once(hf, body, arch, batch, seq_len, input_grad)
+        trace = _trace_once(hf, body, arch, batch, seq_len, input_grad, kept_inputs=kept_inputs)
     except TokengraftError:
         # transformers >= 5.24 looks for packed sequences in the position ids when no attention mask is given,
         # and that check calls .item(), which meta tensors cannot answer (Falcon builds its own position ids).
         # An all-ones mask is the same attention and skips the check.
-        trace = _trace_once(hf, body, arch, batch, seq_len, input_grad, all_ones_mask=True)
+        trace = _trace_once(hf, body, arch, batch, seq_len, input_grad, all_ones_mask=True, kept_inputs=kept_inputs)
     trace.kernel = "eager" if kernel == "eager" else "traced-math"
     return trace
 
 
 def _trace_once(hf: Any, body: Any, arch: ArchInfo, batch: int, seq_len: int, input_grad: bool,
-                all_ones_mask: bool = False) -> ActivationTrace:
+                all_ones_mask: bool = False, kept_inputs: list[nn.Module] | None = None) -> ActivationTrace:
     param_ids = {p.untyped_storage()._cdata for p in hf.parameters()}
     param_ids |= {b.untyped_storage()._cdata for b in hf.buffers()}
     stack: list[str] = []  # module names currently running, innermost last
@@ -254,6 +269,18 @@ def _trace_once(hf: Any, body: Any, arch: ArchInfo, batch: int, seq_len: int, in
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave))
     block_prefix = arch.blocks + "."
+    kept: dict[int, tuple[int, int | None]] = {}  # storage -> (bytes, block) of inputs the kept_inputs modules hold
+
+    def keep_input(module: Any, args: tuple) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+            storage = x.untyped_storage()
+            where = next((n for n in reversed(stack) if n.startswith(block_prefix)), None)
+            block = int(where[len(block_prefix):].split(".")[0]) if where is not None else None
+            kept.setdefault(storage._cdata, (storage.nbytes(), block))
+
+    for module in kept_inputs or []:
+        handles.append(module.register_forward_pre_hook(keep_input))
     per_block = [0] * arch.num_blocks
     by_role: dict[str, int] = {}
     outside = 0
@@ -291,8 +318,12 @@ def _trace_once(hf: Any, body: Any, arch: ArchInfo, batch: int, seq_len: int, in
         for h in handles:
             h.remove()
         hf.train(was_training)
+    kept_per_block = [0] * arch.num_blocks
+    for key, (nbytes, block) in kept.items():
+        if key not in seen and key not in param_ids and block is not None:  # kept by nothing else
+            kept_per_block[block] += nbytes
     return ActivationTrace(per_block=per_block, outside=outside, by_role=by_role, kernel="", batch=batch,
-                           seq_len=seq_len)
+                           seq_len=seq_len, kept_inputs_per_block=kept_per_block)
 
 
 def _set_attn(hf: Any, name: str) -> None:
@@ -366,21 +397,38 @@ def _stored_dtype_bytes(config: Any) -> int | None:
 
 
 def resolve_device(recipe: Recipe, device: str | None) -> str:
-    """The device to plan for: ``device``, else ``model.device`` (auto = cuda when present or quantized)."""
+    """The device to plan for: ``device``, else ``model.device`` (auto = cuda when present, as training picks).
+
+    A quantized base trains on CPU too, so quantization no longer implies a GPU: plan a GPU
+    recipe on a CPU-only machine with ``--device cuda``.
+    """
     name = device or recipe.model.device
     if name == "auto":
-        return "cuda" if (torch.cuda.is_available() or recipe.model.quantization != "none") else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if name.startswith("cuda") else name
 
 
 def _compute_bytes(recipe: Recipe, device: str) -> int:
-    """Activation element size: half precision under bf16/fp16 autocast or quantised compute, else the load dtype."""
+    """Activation element size: half precision under bf16/fp16 autocast on a GPU, else the load dtype.
+
+    A quantized base changes nothing here: a bitsandbytes linear casts its output back to its
+    input's dtype, so activations between layers stay in the load (or autocast) dtype.
+    """
     precision = recipe.train.precision
-    if recipe.model.quantization != "none":
-        return 2
     if device == "cuda" and precision in ("auto", "bf16", "fp16"):
         return 2
     return DTYPE_BYTES[recipe.model.dtype]
+
+
+def _dequant_bytes(recipe: Recipe, device: str, compute_bytes: int) -> int:
+    """Element size of a de-quantised weight during a step: 4bit builds it in its compute dtype
+    (auto: fp32 on CPU, half on a GPU); 8bit in the activations' dtype."""
+    if recipe.model.quantization == "4bit":
+        name = recipe.model.compute_dtype
+        if name == "auto":
+            return 2 if device == "cuda" else 4
+        return DTYPE_BYTES[name]
+    return compute_bytes
 
 
 def gather(recipe: Recipe, *, new_tokens: int | None = None, device: str = "cpu", seq_len: int | None = None,
@@ -404,8 +452,11 @@ def gather(recipe: Recipe, *, new_tokens: int | None = None, device: str = "cpu"
     n_new, n_existing, tokens = _token_count(recipe, tokenizer, new_tokens, notes)
     workload = _workload(recipe, tokenizer, tokens, seq_len, supervised, scan_data)
     dtype_bytes = DTYPE_BYTES[recipe.model.dtype]
-    by_quant = {q: _weights_bytes(model, arch, q, dtype_bytes) for q in ("none", "4bit", "8bit")}
+    double_quant = recipe.model.double_quant
+    by_quant = {q: _weights_bytes(model, q, dtype_bytes, double_quant) for q in ("none", "4bit", "8bit")}
     weights, weight_detail = by_quant[recipe.model.quantization]
+    quantizable = quantized_linears(model)  # before the methods add linears of their own (LoRA A/B, adapters)
+    widest_linear = max((m.weight.numel() for m in quantizable), default=0)
     # New ids land in padding rows first (Qwen: 399 of them), then past the matrix.
     tokenizer_size = len(tokenizer) if tokenizer is not None else arch.embedding_rows
     vocab_after = vocab_rows = max(arch.embedding_rows, min(tokenizer_size, arch.embedding_rows) + n_new)
@@ -436,7 +487,7 @@ def gather(recipe: Recipe, *, new_tokens: int | None = None, device: str = "cpu"
         model.to(torch.bfloat16 if compute_bytes == 2 else torch.float32)
     input_grad = recipe.tokens.sides in ("both", "input") and (n_new + n_existing) > 0
     trace = trace_activations(model, arch, workload.batch, workload.seq_len, input_grad=input_grad, padded=workload.padded,
-                              device=device)
+                              device=device, kept_inputs=quantizable if recipe.model.quantization == "8bit" else None)
     if trace.kernel == "traced-math":
         notes.append(f"{arch.model_type} calls attention its own way: counted with the math kernel "
                      "(T x T scores kept), an upper bound if a fused kernel runs")
@@ -445,9 +496,12 @@ def gather(recipe: Recipe, *, new_tokens: int | None = None, device: str = "cpu"
         base_rows=arch.embedding_rows, head_rows=head_rows, vocab_after=vocab_after, vocab_rows=vocab_rows, new_tokens=n_new,
         existing_trained=n_existing, weight_bytes=weights, weight_detail=weight_detail, weights_by_quant=by_quant,
         matrix_bytes_per_row=arch.hidden_size * dtype_bytes, load_dtype_bytes=dtype_bytes,
-        weights_mapped=device == "cpu" and _stored_dtype_bytes(config) == dtype_bytes,
+        # A quantized CPU load copies what it did not quantize out of the checkpoint's map (quantization.py).
+        weights_mapped=device == "cpu" and _stored_dtype_bytes(config) == dtype_bytes
+        and recipe.model.quantization == "none",
         compute_dtype_bytes=compute_bytes, method_params=method_params, unfrozen_params=unfrozen,
         method_names=method_names, trace=trace,
         block_input_bytes=workload.batch * workload.seq_len * arch.hidden_size * compute_bytes, notes=notes,
+        widest_linear=widest_linear, dequant_bytes=_dequant_bytes(recipe, device, compute_bytes),
     )
     return facts, workload

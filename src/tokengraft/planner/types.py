@@ -103,6 +103,9 @@ class ActivationTrace:
     kernel: str  # how attention was accounted: "fused", "fused+mask", "eager", "traced-math"
     batch: int
     seq_len: int
+    # Inputs of the `kept_inputs` modules (bitsandbytes 8-bit linears) that nothing else keeps, per block:
+    # LLM.int8's matmul holds its input for backward even when its weight is frozen (added for 8-bit plans).
+    kept_inputs_per_block: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -132,6 +135,8 @@ class Facts:
     trace: ActivationTrace
     block_input_bytes: int  # one block's input hidden state at (batch, seq_len): what checkpointing keeps
     notes: list[str] = field(default_factory=list)
+    widest_linear: int = 0  # weights of the largest quantizable linear: its de-quantised copy is a step temporary
+    dequant_bytes: int = 4  # element size of that copy (4bit: the compute dtype; 8bit: the activations' dtype)
 
 
 @dataclass

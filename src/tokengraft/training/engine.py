@@ -3,7 +3,7 @@
 ``transformers.Trainer`` does the loop (accelerate underneath, so
 ``accelerate launch`` gives data parallelism). What every recipe shares lives here:
 
-- run setup (`start_run`: directory, seed, quantization check, device);
+- run setup (`start_run`: directory, seed, the quantization extra, device; `quant_spec`);
 - ``TrainingArguments`` from the recipe (`training_arguments`) and the optimiser with
   its own learning rate for token rows (`build_optimizer`);
 - `GraftTrainer` (`trainer_class`), a thin Trainer subclass that takes the recipe's
@@ -42,6 +42,7 @@ from tokengraft.core.graft import Graft
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import pick_device
+from tokengraft.quantization import QuantSpec, check_optimizer_device, paged_adamw_8bit, require_bitsandbytes
 from tokengraft.rundir import CONFIG_FILE, DATASET_STATS_FILE, LOG_HISTORY_FILE, SNAPSHOTS_DIR, save_graft, write_json
 from tokengraft.training.checkpoints import (checkpoint_dir, complete_checkpoints, discard_incomplete_checkpoints,
                                              mark_complete, restore_trained_tensors, rotate_checkpoints)
@@ -72,14 +73,20 @@ def start_run(recipe: Recipe, output_dir: str | Path) -> tuple[Path, torch.devic
     run = Path(output_dir)
     run.mkdir(parents=True, exist_ok=True)
     set_seed(recipe.seed)
-    if recipe.model.quantization != "none":
-        _check_quantization(recipe.model.quantization)
+    if recipe.model.quantization != "none":  # before any data is generated: a missing extra is one line
+        require_bitsandbytes(f"model.quantization: {recipe.model.quantization}")
     device = pick_device(recipe.model.device)
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         # Under a launcher each process owns the GPU of its local rank; plain "cuda" would put
         # every process's copy on GPU 0 before the Trainer moves it (not tested here: CPU only).
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    check_optimizer_device(recipe.train.optimizer, device)
     return run, device
+
+
+def quant_spec(recipe: Recipe, device: torch.device) -> QuantSpec | None:
+    """How the recipe's base is quantized on ``device`` (None: full precision); ``auto`` compute dtype resolved."""
+    return QuantSpec.from_model_config(recipe.model, device)
 
 
 def set_seed(seed: int) -> None:
@@ -176,6 +183,8 @@ def build_optimizer(g: Graft, train_cfg: Any) -> torch.optim.Optimizer:
         from transformers.optimization import Adafactor
 
         return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False)
+    if train_cfg.optimizer == "paged_adamw_8bit":
+        return paged_adamw_8bit(groups)
     return torch.optim.AdamW(groups)
 
 
@@ -394,16 +403,6 @@ def check_ranks_agree(g: Graft) -> int:
         raise TokengraftError(f"the {world} data-parallel processes ended with different trained weights "
                               "(their gradients were not synchronised); the run directory was not written")
     return world
-
-
-def _check_quantization(kind: str) -> None:
-    if not torch.cuda.is_available():
-        raise TokengraftError(f"model.quantization: {kind} needs a CUDA GPU and bitsandbytes; on CPU set model.quantization: none")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise TokengraftError(f"model.quantization: {kind} needs bitsandbytes: pip install bitsandbytes") from None
-    raise TokengraftError("quantized training is not wired into tokengraft yet; set model.quantization: none")
 
 
 def _plot_losses(history: list[dict[str, Any]], path: Path) -> None:

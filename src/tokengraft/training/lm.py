@@ -29,10 +29,11 @@ from tokengraft.data import Collator, Example, check_tokens_used, encode_example
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import load_model
+from tokengraft.quantization import trainer_accepts
 from tokengraft.rundir import data_dir
 from tokengraft.training.engine import (ListDataset, LossFn, TrainResult, build_optimizer, enable_gradient_checkpointing,
-                                        engine_callbacks, method_configs, run_and_save, start_run, tokens_per_step,
-                                        trainer_class, training_arguments, write_dataset_stats)
+                                        engine_callbacks, method_configs, quant_spec, run_and_save, start_run,
+                                        tokens_per_step, trainer_class, training_arguments, write_dataset_stats)
 from tokengraft.training.objectives import IdkObjective, UntokenedKL
 from tokengraft.training.prepare import prepare_data
 
@@ -187,7 +188,8 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     """
     run, device = start_run(recipe, output_dir)
     model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
-                                  trust_remote_code=recipe.model.trust_remote_code)
+                                  trust_remote_code=recipe.model.trust_remote_code,
+                                  quantization=quant_spec(recipe, device))
     data = prepare_data(recipe, data_dir(run), tokenizer, model)
     settings = token_settings(recipe.tokens, data.extra_tokens)
     g = graft(model, tokenizer, settings, method_configs(recipe), seed=recipe.seed, verbose=not quiet)
@@ -222,12 +224,13 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
                               prediction_loss_only=True, ddp_find_unused_parameters=True if sparse_inputs else None)
     write_dataset_stats(args, run, stats.to_dict(), report.to_dict())
     loss_fn = lm_loss(g, recipe)
-    trainer = trainer_class()(
-        model=g.model, args=args, train_dataset=ListDataset(train_items),
-        eval_dataset=ListDataset(eval_items) if eval_items else None,
-        data_collator=Collator(tokenizer), optimizers=(build_optimizer(g, cfg), None),
-        callbacks=engine_callbacks(g, run, cfg.snapshot_steps, tokens_per_step(train_items, cfg),
-                                   keep=cfg.save_total_limit) + list(callbacks or []),
-        graft_state=g, loss_fn=loss_fn, base_spec=recipe.model.name, dtype=recipe.model.dtype,
-    )
+    with trainer_accepts(g.model):  # a quantized base whose trainable parts are token rows / hook adapters
+        trainer = trainer_class()(
+            model=g.model, args=args, train_dataset=ListDataset(train_items),
+            eval_dataset=ListDataset(eval_items) if eval_items else None,
+            data_collator=Collator(tokenizer), optimizers=(build_optimizer(g, cfg), None),
+            callbacks=engine_callbacks(g, run, cfg.snapshot_steps, tokens_per_step(train_items, cfg),
+                                       keep=cfg.save_total_limit) + list(callbacks or []),
+            graft_state=g, loss_fn=loss_fn, base_spec=recipe.model.name, dtype=recipe.model.dtype,
+        )
     return run_and_save(trainer, g, run, recipe, resume=resume, quiet=quiet, extra={"task": recipe.task})
