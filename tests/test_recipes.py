@@ -3,6 +3,7 @@ and trains end to end (two steps) when pointed at a tiny model instead of the bu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -53,6 +54,13 @@ def test_reference_settings_survive_loading():
     r4 = load_recipe(CONFIGS / "ref004_lexicon.yaml")
     assert (r4.task, r4.data.generate, r4.methods, r4.tokens.backend) == ("lexicon", True, [], "rows")
     assert r4.tokens.init.input == "spherical" and r4.train.optimizer == "adafactor" and r4.train.snapshot_steps == 50
+    r3q = load_recipe(CONFIGS / "ref003_style_qlora.yaml")  # reference 003 as it ran: QLoRA
+    assert (r3q.model.quantization, r3q.model.quant_type, r3q.model.double_quant) == ("4bit", "nf4", True)
+    assert (r3q.methods[0].targets, r3q.methods[0].r, r3q.train.scheduler, r3q.train.warmup_ratio) == \
+        ("all_linear", 16, "cosine", 0.03)
+    assert r3q.train.gradient_checkpointing and r3q.train.grad_accum > 1 and r3q.tokens.add == r3.tokens.add
+    r4q = load_recipe(CONFIGS / "ref004_lexicon_4bit.yaml")  # reference 004's shape on a 4-bit body
+    assert (r4q.model.quantization, r4q.methods, r4q.train.optimizer, r4q.data.max_length) == ("4bit", [], "adafactor", 128)
     q = load_recipe(CONFIGS / "quickstart_generic.yaml")
     assert Path(q.data.train) == CONFIGS / "data" / "example.jsonl"
 
@@ -100,6 +108,27 @@ def test_recipe_trains_on_a_tiny_model(name, tiny_dir, tmp_path, capsys):
     if recipe.task == "lexicon":
         mined = (run / "data" / "lexicon.txt").read_text().split("\n")
         assert {t["token"].strip() for t in meta["tokens"]} <= {line.strip() for line in mined}  # word_start: " word"
+
+
+QUANTIZED = {"ref003_style_qlora.yaml": SHRINK["ref003_style.yaml"], "ref004_lexicon_4bit.yaml": SHRINK["ref004_lexicon.yaml"]}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                    reason='bitsandbytes is not installed (pip install -e ".[quant]"; the test extra has it)')
+@pytest.mark.parametrize("name", sorted(QUANTIZED))
+def test_quantized_recipe_trains_on_a_tiny_model(name, tiny_dir, tmp_path, capsys):
+    """The QLoRA recipes through `tokengraft train` on a tiny model: the run records its 4-bit NF4 base."""
+    run = tmp_path / "run"
+    code = main(["train", str(CONFIGS / name), f"model.name={tiny_dir}", "model.device=cpu", "train.max_steps=2",
+                 "train.save_steps=0", "train.eval_steps=0", "train.batch_size=2", "train.grad_accum=1",
+                 *QUANTIZED[name], "--output", str(run), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((run / "graft.json").read_text())
+    assert meta["steps"] == 2 and meta["tokens"]
+    assert meta["quantization"]["kind"] == "4bit" and meta["quantization"]["quant_type"] == "nf4"
+    assert meta["quantization"]["double_quant"] is True and meta["quantization"]["compute_dtype"] == "float32"
+    recipe = load_recipe(CONFIGS / name)
+    assert recipe.train.gradient_checkpointing and recipe.tokens.backend == "rows"
 
 
 @pytest.mark.network

@@ -42,6 +42,7 @@ inside the functions that need it, and its absence is one clear error.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -316,15 +317,51 @@ def dequantize_base(model: Any, dtype: torch.dtype = torch.float32) -> Any:
         raise TokengraftError("internal: de-quantise the base only after PEFT's layers are removed")
     from transformers.utils import logging as hf_logging
 
+    conv1d = _conv1d_names(hf)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "The modules are dequantized in ... and casted to ...": we say it ourselves
     try:
         hf = hf.dequantize(dtype=dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
+    _restore_conv1d(hf, conv1d)
     hf.to(dtype)
     hf.config.dtype = dtype
     return hf
+
+
+def _conv1d_names(hf: Any) -> list[str]:
+    """Modules the architecture builds as GPT-2's ``Conv1D`` (weight stored ``[in, out]``), read from a
+    meta-device copy of the model: quantizing turned them into ``[out, in]`` bitsandbytes linears."""
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    config = copy.deepcopy(hf.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    return [name for name, module in plain.named_modules() if isinstance(module, Conv1D)]
+
+
+def _restore_conv1d(hf: Any, names: list[str]) -> None:
+    """Put the de-quantised ``nn.Linear`` of each ``Conv1D`` back as a ``Conv1D`` (transposed weight), so
+    the checkpoint has the layout the architecture loads."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name in names:
+        linear = hf.get_submodule(name)
+        if isinstance(linear, Conv1D):
+            continue
+        conv = Conv1D(linear.out_features, linear.in_features)
+        conv.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(linear.weight.T)
+            if linear.bias is not None:
+                conv.bias.copy_(linear.bias)
+            else:
+                conv.bias.zero_()
+        hf.set_submodule(name, conv)
 
 
 # ----------------------------------------------------------------------------- storage

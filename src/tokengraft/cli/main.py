@@ -240,11 +240,16 @@ def _export(args: argparse.Namespace) -> int:
     if args.merged:
         from tokengraft.api import export_merged
 
+        from tokengraft.export.merged import DEQUANTIZATION_FILE, dequantization_summary, read_dequantization_report
+
         out = export_merged(args.run_dir, args.merged, visible_tokens=_visible_tokens(args))
         print(f"tokengraft: merged checkpoint written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
         note = _shown_note(out)
         if note:
             print(f"tokengraft: {note}")
+        report = read_dequantization_report(out)
+        if report is not None:  # a quantized base: how far the de-quantised checkpoint is from what trained
+            print(f"tokengraft: {dequantization_summary(report)} ({Path(out) / DEQUANTIZATION_FILE})")
     if args.gguf:
         from tokengraft.export.gguf import export_gguf
 
