@@ -270,6 +270,7 @@ def _trace_once(hf: Any, body: Any, arch: ArchInfo, batch: int, seq_len: int, in
         handles.append(module.register_forward_hook(leave))
     block_prefix = arch.blocks + "."
     kept: dict[int, tuple[int, int | None]] = {}  # storage -> (bytes, block) of inputs the kept_inputs modules hold
+    held: list[torch.Tensor] = []  # held like bitsandbytes holds them, so no later tensor reuses their storage address
 
     def keep_input(module: Any, args: tuple) -> None:
         x = args[0] if args else None
@@ -278,6 +279,7 @@ def _trace_once(hf: Any, body: Any, arch: ArchInfo, batch: int, seq_len: int, in
             where = next((n for n in reversed(stack) if n.startswith(block_prefix)), None)
             block = int(where[len(block_prefix):].split(".")[0]) if where is not None else None
             kept.setdefault(storage._cdata, (storage.nbytes(), block))
+            held.append(x)
 
     for module in kept_inputs or []:
         handles.append(module.register_forward_pre_hook(keep_input))
