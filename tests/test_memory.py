@@ -105,12 +105,8 @@ def test_trace_with_lora_matches_autograd_and_frozen_input_saves_nothing() -> No
 # ----------------------------------------------------------------------------- reference 004: Qwen2.5-14B, 44k tokens
 
 
-QWEN14B = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 5120, "intermediate_size": 13824,
-    "num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8, "vocab_size": 152064,
-    "tie_word_embeddings": False, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-    "bos_token_id": 151643, "eos_token_id": 151643,
-}
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+QWEN14B = json.loads((CONFIGS / "models" / "qwen2.5-14b" / "config.json").read_text())  # config only, no weights
 
 
 def _vm_hwm() -> int | None:
@@ -170,6 +166,17 @@ def test_qwen14b_plan_says_what_reference_004_found(tmp_path: Path) -> None:
     assert rows.total < full.total - 5 * GiB
     # The documented verdict (docs/quantization.md): the rows backend peaks at 13.8 GiB of the 15 GB card.
     assert 13.5 * GiB < rows.total < 14.0 * GiB and rows.peak_phase == "optimizer step"
+
+
+def test_the_documented_14b_example_fits_15gb_as_its_header_says(capsys) -> None:
+    """configs/ref004_qwen14b_4bit.yaml: the reference's run (4-bit body, 44k rows, Adafactor, 1 x 128, checkpointing),
+    planned from the shipped config.json alone; its header states the verdict this checks."""
+    recipe = CONFIGS / "ref004_qwen14b_4bit.yaml"
+    assert main(["plan", str(recipe), "--budget", "15GB", "--new-tokens", "44223"]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2 on cuda, 4bit weights (fp16), backend rows, 44,223 new tokens, batch 1 x 128" in out
+    verdict = next(line for line in out.splitlines() if line.startswith("budget")).split("-> ")[1]
+    assert verdict in recipe.read_text().splitlines()[1]
 
 
 def test_new_tokens_override_and_existing_tokens(tmp_path: Path) -> None:
