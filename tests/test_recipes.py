@@ -132,6 +132,21 @@ def test_quantized_recipe_trains_on_a_tiny_model(name, tiny_dir, tmp_path, capsy
 
 
 @pytest.mark.network
+@pytest.mark.parametrize("name", sorted(QUANTIZED))
+def test_quantized_recipe_plans_on_the_builtin_model(name, capsys):
+    """`tokengraft plan` prices the built-in model's 30 blocks in NF4: the weights line is about a third of fp32's."""
+    from tokengraft.config import apply_overrides
+    from tokengraft.planner import plan
+
+    recipe = load_recipe(CONFIGS / name)
+    quantized = plan(recipe, device="cpu", new_tokens=400)
+    full = plan(apply_overrides(recipe, ["model.quantization=none"]), device="cpu", new_tokens=400)
+    assert quantized.assumptions["quantization"] == "4bit"
+    assert quantized.item("weights") < 0.4 * full.item("weights")
+    assert quantized.item("token_rows") == full.item("token_rows")  # fp32 rows either way
+
+
+@pytest.mark.network
 @pytest.mark.parametrize("path", RECIPES, ids=recipe_id)
 def test_recipe_passes_model_checks_on_the_builtin_model(path, capsys):
     """`validate --check-model` resolves methods and tokens against the built-in model (meta device)."""

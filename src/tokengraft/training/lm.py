@@ -29,7 +29,7 @@ from tokengraft.data import Collator, Example, check_tokens_used, encode_example
 from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import load_model
-from tokengraft.quantization import trainer_accepts
+from tokengraft.quantization import quantized_modules, trainer_accepts
 from tokengraft.rundir import data_dir
 from tokengraft.training.engine import (ListDataset, LossFn, TrainResult, build_optimizer, enable_gradient_checkpointing,
                                         engine_callbacks, method_configs, quant_spec, run_and_save, start_run,
@@ -187,9 +187,12 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     model, state and control like any Trainer callback).
     """
     run, device = start_run(recipe, output_dir)
+    quant = quant_spec(recipe, device)
     model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
-                                  trust_remote_code=recipe.model.trust_remote_code,
-                                  quantization=quant_spec(recipe, device))
+                                  trust_remote_code=recipe.model.trust_remote_code, quantization=quant)
+    if quant is not None and not quiet:
+        print(f"tokengraft: base loaded {quant.describe()} with bitsandbytes "
+              f"({len(quantized_modules(model))} linear layers quantized; embedding, head and norms in {recipe.model.dtype})")
     data = prepare_data(recipe, data_dir(run), tokenizer, model)
     settings = token_settings(recipe.tokens, data.extra_tokens)
     g = graft(model, tokenizer, settings, method_configs(recipe), seed=recipe.seed, verbose=not quiet)
