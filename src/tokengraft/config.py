@@ -559,17 +559,14 @@ def _check_quantization(recipe: Recipe) -> list[str]:
     """Quantized bases: what cannot train on them is refused here, before anything loads."""
     m = recipe.model
     notes: list[str] = []
+    four_bit_only = [k for k, default in (("quant_type", "nf4"), ("double_quant", True), ("compute_dtype", "auto"))
+                     if getattr(m, k) != default]
     if m.quantization == "none":
-        changed = [k for k, default in (("quant_type", "nf4"), ("double_quant", True), ("compute_dtype", "auto"))
-                   if getattr(m, k) != default]
-        if changed:
-            notes.append(f"model.{changed[0]} is ignored because model.quantization is none")
+        if four_bit_only:
+            notes.append(f"model.{four_bit_only[0]} is ignored because model.quantization is none")
         return notes
-    if m.quantization == "8bit":
-        changed = [k for k, default in (("quant_type", "nf4"), ("double_quant", True), ("compute_dtype", "auto"))
-                   if getattr(m, k) != default]
-        if changed:
-            notes.append(f"model.{changed[0]} applies to 4bit only and is ignored with model.quantization: 8bit")
+    if m.quantization == "8bit" and four_bit_only:
+        notes.append(f"model.{four_bit_only[0]} applies to 4bit only and is ignored with model.quantization: 8bit")
     if recipe.task == "classification":
         raise TokengraftError("model.quantization is not supported for task classification yet; "
                               "set model.quantization: none")

@@ -11,11 +11,16 @@ that live in two modules:
   role). The result is `Facts` and a `Workload`.
 - ``assemble``: arithmetic on those facts for one choice of the cheap knobs (batch
   size, backend, checkpointing, optimiser, ...): logits, gradients, optimiser state
-  and step temporaries, PEFT's merged matrix copy, quantised weights; each formula's
+  and step temporaries, PEFT's merged matrix copy, quantised weights with their
+  constants, LLM.int8's kept inputs and the de-quantised weight of a step; each formula's
   comment says where it comes from. The peak is the largest of the moments of a step
   (loss, head backward, blocks backward, backward end, optimiser step) on top of
   what lives across steps. Because assembling is cheap, the advice re-assembles the
   plan with one setting changed at a time, without tracing again.
+
+A worked example: reference 004's run (Qwen2.5-14B, 4-bit body, 44k new rows, Adafactor,
+batch 1 x 128, checkpointing) planned against its 15 GB card from the model's config.json
+alone, in ``configs/ref004_qwen14b_4bit.yaml`` (its header states the verdict; docs/quantization.md).
 
 The types both share (`Plan`, `LineItem`, `Facts`, `Workload`, ``gib``, ``parse_size``)
 are in ``types``; printing the plan for ``tokengraft plan`` is ``cli.plan``'s job.
@@ -46,6 +51,8 @@ def plan(recipe: Recipe, *, new_tokens: int | None = None, budget: int | None = 
     result.assumptions = {
         "model": recipe.model.name, "model_type": facts.model_type, "device": dev,
         "dtype": recipe.model.dtype, "quantization": recipe.model.quantization,
+        "quant_type": recipe.model.quant_type if recipe.model.quantization == "4bit" else None,
+        "double_quant": recipe.model.double_quant if recipe.model.quantization == "4bit" else None,
         "compute_dtype_bytes": facts.compute_dtype_bytes, "backend": knobs.backend, "sides": knobs.sides,
         "new_tokens": facts.new_tokens, "existing_rows_trained": facts.existing_trained,
         "vocab_rows": {"base": facts.base_rows, "after": facts.vocab_after}, "hidden": facts.hidden,

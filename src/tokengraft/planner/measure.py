@@ -78,7 +78,8 @@ def quantized_linears(model: Any) -> list[nn.Module]:
     return [m for m in hf.modules() if type(m) in (nn.Linear, Conv1D) and m is not head]
 
 
-def _weights_bytes(model: Any, quant: str, dtype_bytes: int, double_quant: bool = True) -> tuple[int, str]:
+def _weights_bytes(model: Any, quant: str, dtype_bytes: int, double_quant: bool = True,
+                   quant_type: str = "nf4") -> tuple[int, str]:
     """Frozen base weights as loaded. bitsandbytes packs the linears (`quantized_linears`) and leaves the
     embeddings, the LM head, norms and biases in the load dtype."""
     hf = unwrap_peft(model)
@@ -92,7 +93,7 @@ def _weights_bytes(model: Any, quant: str, dtype_bytes: int, double_quant: bool 
             packed_bytes += quantized_tensor_bytes(module.weight.numel(), out_features, quant, double_quant)
     plain = sum(p.numel() for p in hf.parameters() if id(p) not in packed_ids)  # parameters() dedupes ties
     if quant == "4bit":
-        code = "NF4/FP4" + (" + double quant" if double_quant else "")
+        code = quant_type.upper() + (" + double quant" if double_quant else "")
         return packed_bytes + plain * dtype_bytes, \
             f"{packed / 1e9:.2f}B params {code} ({packed_bytes / max(1, packed):.3f} B/param) + {plain / 1e9:.2f}B at {dtype_bytes} B"
     if quant == "8bit":
@@ -455,7 +456,8 @@ def gather(recipe: Recipe, *, new_tokens: int | None = None, device: str = "cpu"
     workload = _workload(recipe, tokenizer, tokens, seq_len, supervised, scan_data)
     dtype_bytes = DTYPE_BYTES[recipe.model.dtype]
     double_quant = recipe.model.double_quant
-    by_quant = {q: _weights_bytes(model, q, dtype_bytes, double_quant) for q in ("none", "4bit", "8bit")}
+    by_quant = {q: _weights_bytes(model, q, dtype_bytes, double_quant, recipe.model.quant_type)
+                for q in ("none", "4bit", "8bit")}
     weights, weight_detail = by_quant[recipe.model.quantization]
     quantizable = quantized_linears(model)  # before the methods add linears of their own (LoRA A/B, adapters)
     widest_linear = max((m.weight.numel() for m in quantizable), default=0)
