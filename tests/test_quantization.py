@@ -276,6 +276,25 @@ def test_export_cli_prints_the_measured_distance(trained, capsys) -> None:
     assert "max |diff|" in printed and "greedy top-1 agreement 100.0 %" in printed
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_lora_adapter_export_writes_a_dequantized_base(trained, family: str) -> None:
+    """export --lora-adapter: the base is written de-quantised (float32) and the plain LoRA adapter on it gives
+    the quantized run's logits (PEFT on plain transformers, no bitsandbytes layers)."""
+    from peft import PeftModel
+
+    from tokengraft.export.lora_adapter import export_lora_adapter
+
+    run = trained(family, "4bit")
+    done = export_lora_adapter(run["run"], run["root"] / "served", visible_tokens=[])
+    config = json.loads((done.base / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "float32"
+    base = AutoModelForCausalLM.from_pretrained(done.base)
+    assert all(type(m).__name__ != "Linear4bit" for m in base.modules())
+    served = PeftModel.from_pretrained(base, str(done.adapter))
+    ids = probe_ids()
+    assert (logits(served, ids) - logits(run["result"].graft.model, ids)).abs().max() < 1e-4
+
+
 def test_gguf_export_from_a_quantized_run(model_dirs, tmp_path) -> None:
     """--gguf goes through the same de-quantised merge: transformers' GGUF reader gets the merged model back."""
     from test_gguf_export import byte_level_tokenizer

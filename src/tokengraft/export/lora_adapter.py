@@ -11,6 +11,9 @@ run's linear layers, saved with ``save_embedding_layers=False`` and pointing at 
     OUT/base/                 resized base + tokenizer (answer tokens visible) + tokengraft_export.json
     OUT/adapters/NAME/        adapter_config.json + adapter_model.safetensors (+ tokengraft_export.json)
 
+A run on a quantized base (``model.quantization``) writes its base de-quantised, in float32 (see
+merged.py): the adapter trained on the bitsandbytes layers applies to their exact float copies.
+
 Several runs export into one OUT when they share the base: the same base model (fingerprint), the
 same tokens at the same ids, shown the same way. The base is written by the first; each later
 run's token rows are compared with the base's. Rows that differ (two runs train their own
@@ -41,6 +44,7 @@ from tokengraft.export.info import export_info, read_export_info, write_export_i
 from tokengraft.export.pass_bias import fold_run_pass_bias
 from tokengraft.export.visible import resolve_visible_tokens, show_tokens
 from tokengraft.methods.spec import unwrap_peft
+from tokengraft.quantization import dequantize_base, is_quantized
 from tokengraft.rundir import load_graft, read_graft_meta
 
 BASE_DIR = "base"
@@ -262,6 +266,8 @@ def export_lora_adapter(run_dir: str | Path, out_dir: str | Path, *, name: str |
         if base_written:
             staged_base = staging / "base"
             plain = model.unload()  # the LoRA layers removed, NOT merged: the base the adapter applies to
+            if is_quantized(plain):  # a bitsandbytes base is written de-quantised (float32), as export --merged does
+                plain = dequantize_base(plain)
             plain.config.vocab_size = plain.get_input_embeddings().weight.shape[0]
             plain.save_pretrained(str(staged_base))
             tokenizer.save_pretrained(str(staged_base))
