@@ -55,16 +55,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def launch(*args: str, cwd: Path, program: tuple[str, ...] = ("-m", "tokengraft", "train")) -> subprocess.CompletedProcess:
     """`accelerate launch --multi_gpu --num_processes 2 -m tokengraft train ...` with no GPU visible.
 
     (`accelerate launch --cpu --num_processes 2` starts a single process unless MPI is
     configured; `--multi_gpu` goes through torch.distributed.run, which on a machine
-    without GPUs runs the processes on CPU with the gloo backend.)
+    without GPUs runs the processes on CPU with the gloo backend.) ``program`` may name
+    a script instead of the CLI.
     """
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), "-m", "tokengraft", "train", *args, "--quiet"]
+           "--main_process_port", str(free_port()), *program, *args, "--quiet"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
@@ -141,12 +142,38 @@ def test_data_parallel_resume_after_a_kill_mid_save(workspace, ddp_run):
     assert [h["step"] for h in json.loads((resumed / "log_history.json").read_text()) if "loss" in h] == [1, 2, 3, 4]
 
 
+# Training with every learning rate multiplied by 1e27 once it starts (token_lr 1e30): a divergence no recipe may
+# ask for (validate refuses learning rates above 10), to reach the gradient guard behind it.
+SCALED_LR = """\
+import sys
+from transformers import TrainerCallback
+from tokengraft.api import train
+from tokengraft.config import load_recipe
+from tokengraft.errors import TokengraftError
+
+
+class ScaleLR(TrainerCallback):
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        lr_scheduler.base_lrs = [lr * 1e27 for lr in lr_scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group["lr"] *= 1e27
+
+
+try:
+    train(load_recipe(sys.argv[1], sys.argv[3:-1]), sys.argv[2], quiet=True, callbacks=[ScaleLR()])
+except TokengraftError as exc:
+    print(f"tokengraft: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
 @pytest.mark.slow
 def test_non_finite_gradients_stop_every_rank_at_the_same_step(workspace):
-    """token_lr=1e30: both ranks stop with the same one-line error; no rank is left waiting."""
+    """token_lr x 1e27: both ranks stop with the same one-line error; no rank is left waiting."""
     run = workspace / "nan"
-    done = launch(str(workspace / "recipe.yaml"), "train.token_lr=1e30", "train.save_steps=1", "--output", str(run),
-                  cwd=workspace)
+    script = workspace / "scaled_lr.py"
+    script.write_text(SCALED_LR)
+    done = launch(str(workspace / "recipe.yaml"), str(run), "train.save_steps=1", cwd=workspace, program=(str(script),))
     # The two ranks write to one stderr concurrently, so their lines may run together.
     steps = re.findall(r"tokengraft: error: the gradient became non-finite at step (\d+); .*?last good checkpoint",
                        done.stderr)
@@ -155,4 +182,3 @@ def test_non_finite_gradients_stop_every_rank_at_the_same_step(workspace):
                   key=lambda p: int(p.name.split("-")[1]))[-1]
     assert all(torch.isfinite(t).all() for t in load_file(last / "rows.safetensors").values() if t.is_floating_point())
     assert not (run / "graft.json").exists()
-

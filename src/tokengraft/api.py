@@ -17,6 +17,7 @@ from typing import Any
 
 from tokengraft.config import Recipe
 from tokengraft.core.graft import Graft
+from tokengraft.data import check_data_files
 from tokengraft.errors import TokengraftError
 from tokengraft.evaluation.classification import evaluate_classification
 from tokengraft.evaluation.generative import evaluate_run
@@ -34,18 +35,24 @@ from tokengraft.rundir import load_graft as load_lm_graft
 from tokengraft.training.classifier import train_classifier
 from tokengraft.training.engine import TrainResult
 from tokengraft.training.lm import train_lm
+from tokengraft.training.ownership import own_run_dir
 
 
-def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, quiet: bool = False,
-          callbacks: list[Any] | None = None) -> TrainResult:
+def train(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, callbacks: list[Any] | None = None) -> TrainResult:
     """Run a recipe end to end and leave a complete run directory at ``output_dir``.
 
-    ``resume`` continues from the latest complete checkpoint there; ``callbacks`` are
-    extra ``transformers.TrainerCallback`` objects (they see the model, state and
-    control like any Trainer callback).
+    The data files are checked first (as ``tokengraft validate`` does), then the run
+    directory is claimed for the whole run (training/ownership.py): locked against a
+    second training, and refused when it already holds something unless ``resume``
+    (continue the run there, from its newest checkpoint that verifies) or ``overwrite``
+    (remove it first). ``callbacks`` are extra ``transformers.TrainerCallback`` objects
+    (they see the model, state and control like any Trainer callback).
     """
+    check_data_files(recipe)
     recipe_fn = train_classifier if recipe.task == CLASSIFICATION_TASK else train_lm
-    return recipe_fn(recipe, output_dir, resume=resume, quiet=quiet, callbacks=callbacks)
+    with own_run_dir(output_dir, resume=resume, overwrite=overwrite, quiet=quiet):
+        return recipe_fn(recipe, output_dir, resume=resume, quiet=quiet, callbacks=callbacks)
 
 
 def load_graft(run_dir: str | Path, *, device: str = "auto", dtype: str | None = None,

@@ -31,10 +31,15 @@ import yaml
 
 from tokengraft.constants import BUILTIN_ALIAS, INIT_STRATEGIES, Backend, Side
 from tokengraft.errors import TokengraftError
+from tokengraft.files import read_utf8
 from tokengraft.methods.registry import REGISTRY
 from tokengraft.methods.spec import MethodSpec, spec_from_dict
 from tokengraft.schema import build, field_docs, fields_to_plain, option, suggest, unknown_key
 from tokengraft.tasks import get_task, task_names
+
+MAX_LR = 10.0
+"""Largest learning rate a recipe accepts: far above any that trains (AdamW steps are ~lr in size); a value past
+it is a typo (1e3 for 1e-3) that would only show up as a NaN stop minutes into training."""
 
 Number = int | float
 
@@ -169,11 +174,11 @@ class TrainConfig:
     """Examples per device per step."""
     grad_accum: int = option(1, lo=1)
     """Gradient accumulation steps (effective batch = batch_size x grad_accum)."""
-    lr: float = option(2.0e-4, lo=0, lo_open=True)
+    lr: float = option(2.0e-4, lo=0, hi=MAX_LR, lo_open=True)
     """Learning rate of the method parameters (LoRA, adapters, unfrozen weights)."""
-    token_lr: float = option(1.0e-3, lo=0, lo_open=True)
+    token_lr: float = option(1.0e-3, lo=0, hi=MAX_LR, lo_open=True)
     """Learning rate of the new-token rows (new rows start far from trained ones and need a larger step)."""
-    weight_decay: float = option(0.0, lo=0)
+    weight_decay: float = option(0.0, lo=0, hi=1)
     """Decoupled (AdamW-style) weight decay."""
     optimizer: Literal["adamw", "adafactor", "paged_adamw_8bit"] = "adamw"
     """adafactor keeps almost no optimizer state (large vocabularies, reference 004); paged_adamw_8bit is QLoRA's
@@ -311,7 +316,7 @@ def read_token_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise TokengraftError(f"tokens.add_file {p} does not exist")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_utf8(p, "tokens.add_file").splitlines() if line.strip()]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -397,7 +402,7 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = (), validate
     if not path.is_file():
         raise TokengraftError(f"recipe {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_utf8(path, "recipe"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -42,9 +42,10 @@ from typing import Any
 
 import torch
 
+from tokengraft.config import Recipe
 from tokengraft.constants import IGNORE_INDEX
 from tokengraft.errors import TokengraftError
-from tokengraft.tasks.classify_data import LabelSet
+from tokengraft.tasks.classify_data import LabelSet, label_set
 OVERFLOW_MODES = ("drop", "error", "truncate_prompt")
 _SENTINEL = "TOKENGRAFTSENTINEL"
 _FORM_KEYS = ("prompt", "completion", "messages", "text")
@@ -119,11 +120,16 @@ def load_examples(path: str | Path) -> list[Example]:
     if not path.is_file():
         raise TokengraftError(f"data file {path} does not exist")
     examples: list[Example] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TokengraftError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                      "save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -155,6 +161,68 @@ def split_rows(rows: Sequence[Any], validation_fraction: float, seed: int) -> tu
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])
     return [r for i, r in enumerate(rows) if i not in val_idx], [r for i, r in enumerate(rows) if i in val_idx]
+
+
+def require_prompt_rows(rows: Sequence[Any]) -> None:
+    """``data.know_check`` / ``data.self_answers`` label prompt/completion rows; other forms cannot be labelled."""
+    if any(isinstance(e, Example) and e.kind != "prompt" for e in rows):
+        raise TokengraftError("data.know_check / data.self_answers need prompt/completion rows in data.train")
+
+
+def example_text(example: Example) -> str:
+    """Everything of a row the model reads or writes (prompt, turns, completion), for searching it."""
+    turns = " ".join(m["content"] for m in example.messages or [])
+    return "\n".join(x for x in (example.prompt, turns, example.completion) if x)
+
+
+def missing_tokens(tokens: Iterable[str], texts: Iterable[str], limit: int = 5) -> list[str]:
+    """Up to ``limit`` tokens that occur in none of ``texts`` (as text: no tokenizer needed).
+
+    Occurring as text is necessary for a token id to occur after tokenization, so a
+    token missing here is certainly missing from the encoded data. The scan stops at
+    each token's first occurrence, so only missing tokens read the whole data.
+    """
+    haystack = "\n".join(texts)
+    missing: list[str] = []
+    for token in tokens:
+        if token not in haystack:
+            missing.append(token)
+            if len(missing) == limit:
+                break
+    return missing
+
+
+def check_data_files(recipe: Recipe) -> None:
+    """What training checks in the recipe's own data files, done without a tokenizer or weights.
+
+    ``tokengraft validate`` runs it, and so does training before it loads the model:
+    every file is UTF-8 JSON lines of a known row form with a non-empty completion, no
+    file is empty, a classifier's validation labels were seen in training, and every
+    token of ``tokens.add`` occurs in the training rows (after the validation split).
+    Generated data (``data.generate``) is made at train time and checked there.
+    """
+    d = recipe.data
+    if d.generate or not d.train:
+        return
+    train_rows = load_examples(d.train)
+    validation = load_examples(d.validation) if d.validation else []
+    if recipe.task == "classification":
+        labels = label_set([(r.label, r.where) for r in as_labelled_rows(train_rows, "train")])
+        for row in as_labelled_rows(validation, "validation"):
+            labels.to_id(row.label, row.where)
+    if d.know_check or d.self_answers:
+        require_prompt_rows(train_rows)
+    if not d.validation and d.validation_fraction > 0:
+        train_rows, _ = split_rows(train_rows, d.validation_fraction, recipe.seed)
+    texts = [example_text(e) for e in train_rows]
+    if d.system and any(e.kind != "text" for e in train_rows):
+        texts.append(d.system)  # rendered into every chat prompt
+    missing = missing_tokens(recipe.tokens.all_tokens(), texts)
+    if missing:
+        names = ", ".join(repr(t) for t in missing)
+        split = " (after holding out data.validation_fraction)" if not d.validation and d.validation_fraction > 0 else ""
+        raise TokengraftError(f"new token(s) {names} never occur in the training data ({d.train}{split}); "
+                              "add examples that use them or remove them from tokens.add")
 
 
 # ----------------------------------------------------------------------------- rendering

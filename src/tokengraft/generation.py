@@ -14,7 +14,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tokengraft.core.arch import describe
 from tokengraft.data import ChatFormat
+from tokengraft.errors import TokengraftError
+from tokengraft.methods.spec import unwrap_peft
 
 
 def stop_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
@@ -25,6 +28,38 @@ def stop_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
         if len(pieces) == 1:
             ids.append(pieces[0])
     return sorted(set(ids))
+
+
+def context_limit(model: Any) -> int | None:
+    """How many positions a model with a learned absolute position table (GPT-2, OPT) can read; None otherwise.
+
+    Past that table the position lookup is an ``IndexError`` deep in the forward pass;
+    rotary and ALiBi models have no such hard edge.
+    """
+    hf = unwrap_peft(model)
+    try:
+        learned = describe(hf).position_embedding is not None
+    except TokengraftError:
+        return None
+    limit = getattr(hf.config, "max_position_embeddings", None)
+    return int(limit) if learned and limit else None
+
+
+def check_prompt_lengths(model: Any, encoded: Sequence[list[int]], max_new_tokens: int) -> None:
+    """Refuse a prompt that, with the tokens to generate, runs past the model's position table."""
+    limit = context_limit(model)
+    if limit is None:
+        return
+    name = getattr(unwrap_peft(model).config, "model_type", "this model")
+    for index, ids in enumerate(encoded, start=1):
+        room = limit - len(ids)  # positions left after the prompt
+        if room < 0 or (room == 0 and max_new_tokens > 0):
+            raise TokengraftError(f"prompt {index} is {len(ids)} tokens, but {name} reads at most {limit} positions "
+                                  "(learned position embeddings); shorten the prompt")
+        if max_new_tokens > room:
+            raise TokengraftError(f"prompt {index} is {len(ids)} tokens; with max_new_tokens {max_new_tokens} that "
+                                  f"passes the {limit} positions {name} reads; lower max_new_tokens "
+                                  f"(--max-new-tokens / eval.max_new_tokens) to {room} or less")
 
 
 def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,6 +115,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
         processors = LogitsProcessorList([_Bias()])
     results: list[dict[str, Any]] = []
     encoded = [fmt.encode_prompt(p) for p in prompts]
+    check_prompt_lengths(model, encoded, max_new_tokens)
     for start in tqdm(range(0, len(encoded), batch_size), desc=desc, disable=desc is None, leave=False):
         chunk = encoded[start:start + batch_size]
         ids, mask = _left_pad(chunk, pad_id)
@@ -129,6 +165,7 @@ def first_answer_states(model: Any, tokenizer: Any, prompts: Sequence[Any], *, s
         lambda module, args: captured.append(args[0][:, -1].float().cpu()))
     try:
         encoded = [fmt.encode_prompt(p) for p in prompts]
+        check_prompt_lengths(model, encoded, 0)
         for start in range(0, len(encoded), batch_size):
             ids, mask = _left_pad(encoded[start:start + batch_size], pad_id)
             model(input_ids=ids.to(device), attention_mask=mask.to(device))

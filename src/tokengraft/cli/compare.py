@@ -29,7 +29,7 @@ import json, resource, sys, time
 from tokengraft.config import load_recipe
 from tokengraft.api import train
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[3]))
-result = train(recipe, sys.argv[2], quiet=True)
+result = train(recipe, sys.argv[2], quiet=True, overwrite=sys.argv[4] == "overwrite")
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 from tokengraft.core.guard import audit
 losses = [h["eval_loss"] for h in result.log_history if "eval_loss" in h]
@@ -41,9 +41,9 @@ print("TOKENGRAFT_COMPARE " + json.dumps({
 """
 
 
-def _child(recipe_path: Path, out: Path, overrides: list[str]) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(recipe_path), str(out), json.dumps(overrides)],
-                          capture_output=True, text=True)
+def _child(recipe_path: Path, out: Path, overrides: list[str], overwrite: bool) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(recipe_path), str(out), json.dumps(overrides),
+                           "overwrite" if overwrite else "keep"], capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("TOKENGRAFT_COMPARE "):
             return json.loads(line.split(" ", 1)[1])
@@ -52,7 +52,7 @@ def _child(recipe_path: Path, out: Path, overrides: list[str]) -> dict[str, Any]
 
 
 def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, eval_limit: int | None = None,
-            overrides: list[str] | None = None) -> dict[str, Any]:
+            overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
     if len(recipes) < 2:
         raise TokengraftError("compare needs at least two recipes")
     out = Path(output)
@@ -69,7 +69,7 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
     for index, (path, recipe, name) in enumerate(zip(recipes, loaded, names)):
         run = out / name
         print(f"tokengraft compare: [{index + 1}/{len(recipes)}] {name}", file=sys.stderr)
-        measured = _child(Path(path), run, list(overrides or []) + shared)
+        measured = _child(Path(path), run, list(overrides or []) + shared, overwrite)
         if index == 0:
             shared = _shared_data_overrides(run, loaded[0])
         else:

@@ -35,7 +35,8 @@ def recipe_path(task: str) -> Path:
     return path
 
 
-def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
+def run_demo(task: str, output: str, overrides: list[str] | None = None, *, resume: bool = False,
+             overwrite: bool = False) -> int:
     # Imported here, not at the top: `tokengraft --help` reads demo_tasks() and must not load torch.
     from tokengraft.api import evaluate, load, train
     from tokengraft.cli.report import metrics_table
@@ -46,7 +47,7 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None) -> int:
     recipe = load_recipe(recipe_path(task), overrides or [])
     started = time.perf_counter()
     print(f"tokengraft demo {task}: recipe {recipe_path(task)} -> {output}")
-    result = train(recipe, output)
+    result = train(recipe, output, resume=resume, overwrite=overwrite)
     metrics = evaluate(output)
     print()
     print(metrics_table(metrics))

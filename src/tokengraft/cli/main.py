@@ -89,10 +89,12 @@ def _configure_validate(parser: argparse.ArgumentParser) -> None:
 @command("validate", "check a recipe (keys, types, values, files) without loading weights", _configure_validate)
 def _validate(args: argparse.Namespace) -> int:
     from tokengraft.config import load_recipe, validate_recipe
+    from tokengraft.data import check_data_files
 
     recipe = load_recipe(args.config, args.overrides, validate=False)
     try:
         notes = validate_recipe(recipe)
+        check_data_files(recipe)  # as train does before it loads the model (imports torch, reads no weights)
         if args.check_model:  # the model checks need torch and transformers: import them only then
             from tokengraft.core.guard import check_recipe_on_model
 
@@ -139,7 +141,10 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="recipe YAML file (see configs/)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4 methods.0.r=8")
     parser.add_argument("--output", "-o", default=None, help="run directory (default runs/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint in --output")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --output from its newest checkpoint that verifies (same recipe)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove what --output holds (an older run) and train afresh")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
 
 
@@ -150,8 +155,11 @@ def _train(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.config, args.overrides)
     output = args.output or str(Path("runs") / Path(args.config).stem)
-    result = train(recipe, output, resume=args.resume, quiet=args.quiet)
-    print(f"tokengraft: trained {result.steps} steps in {result.train_seconds:.0f} s; run directory {result.run_dir}")
+    result = train(recipe, output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    if result.already_finished:
+        print(f"tokengraft: {result.run_dir} already finished its {result.steps} steps; --resume has nothing to do")
+    else:
+        print(f"tokengraft: trained {result.steps} steps in {result.train_seconds:.0f} s; run directory {result.run_dir}")
     return 0
 
 
@@ -323,6 +331,8 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantization", choices=["4bit", "8bit"], default=None,
                         help="load the built-in model's block linears quantized (QLoRA NF4 + double quant for 4bit); "
                              'the same as the override model.quantization=4bit; needs pip install -e ".[quant]"')
+    parser.add_argument("--resume", action="store_true", help="continue the demo run in --output (same recipe)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --output")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo recipe")
 
 
@@ -332,7 +342,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"model.quantization={args.quantization}"] if args.quantization else [])
     suffix = f"-{args.quantization}" if args.quantization else ""
-    return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides)
+    return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides, resume=args.resume,
+                    overwrite=args.overwrite)
 
 
 def _configure_compare(parser: argparse.ArgumentParser) -> None:
@@ -342,6 +353,7 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
                         help="an override applied to every recipe (repeatable), e.g. --set train.max_steps=50")
     parser.add_argument("--no-eval", action="store_true", help="skip task metrics (eval loss only)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test rows")
+    parser.add_argument("--overwrite", action="store_true", help="replace runs an earlier compare left in --output")
 
 
 @command("compare", "train recipes on the same data, split and seed; side-by-side table", _configure_compare)
@@ -349,7 +361,7 @@ def _compare(args: argparse.Namespace) -> int:
     from tokengraft.cli.compare import compare, markdown_table
 
     result = compare(args.recipes, args.output, evaluate=not args.no_eval, eval_limit=args.eval_limit,
-                     overrides=args.overrides)
+                     overrides=args.overrides, overwrite=args.overwrite)
     print(markdown_table(result))
     return 0
 

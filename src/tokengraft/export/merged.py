@@ -89,6 +89,8 @@ def merge_quantized(g: Graft, dtype: torch.dtype = MERGED_DTYPE) -> Any:
 def check_output_dir(out_dir: str | Path) -> Path:
     """Refuse a non-empty output directory before anything is loaded: an export never overwrites."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TokengraftError(f"{out} is an existing file; --merged writes a directory, choose a new path")
     if out.exists() and any(out.iterdir()):
         raise TokengraftError(f"{out} exists and is not empty; choose a new output directory")
     return out

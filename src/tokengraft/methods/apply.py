@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -88,7 +89,11 @@ def load_methods(model: nn.Module, arch: Any, specs: list[Any] | None, run_dir: 
     weights = Path(run_dir) / WEIGHTS_FILE
     if not weights.is_file():
         raise TokengraftError(f"{run_dir} has {INDEX_FILE} but no {WEIGHTS_FILE}")
-    return reapply_methods(model, arch, specs, load_file(str(weights)), source=str(weights))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise TokengraftError(f"{weights} is damaged ({exc}); re-run training or restore it") from None
+    return reapply_methods(model, arch, specs, tensors, source=str(weights))
 
 
 def reapply_methods(model: nn.Module, arch: Any, specs: list[Any], tensors: dict[str, torch.Tensor], *,

@@ -131,4 +131,10 @@ def read_index(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / INDEX_FILE
     if not path.is_file():
         raise TokengraftError(f"{run_dir} has no {INDEX_FILE}; it was not saved with method weights")
-    return json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise TokengraftError(f"{path} is damaged ({exc}); re-run training or restore it") from None
+    if not isinstance(index, dict) or not isinstance(index.get("specs"), list):
+        raise TokengraftError(f"{path} is damaged: it has no list of method specs; re-run training or restore it")
+    return index

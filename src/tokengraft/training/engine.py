@@ -24,9 +24,12 @@ import: importing the Trainer takes seconds, and ``tokengraft.load`` should not 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import random
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +46,12 @@ from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import pick_device
 from tokengraft.quantization import QuantSpec, check_optimizer_device, paged_adamw_8bit, require_bitsandbytes
-from tokengraft.rundir import CONFIG_FILE, DATASET_STATS_FILE, LOG_HISTORY_FILE, SNAPSHOTS_DIR, save_graft, write_json
-from tokengraft.training.checkpoints import (checkpoint_dir, complete_checkpoints, discard_incomplete_checkpoints,
-                                             mark_complete, restore_trained_tensors, rotate_checkpoints)
+from tokengraft.rundir import (CONFIG_FILE, DATASET_STATS_FILE, GRAFT_FILE, LOCK_FILE, LOG_HISTORY_FILE, OWNER_FILE,
+                               SNAPSHOTS_DIR, STAGING_PREFIX, read_graft_meta, save_graft, write_json)
+from tokengraft.training.checkpoints import (check_same_shape, checkpoint_dir, discard_incomplete_checkpoints,
+                                             mark_complete, newest_good_checkpoint, required_files,
+                                             restore_trained_tensors, rotate_checkpoints, trained_tensors_problem,
+                                             trainer_state)
 
 LossFn = Callable[[Any, dict[str, torch.Tensor], int | None], tuple[torch.Tensor, torch.Tensor]]
 """``loss_fn(model, inputs, num_items) -> (loss, logits)``: a recipe's loss, normalised by ``num_items``
@@ -191,12 +197,17 @@ def build_optimizer(g: Graft, train_cfg: Any) -> torch.optim.Optimizer:
 # ----------------------------------------------------------------------------- the non-finite guard
 
 
-def non_finite_error(what: str, value: float | str, step: int, output_dir: str | Path) -> TokengraftError:
-    """The error that stops a run whose loss or gradients stopped being finite, naming the last good checkpoint."""
-    done = complete_checkpoints(output_dir)
-    kept = f"the last good checkpoint is {done[-1]}" if done else f"no checkpoint was written yet in {output_dir}"
+def non_finite_error(what: str, value: float | str, step: int, output_dir: str | Path, *,
+                     when: str = "training stopped before that step's update") -> TokengraftError:
+    """The error that stops a run whose loss, gradients or weights stopped being finite.
+
+    It names the newest checkpoint that verifies (manifest and finite tensors), so the
+    checkpoint it points the user to really is good.
+    """
+    good, _ = newest_good_checkpoint(output_dir)
+    kept = f"the last good checkpoint is {good}" if good else f"no good checkpoint was written yet in {output_dir}"
     return TokengraftError(
-        f"the {what} became {value} at step {step}; training stopped before that step's update and {kept} "
+        f"the {what} became {value} at step {step}; {when} and {kept} "
         "(lower train.lr / train.token_lr, or use precision fp32)"
     )
 
@@ -283,7 +294,10 @@ def engine_callbacks(g: Graft, run_dir: Path, snapshot_steps: int, step_tokens: 
         """Mark a checkpoint complete after every process has written its part, then rotate.
 
         Every rank writes into the checkpoint (rank r its ``rng_state_r.pth``), so the
-        marker waits at a barrier. Rotation runs here, after the marker, and counts
+        marker waits at a barrier. The marker is a manifest of every file (sizes and
+        sha256), written only when every required file is there and every trained
+        tensor is finite; a checkpoint of NaN weights is deleted and training stops.
+        Rotation runs here, after the marker, and counts
         complete checkpoints only: the Trainer's own rotation runs before the marker
         exists and could delete the last complete checkpoint while the new one is not
         yet marked, so it is switched off (``save_total_limit=None`` on the Trainer).
@@ -291,10 +305,16 @@ def engine_callbacks(g: Graft, run_dir: Path, snapshot_steps: int, step_tokens: 
 
         def on_save(self, args, state, control, **kwargs):
             PartialState().wait_for_everyone()
+            path = checkpoint_dir(args.output_dir, state.global_step)
+            bad = trained_tensors_problem(g)  # every rank holds the same tensors: every rank stops together
+            if bad is not None:
+                if args.should_save:
+                    shutil.rmtree(path, ignore_errors=True)
+                raise non_finite_error(f"trained weights ({bad})", "non-finite", state.global_step, args.output_dir,
+                                       when=f"{path.name} was not kept, training stopped")
             if args.should_save:
-                path = checkpoint_dir(args.output_dir, state.global_step)
                 if path.is_dir():
-                    mark_complete(path, state.global_step)
+                    mark_complete(path, state.global_step, required_files(g, args.world_size))
                 rotate_checkpoints(args.output_dir, keep)
 
     class NonFiniteGuard(TrainerCallback):
@@ -344,45 +364,100 @@ class TrainResult:
     log_history: list[dict[str, Any]]
     train_seconds: float
     steps: int
+    resumed_from: Path | None = None  # the checkpoint a resume continued from
+    already_finished: bool = False  # --resume found the run finished: nothing was trained or written
+
+
+def asks_for_more_steps(recipe: Recipe, steps: int) -> bool:
+    """Whether the recipe wants more optimiser steps than ``steps`` (a raised ``train.max_steps``)."""
+    return 0 < recipe.train.max_steps and recipe.train.max_steps > steps
+
+
+def resume_checkpoint(run: Path, g: Graft, main_process: bool) -> Path:
+    """The newest checkpoint that verifies and has the recipe's shape; newer damaged ones are named and removed.
+
+    A removed checkpoint could not be resumed from; the resumed run writes its step again.
+    """
+    from accelerate import PartialState
+
+    if main_process:
+        discard_incomplete_checkpoints(run)
+        for leftover in run.glob(f"{STAGING_PREFIX}*"):  # a save killed before its renames
+            shutil.rmtree(leftover, ignore_errors=True)
+    PartialState().wait_for_everyone()
+    checkpoint, skipped = newest_good_checkpoint(run)
+    PartialState().wait_for_everyone()  # every rank has decided before rank 0 removes anything
+    if checkpoint is None:
+        if skipped:
+            reasons = "; ".join(f"{path.name}: {why}" for path, why in skipped)
+            raise TokengraftError(f"--resume: no checkpoint in {run} verifies ({reasons}); start afresh with --overwrite")
+        others = [p for p in run.iterdir() if p.name not in (LOCK_FILE, OWNER_FILE)] if run.is_dir() else []
+        hint = "start afresh with --overwrite" if others else "start without --resume"
+        raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; {hint}")
+    if main_process:
+        for path, why in skipped:
+            print(f"tokengraft: --resume: skipping {path.name} ({why}); removed it, its steps train again",
+                  file=sys.stderr)
+            shutil.rmtree(path)
+    PartialState().wait_for_everyone()
+    check_same_shape(g, read_graft_meta(checkpoint), checkpoint)
+    return checkpoint
 
 
 def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: bool, quiet: bool,
                  extra: dict[str, Any]) -> TrainResult:
-    """Resume from the latest complete checkpoint if asked, train, and write the run directory (rank 0).
+    """Resume from the newest good checkpoint if asked, train, and write the run directory (rank 0).
 
     ``extra`` goes into ``graft.json`` beside what every run records (task, seed, time, steps, world size).
+    A finished run (its ``graft.json`` records its steps) resumed with a recipe that asks for
+    no more steps trains nothing and writes nothing; the result says so.
     """
     from accelerate import PartialState
 
     main_process = is_main_process(trainer.args)
     checkpoint = None
+    done_at: dict[str, Any] | None = None  # trainer state of a checkpoint with nothing left to train
     if resume:
-        if main_process:
-            discard_incomplete_checkpoints(run)
-        PartialState().wait_for_everyone()
-        done = complete_checkpoints(run)
-        if not done:
-            raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; start without --resume")
-        checkpoint = str(done[-1])
+        finished = read_graft_meta(run) if (run / GRAFT_FILE).is_file() else None
+        if finished is not None and "steps" in finished and not asks_for_more_steps(recipe, int(finished["steps"])):
+            check_same_shape(g, finished, run)
+            restore_trained_tensors(g, run)  # the final weights: the result describes the run as it is
+            history_file = run / LOG_HISTORY_FILE
+            history = json.loads(history_file.read_text()) if history_file.is_file() else []
+            return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=0.0,
+                               steps=int(finished["steps"]), already_finished=True)
+        checkpoint = resume_checkpoint(run, g, main_process)
         if not quiet:
             print(f"tokengraft: resuming from {checkpoint}")
+        state = trainer_state(checkpoint)
+        if state["global_step"] >= state["max_steps"] and not asks_for_more_steps(recipe, state["global_step"]):
+            done_at = state  # killed after the last checkpoint, before the run directory was written
     g.model.train()
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if done_at is None:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        steps, history = trainer.state.global_step, trainer.state.log_history
+    else:
+        restore_trained_tensors(g, checkpoint)
+        steps, history = int(done_at["global_step"]), list(done_at.get("log_history", []))
     seconds = time.perf_counter() - started
     g.model.eval()
     world_size = check_ranks_agree(g)
-    history = trainer.state.log_history
+    bad = trained_tensors_problem(g)
+    if bad is not None:
+        raise non_finite_error(f"trained weights ({bad})", "non-finite", steps, run,
+                               when="the run directory was not written")
     if main_process:
+        # graft.json last (save_graft moves it last too): its presence means the run directory is whole.
         recipe.save(run / CONFIG_FILE)
-        save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
-                   extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
-                          "steps": trainer.state.global_step, "world_size": world_size})
         write_json(run / LOG_HISTORY_FILE, history)
         _plot_losses(history, run / "loss.png")
+        save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
+                   extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
+                          "steps": steps, "world_size": world_size})
     PartialState().wait_for_everyone()  # no rank returns before the run directory is complete
-    return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds,
-                       steps=trainer.state.global_step)
+    return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds, steps=steps,
+                       resumed_from=checkpoint)
 
 
 def check_ranks_agree(g: Graft) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokengraft.config import Recipe
-from tokengraft.data import load_examples, split_rows
+from tokengraft.data import load_examples, require_prompt_rows, split_rows
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import greedy_answers
 from tokengraft.tasks import get_task, write_jsonl
@@ -86,8 +86,7 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
     train_rows: list[Any] = load_examples(recipe.data.train)  # errors name file and line
     train_file = Path(recipe.data.train)
     if recipe.data.know_check or recipe.data.self_answers:
-        if any(e.kind != "prompt" for e in train_rows):
-            raise TokengraftError("data.know_check / data.self_answers need prompt/completion rows in data.train")
+        require_prompt_rows(train_rows)
         train_rows = _label(
             recipe, [{"prompt": e.prompt, "completion": e.completion, **e.meta} for e in train_rows], tokenizer, model)
         # The relabelled rows (before any validation split) stay beside the run, like generated splits.
