@@ -220,7 +220,10 @@ def check_data_files(recipe: Recipe) -> None:
     missing = missing_tokens(recipe.tokens.all_tokens(), texts)
     if missing:
         names = ", ".join(repr(t) for t in missing)
-        split = " (after holding out data.validation_fraction)" if not d.validation and d.validation_fraction > 0 else ""
+        split = " after holding out data.validation_fraction" if not d.validation and d.validation_fraction > 0 else ""
+        if recipe.task == "classification":  # the classifier recipe's own wording (it reads tokens, never writes them)
+            raise TokengraftError(f"token(s) {names} occurs in no training text ({d.train}{split}), so its row "
+                                  "would never train; add rows that contain it or remove it from tokens.add")
         raise TokengraftError(f"new token(s) {names} never occur in the training data ({d.train}{split}); "
                               "add examples that use them or remove them from tokens.add")
 

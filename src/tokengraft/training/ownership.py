@@ -8,7 +8,8 @@ before anything is loaded:
   host, start time): a second ``tokengraft train`` into the same directory stops at
   once with one line naming the holder, instead of both writing and one run's weights
   silently winning;
-- a fresh run refuses a directory that already holds something: an older run's
+- a fresh run refuses a directory that already holds something (but its ``data/`` splits,
+  which a user may place before training, e.g. a held-out test split): an older run's
   checkpoints would outrank the new ones (rotation would delete each new checkpoint as
   it is written, and ``--resume`` would continue the OLD run). ``--resume`` continues
   the run that is there (training/checkpoints.py checks the recipe matches it),
@@ -36,7 +37,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from tokengraft.errors import TokengraftError
-from tokengraft.rundir import LOCK_FILE, OWNER_FILE
+from tokengraft.rundir import DATA_DIR, LOCK_FILE, OWNER_FILE
 
 # The deepest path training writes: RUN/checkpoint-<step>/.saving-<8 random>/<file name>; the probe is
 # a little longer in every part, so a directory that passes it can hold every file.
@@ -85,7 +86,7 @@ def _create(run: Path) -> None:
 def _check_contents(run: Path, *, resume: bool, overwrite: bool, quiet: bool) -> None:
     shutil.rmtree(run / _PROBE[0], ignore_errors=True)  # left by a process killed while probing
     entries = sorted(p.name for p in run.iterdir() if p.name not in (LOCK_FILE, OWNER_FILE))
-    if not entries or resume:
+    if resume or entries in ([], [DATA_DIR]):  # data/ alone: splits placed there before training (a test split)
         return
     if overwrite:
         if not quiet:
