@@ -199,7 +199,8 @@ def check_data_files(recipe: Recipe) -> None:
     every file is UTF-8 JSON lines of a known row form with a non-empty completion, no
     file is empty, a classifier's validation labels were seen in training, and every
     token of ``tokens.add`` occurs in the training rows (after the validation split).
-    Generated data (``data.generate``) is made at train time and checked there.
+    Generated data (``data.generate``) is made at train time and checked there; so are
+    the tokens of rows the base model relabels (``data.know_check`` / ``data.self_answers``).
     """
     d = recipe.data
     if d.generate or not d.train:
@@ -212,6 +213,7 @@ def check_data_files(recipe: Recipe) -> None:
             labels.to_id(row.label, row.where)
     if d.know_check or d.self_answers:
         require_prompt_rows(train_rows)
+        return  # the base model relabels the rows at train time (know_check writes <PASS> targets): checked there
     if not d.validation and d.validation_fraction > 0:
         train_rows, _ = split_rows(train_rows, d.validation_fraction, recipe.seed)
     texts = [example_text(e) for e in train_rows]

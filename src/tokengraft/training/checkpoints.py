@@ -189,7 +189,7 @@ def shape_differences(g: Graft, meta: dict[str, Any]) -> list[str]:
         out.append(f"the trainable token ids ({len(meta['trainable_ids'])} in the run, {len(g.trainable_ids)} "
                    "in the recipe: tokens.train_existing?)")
     settings = meta.get("settings", {})
-    for key in ("backend", "sides", "special", "single_word", "word_start"):
+    for key in ("backend", "sides", "special", "single_word", "word_start", "expand"):
         if key in settings and settings[key] != getattr(g.settings, key):
             out.append(f"tokens.{key}: {settings[key]!r} in the run, {getattr(g.settings, key)!r} in the recipe")
     if "total_rows" in meta and int(meta["total_rows"]) != g.report.final_rows:
