@@ -39,7 +39,8 @@ from tokengraft.errors import TokengraftError
 from tokengraft.files import manifest_problem, write_manifest
 from tokengraft.rundir import LOCK_FILE, OWNER_FILE
 from tokengraft.training.checkpoints import COMPLETE_MARKER, complete_checkpoints
-from test_train import LORA, FirstStep, StopAt, all_finite, example_rows, make_recipe, save_tiny, trained_tensors
+from test_train import (LORA, TOKEN, FirstStep, StopAt, all_finite, example_rows, make_recipe, save_tiny,
+                        trained_tensors)
 
 
 @dataclass
@@ -325,6 +326,21 @@ def test_resuming_a_finished_run_does_nothing_and_says_so(reference, tmp_path, c
     code, err, out = cli(capsys, "train", str(reference.recipe_file), "--output", str(run), "--resume", "--quiet")
     assert code == 0 and "already finished its 6 steps" in out, (err, out)
     assert tree_bytes(run) == before
+
+
+@pytest.mark.parametrize("backend", ["peft", "full"])
+def test_a_finished_run_of_any_backend_resumes_to_its_saved_weights(llama_dir, tmp_path, backend):
+    """Backends whose rows live inside PEFT wrappers cannot continue a run, but a finished one still does nothing
+    and hands back the saved model (loaded as tokengraft.load would)."""
+    recipe = make_recipe(tmp_path, llama_dir, methods=[dict(LORA, dropout=0.0)], tokens={"add": [TOKEN], "backend": backend},
+                         max_steps=2, save_steps=1)
+    first = train(recipe, tmp_path / "run", quiet=True)
+    before = tree_bytes(tmp_path / "run")
+    again = train(recipe, tmp_path / "run", quiet=True, resume=True)
+    assert again.already_finished and again.steps == 2 and tree_bytes(tmp_path / "run") == before
+    ids = torch.tensor([[5, 40, 41, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(again.graft.model(input_ids=ids).logits, first.graft.model(input_ids=ids).logits)
 
 
 def test_resume_after_the_last_checkpoint_only_writes_the_run_directory(reference, tmp_path):

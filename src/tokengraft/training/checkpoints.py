@@ -221,11 +221,12 @@ def restore_trained_tensors(g: Graft, checkpoint: str | Path) -> None:
 
     Every tensor's shape is checked first: a changed recipe is one clear error, not a
     size-mismatch traceback. Resume is supported for the row overlay; the ``peft`` and
-    ``full`` backends keep their rows inside PEFT wrappers, so such runs restart instead.
+    ``full`` backends keep their rows inside PEFT wrappers, so such runs start afresh instead.
     """
     checkpoint = Path(checkpoint)
     if g.rows is None and g.trainable_ids:
-        raise TokengraftError("resume is supported for the rows backend; restart the run for peft/full backends")
+        raise TokengraftError("resume is supported for the rows backend (tokens.backend: rows); a peft or full "
+                              "backend run starts afresh with --overwrite")
     with torch.no_grad():
         if g.rows is not None:
             rows = load_tensors(checkpoint / ROWS_FILE)

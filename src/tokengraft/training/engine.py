@@ -47,7 +47,8 @@ from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import pick_device
 from tokengraft.quantization import QuantSpec, check_optimizer_device, paged_adamw_8bit, require_bitsandbytes
 from tokengraft.rundir import (CONFIG_FILE, DATASET_STATS_FILE, GRAFT_FILE, LOCK_FILE, LOG_HISTORY_FILE, OWNER_FILE,
-                               SNAPSHOTS_DIR, STAGING_PREFIX, read_graft_meta, save_graft, write_json)
+                               SNAPSHOTS_DIR, STAGING_PREFIX, is_classifier_meta, load_classifier, load_graft,
+                               read_graft_meta, save_graft, write_json)
 from tokengraft.training.checkpoints import (check_same_shape, checkpoint_dir, discard_incomplete_checkpoints,
                                              mark_complete, newest_good_checkpoint, required_files,
                                              restore_trained_tensors, rotate_checkpoints, trained_tensors_problem,
@@ -421,10 +422,12 @@ def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: b
         finished = read_graft_meta(run) if (run / GRAFT_FILE).is_file() else None
         if finished is not None and "steps" in finished and not asks_for_more_steps(recipe, int(finished["steps"])):
             check_same_shape(g, finished, run)
-            restore_trained_tensors(g, run)  # the final weights: the result describes the run as it is
+            # The result describes the run as it is on disk: loaded as tokengraft.load would (any backend).
+            loader = load_classifier if is_classifier_meta(finished) else load_graft
+            saved = loader(run, device=str(next(g.model.parameters()).device), dtype=recipe.model.dtype)
             history_file = run / LOG_HISTORY_FILE
             history = json.loads(history_file.read_text()) if history_file.is_file() else []
-            return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=0.0,
+            return TrainResult(run_dir=run, graft=saved, log_history=history, train_seconds=0.0,
                                steps=int(finished["steps"]), already_finished=True)
         checkpoint = resume_checkpoint(run, g, main_process)
         if not quiet:
