@@ -27,8 +27,8 @@ from tokengraft.errors import TokengraftError
 from tokengraft.files import gguf_problem, safetensors_problem
 from tokengraft.generation import generate_batch
 from tokengraft.rundir import save_graft
-from test_train import LORA, TOKEN, example_rows, make_recipe, save_tiny, write_jsonl
-from tiny import tiny_model, tiny_tokenizer
+from test_train import LORA, TOKEN, example_rows, make_recipe, save_tiny
+from tiny import tiny_model
 
 
 def cli(capsys, *argv: str) -> tuple[int, list[str]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from tokengraft.core.graft import Graft
 from tokengraft.errors import TokengraftError
 from tokengraft.files import manifest_problem, write_manifest
 from tokengraft.methods.state import INDEX_FILE, WEIGHTS_FILE
-from tokengraft.rundir import EMBEDDINGS_FILE, GRAFT_FILE, ROWS_FILE, load_tensors
+from tokengraft.rundir import (EMBEDDINGS_FILE, GRAFT_FILE, LOCK_FILE, OWNER_FILE, ROWS_FILE, STAGING_PREFIX, load_tensors,
+                               read_graft_meta)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
@@ -151,6 +153,37 @@ def newest_good_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[tu
 def trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     """The Trainer's ``trainer_state.json`` of a verified checkpoint (global step, max steps, log history)."""
     return json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text())
+
+
+def resume_checkpoint(run: Path, g: Graft, main_process: bool) -> Path:
+    """The newest checkpoint that verifies and has the recipe's shape; newer damaged ones are named and removed.
+
+    A removed checkpoint could not be resumed from; the resumed run writes its step again.
+    """
+    from accelerate import PartialState
+
+    if main_process:
+        discard_incomplete_checkpoints(run)
+        for leftover in run.glob(f"{STAGING_PREFIX}*"):  # a save killed before its renames
+            shutil.rmtree(leftover, ignore_errors=True)
+    PartialState().wait_for_everyone()
+    checkpoint, skipped = newest_good_checkpoint(run)
+    PartialState().wait_for_everyone()  # every rank has decided before rank 0 removes anything
+    if checkpoint is None:
+        if skipped:
+            reasons = "; ".join(f"{path.name}: {why}" for path, why in skipped)
+            raise TokengraftError(f"--resume: no checkpoint in {run} verifies ({reasons}); start afresh with --overwrite")
+        others = [p for p in run.iterdir() if p.name not in (LOCK_FILE, OWNER_FILE)] if run.is_dir() else []
+        hint = "start afresh with --overwrite" if others else "start without --resume"
+        raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; {hint}")
+    if main_process:
+        for path, why in skipped:
+            print(f"tokengraft: --resume: skipping {path.name} ({why}); removed it, its steps train again",
+                  file=sys.stderr)
+            shutil.rmtree(path)
+    PartialState().wait_for_everyone()
+    check_same_shape(g, read_graft_meta(checkpoint), checkpoint)
+    return checkpoint
 
 
 # ----------------------------------------------------------------------------- the recipe's shape

@@ -29,7 +29,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,13 +45,11 @@ from tokengraft.errors import TokengraftError
 from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import pick_device
 from tokengraft.quantization import QuantSpec, check_optimizer_device, paged_adamw_8bit, require_bitsandbytes
-from tokengraft.rundir import (CONFIG_FILE, DATASET_STATS_FILE, GRAFT_FILE, LOCK_FILE, LOG_HISTORY_FILE, OWNER_FILE,
-                               SNAPSHOTS_DIR, STAGING_PREFIX, is_classifier_meta, load_classifier, load_graft,
-                               read_graft_meta, save_graft, write_json)
-from tokengraft.training.checkpoints import (check_same_shape, checkpoint_dir, discard_incomplete_checkpoints,
-                                             mark_complete, newest_good_checkpoint, required_files,
-                                             restore_trained_tensors, rotate_checkpoints, trained_tensors_problem,
-                                             trainer_state)
+from tokengraft.rundir import (CONFIG_FILE, DATASET_STATS_FILE, GRAFT_FILE, LOG_HISTORY_FILE, SNAPSHOTS_DIR,
+                               is_classifier_meta, load_classifier, load_graft, read_graft_meta, save_graft, write_json)
+from tokengraft.training.checkpoints import (check_same_shape, checkpoint_dir, mark_complete, newest_good_checkpoint,
+                                             required_files, restore_trained_tensors, resume_checkpoint,
+                                             rotate_checkpoints, trained_tensors_problem, trainer_state)
 
 LossFn = Callable[[Any, dict[str, torch.Tensor], int | None], tuple[torch.Tensor, torch.Tensor]]
 """``loss_fn(model, inputs, num_items) -> (loss, logits)``: a recipe's loss, normalised by ``num_items``
@@ -372,37 +369,6 @@ class TrainResult:
 def asks_for_more_steps(recipe: Recipe, steps: int) -> bool:
     """Whether the recipe wants more optimiser steps than ``steps`` (a raised ``train.max_steps``)."""
     return 0 < recipe.train.max_steps and recipe.train.max_steps > steps
-
-
-def resume_checkpoint(run: Path, g: Graft, main_process: bool) -> Path:
-    """The newest checkpoint that verifies and has the recipe's shape; newer damaged ones are named and removed.
-
-    A removed checkpoint could not be resumed from; the resumed run writes its step again.
-    """
-    from accelerate import PartialState
-
-    if main_process:
-        discard_incomplete_checkpoints(run)
-        for leftover in run.glob(f"{STAGING_PREFIX}*"):  # a save killed before its renames
-            shutil.rmtree(leftover, ignore_errors=True)
-    PartialState().wait_for_everyone()
-    checkpoint, skipped = newest_good_checkpoint(run)
-    PartialState().wait_for_everyone()  # every rank has decided before rank 0 removes anything
-    if checkpoint is None:
-        if skipped:
-            reasons = "; ".join(f"{path.name}: {why}" for path, why in skipped)
-            raise TokengraftError(f"--resume: no checkpoint in {run} verifies ({reasons}); start afresh with --overwrite")
-        others = [p for p in run.iterdir() if p.name not in (LOCK_FILE, OWNER_FILE)] if run.is_dir() else []
-        hint = "start afresh with --overwrite" if others else "start without --resume"
-        raise TokengraftError(f"--resume: {run} has no complete checkpoint to resume from; {hint}")
-    if main_process:
-        for path, why in skipped:
-            print(f"tokengraft: --resume: skipping {path.name} ({why}); removed it, its steps train again",
-                  file=sys.stderr)
-            shutil.rmtree(path)
-    PartialState().wait_for_everyone()
-    check_same_shape(g, read_graft_meta(checkpoint), checkpoint)
-    return checkpoint
 
 
 def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: bool, quiet: bool,

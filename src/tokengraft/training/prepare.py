@@ -12,7 +12,6 @@ style rows).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tokengraft.data import load_examples, require_prompt_rows, split_rows
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import greedy_answers
 from tokengraft.tasks import get_task, write_jsonl
+from tokengraft.training.ownership import is_rank_zero
 
 
 @dataclass
@@ -78,7 +78,7 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
         generated = dataclasses.replace(generated, splits=splits)
         # Under a launcher (torchrun, accelerate launch) every process generates the same seeded
         # rows in memory; only global rank 0 writes them, so the run directory is written once.
-        files = generated.write(data_dir) if os.environ.get("RANK", "0") == "0" else generated.files(data_dir)
+        files = generated.write(data_dir) if is_rank_zero() else generated.files(data_dir)
         return PreparedData(train=splits["train"], validation=splits.get("validation", []), files=files,
                             extra_tokens=list(generated.tokens))
     if not recipe.data.train:
@@ -93,7 +93,7 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
         labelled = Path(data_dir) / "train.jsonl"
         if labelled.resolve() != train_file.resolve():  # never overwrite the file read
             train_file = labelled
-            if os.environ.get("RANK", "0") == "0":
+            if is_rank_zero():
                 write_jsonl(train_rows, train_file)
     if recipe.data.validation:
         validation: list[Any] = load_examples(recipe.data.validation)
