@@ -206,10 +206,11 @@ def test_safetensors_problem_reads_only_the_header(tmp_path, llama_dir):
 # ----------------------------------------------------------------------------- output paths
 
 
-def test_export_merged_onto_an_existing_file(tmp_path, llama_dir, capsys):
-    run = saved_run(tmp_path, llama_dir)
+@pytest.mark.parametrize("kind", ["--merged", "--lora-adapter"])
+def test_export_onto_an_existing_file(tmp_path, llama_dir, capsys, kind):
+    run = saved_run(tmp_path, llama_dir, [dict(LORA, dropout=0.0)])
     (tmp_path / "taken").write_text("mine")
-    assert "is an existing file" in one_error(capsys, "export", str(run), "--merged", str(tmp_path / "taken"))
+    assert "is an existing file" in one_error(capsys, "export", str(run), kind, str(tmp_path / "taken"))
     assert (tmp_path / "taken").read_text() == "mine"
 
 

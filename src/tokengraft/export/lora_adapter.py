@@ -199,6 +199,8 @@ def export_lora_adapter(run_dir: str | Path, out_dir: str | Path, *, name: str |
     if not _NAME.match(name):
         raise TokengraftError(f"adapter name {name!r} must be letters, digits, '.', '_' or '-'; pass --adapter-name")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TokengraftError(f"{out} is an existing file; --lora-adapter writes a directory, choose a new path")
     base, adapter = out / BASE_DIR, out / ADAPTERS_DIR / name
     if adapter.exists():
         raise TokengraftError(f"{adapter} exists; choose another --adapter-name or OUT (an export never overwrites)")
