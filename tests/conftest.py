@@ -1,12 +1,21 @@
-"""Test-wide settings: offline, and one torch thread.
+"""Test-wide settings: offline, one torch thread, a throwaway answers cache.
 
 The tests use toy-sized models whose matmuls are too small to gain from a second
 thread; on a shared 2-core machine two threads per process mostly add contention.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The CLI picks its thread count from the idle cores (models.choose_threads): tests keep one.
+os.environ.setdefault("TOKENGRAFT_THREADS", "1")
+# Tiny models' answers must not land in the user's answers cache (answer_cache.py).
+if "TOKENGRAFT_ANSWER_CACHE" not in os.environ:
+    os.environ["TOKENGRAFT_ANSWER_CACHE"] = tempfile.mkdtemp(prefix="tokengraft-test-answers-")
+    atexit.register(shutil.rmtree, os.environ["TOKENGRAFT_ANSWER_CACHE"], True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402

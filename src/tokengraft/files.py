@@ -12,7 +12,10 @@ checkpoint code all need these checks and none of them should pay for torch:
 - `write_manifest` / `manifest_problem`: every file of a directory with its size and
   sha256, written last through one rename. A directory whose manifest verifies holds
   exactly the bytes that were written when it was declared complete; a deleted,
-  shortened or altered file is named.
+  shortened or altered file is named;
+- `write_json`: the one way tokengraft replaces a JSON file (run directories, the answers
+  cache): a unique temporary sibling, then one rename, so a reader never sees half a file
+  and two writers never share a temporary name.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import os
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +217,27 @@ def manifest_problem(directory: str | Path, marker: str) -> str | None:
         if sha256_file(path) != entry.get("sha256"):
             return f"{name} differs from what was written (sha256 mismatch)"
     return None
+
+
+# ----------------------------------------------------------------------------- atomic JSON
+
+
+def write_json(path: str | Path, value: Any, *, indent: int | None = 2) -> Path:
+    """Write ``value`` as JSON to ``path`` atomically; returns the path."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what a plain open() would give
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=indent)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -12,6 +12,7 @@ A run directory holds:
 - ``labels.json``       a classifier's class names (``task: classification``);
 - ``data/``             the splits the run trained and is evaluated on;
 - ``metrics.json``, ``dataset_stats.json``, ``log_history.json`` what training and evaluation measured;
+- ``phases.json``       wall time of each phase of the `tokengraft demo` that made the run;
 - ``snapshots/``        token-row snapshots taken during training (``train.snapshot_steps``);
 - ``checkpoint-<step>/`` step checkpoints in this same format (training/checkpoints.py), each with a
                         ``COMPLETE`` manifest of its files (sizes, sha256) written last;
@@ -48,6 +49,7 @@ from tokengraft.core.graft import Graft, TokenSettings, apply_method_configs, ef
 from tokengraft.core.rows import RowGraft, attach_rows
 from tokengraft.core.vocab import AddReport
 from tokengraft.errors import TokengraftError
+from tokengraft.files import write_json  # public here too: rundir.write_json
 from tokengraft.methods import load_methods
 from tokengraft.methods.classification import build_classifier
 from tokengraft.methods.spec import unwrap_peft
@@ -64,6 +66,7 @@ DATA_DIR = "data"
 METRICS_FILE = "metrics.json"
 DATASET_STATS_FILE = "dataset_stats.json"
 LOG_HISTORY_FILE = "log_history.json"
+PHASES_FILE = "phases.json"
 SNAPSHOTS_DIR = "snapshots"
 STAGING_PREFIX = ".saving-"  # save_graft's temporary sibling; one left behind is a killed save's leftover
 LOCK_FILE = ".tokengraft.lock"
@@ -96,17 +99,13 @@ def split_file(run_dir: str | Path, split: str) -> Path:
     return data_dir(run_dir) / f"{split}.jsonl"
 
 
-def write_json(path: str | Path, value: Any) -> Path:
-    """Write JSON through a temporary sibling and one rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
-    return path
-
-
 def write_metrics(run_dir: str | Path, result: dict[str, Any]) -> Path:
     return write_json(Path(run_dir) / METRICS_FILE, result)
+
+
+def write_phases(run_dir: str | Path, phases: dict[str, Any]) -> Path:
+    """``phases.json``: where the command that made the run spent its time (timing.PhaseLog + context)."""
+    return write_json(Path(run_dir) / PHASES_FILE, phases)
 
 
 def write_labels(run_dir: str | Path, labels: LabelSet) -> Path:

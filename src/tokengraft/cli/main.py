@@ -35,6 +35,14 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
     return register
 
 
+def _threads() -> str:
+    """Give torch the cores that are free (models.choose_threads); the heavy commands call this first."""
+    from tokengraft.models import configure_threads
+
+    threads, why = configure_threads()
+    return f"{threads} ({why})"
+
+
 def _model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default=BUILTIN_ALIAS,
                         help=f"local HF directory, .gguf file, hub id, or the built-in alias (default {BUILTIN_ALIAS})")
@@ -153,6 +161,7 @@ def _train(args: argparse.Namespace) -> int:
     from tokengraft.api import train
     from tokengraft.config import load_recipe
 
+    _threads()
     recipe = load_recipe(args.config, args.overrides)
     output = args.output or str(Path("runs") / Path(args.config).stem)
     result = train(recipe, output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
@@ -176,6 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
     from tokengraft.api import evaluate
     from tokengraft.cli.report import metrics_table
 
+    _threads()
     result = evaluate(args.run_dir, limit=args.limit, base=not args.no_base, pass_bias=args.pass_bias)
     print(json.dumps(result, indent=2) if args.json else metrics_table(result))
     return 0
@@ -192,6 +202,7 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from tokengraft.cli.generate import run_generate
 
+    _threads()
     return run_generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, system=args.system)
 
 
@@ -333,17 +344,20 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
                              'the same as the override model.quantization=4bit; needs pip install -e ".[quant]"')
     parser.add_argument("--resume", action="store_true", help="continue the demo run in --output (same recipe)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --output")
+    parser.add_argument("--full", action="store_true",
+                        help="the full-size recipe (configs/<task>_full.yaml: more questions and steps, slower)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo recipe")
 
 
-@command("demo", "end to end on the built-in model: data, training, evaluation, before/after", _configure_demo)
+@command("demo", "end to end on the built-in model: data, training, evaluation, before/after, timings", _configure_demo)
 def _demo(args: argparse.Namespace) -> int:
     from tokengraft.cli.demo import run_demo
 
+    threads = _threads()
     overrides = list(args.overrides) + ([f"model.quantization={args.quantization}"] if args.quantization else [])
     suffix = f"-{args.quantization}" if args.quantization else ""
     return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides, resume=args.resume,
-                    overwrite=args.overwrite)
+                    overwrite=args.overwrite, full=args.full, threads=threads)
 
 
 def _configure_compare(parser: argparse.ArgumentParser) -> None:
@@ -360,6 +374,7 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from tokengraft.cli.compare import compare, markdown_table
 
+    _threads()
     result = compare(args.recipes, args.output, evaluate=not args.no_eval, eval_limit=args.eval_limit,
                      overrides=args.overrides, overwrite=args.overwrite)
     print(markdown_table(result))

@@ -32,3 +32,33 @@ def metrics_table(result: dict[str, Any]) -> str:
         for ex in result["examples"]:
             lines.append("  " + " | ".join(f"{k}: {str(v)[:80]!r}" for k, v in ex.items() if v is not None))
     return "\n".join(lines)
+
+
+def _phase_note(detail: dict[str, Any]) -> str:
+    if "prompts" in detail:
+        return f"{detail['prompts']} prompts: {detail.get('cached', 0)} cached, {detail.get('generated', 0)} generated"
+    if "steps" in detail:
+        extra = detail.get("validation_loss_seconds")
+        return f"{detail['steps']} steps" + (f", of which validation loss {extra:.0f} s" if extra else "")
+    return ", ".join(f"{k}={v}" for k, v in detail.items())
+
+
+def phase_table(phases: dict[str, Any]) -> str:
+    """The phases of a ``timing.PhaseLog.to_dict()`` as an indented table of wall times.
+
+    A child's time is part of its parent's; "other" is what no top-level phase covered."""
+    total = phases.get("total_seconds") or 0.0
+    rows = [(("  " * p["depth"]) + p["name"], p.get("seconds") or 0.0, _phase_note(p.get("detail") or {}))
+            for p in phases["phases"]]
+    covered = sum(p.get("seconds") or 0.0 for p in phases["phases"] if p["depth"] == 0)
+    rows.append(("other (between phases)", max(0.0, total - covered), ""))
+    width = max(len(name) for name, _, _ in rows + [("total", 0.0, "")])
+    lines = [f"{'phase':<{width}}  {'wall':>9}  {'share':>5}  notes", f"{'-' * width}  {'-' * 9}  {'-' * 5}  {'-' * 5}"]
+    for name, seconds, text in rows + [("total", total, "")]:
+        share = f"{100 * seconds / total:4.0f}%" if total else "  n/a"
+        lines.append(f"{name:<{width}}  {_duration(seconds):>9}  {share:>5}  {text}".rstrip())
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"

@@ -1,8 +1,11 @@
 """`tokengraft eval RUN_DIR` for the generative tasks (pass, style, lexicon): task metrics on the test split.
 
 The base model is loaded beside the tuned one and asked the same questions with
-the same decoding, so every "vs base" number compares like with like. Results go
-to ``RUN_DIR/metrics.json`` (flat numeric keys plus tables) and PNG plots.
+the same decoding, so every "vs base" number compares like with like; its answers go
+through the answers cache (answer_cache.py), so they are generated once per question
+and model, not once per run. Each model answers each split once: one pass of the
+tuned model gives both the <PASS> first-token margins and the <PASS>-banned answers.
+Results go to ``RUN_DIR/metrics.json`` (flat numeric keys plus tables) and PNG plots.
 Classification runs are scored by evaluation/classification.py (``tokengraft.api.evaluate`` picks).
 """
 
@@ -12,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from tokengraft.answer_cache import base_answers
 from tokengraft.config import Recipe
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.errors import TokengraftError
@@ -21,6 +25,7 @@ from tokengraft.rundir import (load_base, load_graft, read_graft_meta, read_run_
                                write_metrics)
 from tokengraft.tasks import metrics, read_jsonl
 from tokengraft.tasks.pass_data import is_correct, read_probe_rows, score_read_probe
+from tokengraft.timing import phase
 
 SWEEP_BIASES = (-6.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 6.0)
 GENERATIVE_TASKS = ("pass", "style", "lexicon")
@@ -42,23 +47,25 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
     task = recipe.task
     if task not in GENERATIVE_TASKS:
         raise TokengraftError(f"task {task!r} has no metrics; eval supports pass, style, lexicon and classification runs")
-    g = load_graft(run, device=recipe.model.device)
-    base_model = None
-    if base:
-        base_model, _ = load_base(meta, device=recipe.model.device)
-    if task == "pass":
-        bias = pass_bias if pass_bias is not None else recipe.eval.pass_bias
-        if bias is None:
-            bias = meta.get("pass_bias")
-        if bias is None and base_model is not None:
-            bias = calibrate_pass_bias(g.model, g.tokenizer, base_model, run, recipe)
-        result = evaluate_pass(g.model, g.tokenizer, base_model, run, recipe, limit=limit, pass_bias=bias)
-    elif task == "style":
-        result = evaluate_style(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
-    else:
-        result = evaluate_lexicon(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
-    result = {"task": task, **result}
-    write_metrics(run, result)
+    with phase("evaluation"):
+        with phase("load the tuned run and the base model"):
+            g = load_graft(run, device=recipe.model.device)
+            base_model = None
+            if base:
+                base_model, _ = load_base(meta, device=recipe.model.device)
+        if task == "pass":
+            bias = pass_bias if pass_bias is not None else recipe.eval.pass_bias
+            if bias is None:
+                bias = meta.get("pass_bias")
+            if bias is None and base_model is not None:
+                bias = calibrate_pass_bias(g.model, g.tokenizer, base_model, run, recipe)
+            result = evaluate_pass(g.model, g.tokenizer, base_model, run, recipe, limit=limit, pass_bias=bias)
+        elif task == "style":
+            result = evaluate_style(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
+        else:
+            result = evaluate_lexicon(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
+        result = {"task": task, **result}
+        write_metrics(run, result)
     return result
 
 
@@ -69,27 +76,29 @@ def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe:
                  pass_bias: float | None = None, desc: str = "tuned model") -> list[dict[str, Any]]:
     """One record per row: the unbiased first-position ``margin`` and ``p_pass``, the answer the
     model gives when <PASS> is banned (``forced_answer``), and ``generated`` = what greedy
-    decoding with ``pass_bias`` outputs: <PASS> when margin + bias >= 0, else the forced answer."""
+    decoding with ``pass_bias`` outputs: <PASS> when margin + bias >= 0, else the forced answer.
+
+    One generation pass gives both: the margin is read from the first step's own logits,
+    before the ban (generate_batch's ``score_token_id``)."""
     pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
-    common = dict(max_new_tokens=recipe.eval.max_new_tokens, system=recipe.data.system,
-                  batch_size=recipe.eval.batch_size)
-    prompts = [r["prompt"] for r in rows]
-    first = generate_batch(model, tokenizer, prompts, desc=f"{desc}: first token", score_token_id=pass_id,
-                           **{**common, "max_new_tokens": 1})
-    forced = generate_batch(model, tokenizer, prompts, desc=f"{desc}: answers (<PASS> banned)",
-                            logit_bias={pass_id: -1e4}, **common)
+    outputs = generate_batch(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=recipe.eval.max_new_tokens,
+                             system=recipe.data.system, batch_size=recipe.eval.batch_size,
+                             desc=f"{desc}: <PASS> margin and answers (<PASS> banned)", score_token_id=pass_id,
+                             logit_bias={pass_id: -1e4})
     bias = pass_bias or 0.0
     records = []
-    for row, head, answer in zip(rows, first, forced):
-        passes = head["margin"] + bias >= 0
-        records.append({**row, "margin": head["margin"], "p_pass": head["p_token"], "forced_answer": answer["text"],
-                        "generated": "<PASS>" if passes else answer["text"]})
+    for row, out in zip(rows, outputs):
+        passes = out["margin"] + bias >= 0
+        records.append({**row, "margin": out["margin"], "p_pass": out["p_token"], "forced_answer": out["text"],
+                        "generated": "<PASS>" if passes else out["text"]})
     return records
 
 
 def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> list[bool]:
-    answers = generate_batch(base_model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max(48, recipe.eval.max_new_tokens),
-                             system=recipe.data.system, batch_size=recipe.eval.batch_size, desc="base model: answers")
+    """Whether the base model answers each row right, with the decoding its training answers used (cached)."""
+    answers = base_answers(base_model, tokenizer, [r["prompt"] for r in rows],
+                           max_new_tokens=max(48, recipe.eval.max_new_tokens), system=recipe.data.system,
+                           batch_size=recipe.eval.batch_size, desc="base model: answers")
     return [is_correct(a["text"], r) for a, r in zip(answers, rows)]
 
 
@@ -100,11 +109,14 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
     of an exported model behaves as calibrated.
     """
     rows = _split_rows(run, "validation")
-    records = pass_records(model, tokenizer, rows, recipe, desc="calibration")
-    answerable = [r for r in records if r["answerable"]]
-    for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
-        record["base_correct"] = right
-    bias, sweep = choose_pass_bias(records, recipe.eval.target_false_pass)
+    with phase("calibration (validation split)"):
+        with phase("tuned model: validation"):
+            records = pass_records(model, tokenizer, rows, recipe, desc="calibration")
+        answerable = [r for r in records if r["answerable"]]
+        with phase("base model: validation"):
+            for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
+                record["base_correct"] = right
+        bias, sweep = choose_pass_bias(records, recipe.eval.target_false_pass)
     update_graft_meta(run, pass_bias=bias, calibration={"split": "validation", "target_false_pass": recipe.eval.target_false_pass,
                                                         "rows": len(records), "sweep": sweep})
     return bias
@@ -113,26 +125,30 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
 def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe, *,
                   limit: int | None = None, pass_bias: float | None = None) -> dict[str, Any]:
     rows = _split_rows(run, "test")[:limit]
-    records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias)
+    with phase("tuned model: test"):
+        records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias)
     answerable = [r for r in records if r["answerable"]]
     result: dict[str, Any] = {}
     if base_model is not None and answerable:
-        for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
-            record["base_correct"] = right
+        with phase("base model: test"):
+            for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
+                record["base_correct"] = right
         result["base_clean_accuracy"] = sum(r["base_correct"] for r in answerable) / len(answerable)
     result.update({k: v for k, v in metrics.pass_metrics(records).items()})
     result["aurc"] = metrics.aurc(records)
     result["pass_bias"] = pass_bias or 0.0
     result["sweep"] = bias_sweep(records)
     probe_rows = read_probe_rows(seed=recipe.seed)
-    probe_out = generate_batch(model, tokenizer, [r["prompt"] for r in probe_rows], max_new_tokens=16,
-                               system=recipe.data.system, batch_size=recipe.eval.batch_size, desc="READ probe")
+    with phase("READ probe"):
+        probe_out = generate_batch(model, tokenizer, [r["prompt"] for r in probe_rows], max_new_tokens=16,
+                                   system=recipe.data.system, batch_size=recipe.eval.batch_size, desc="READ probe")
     probe = score_read_probe(probe_rows, [o["text"] for o in probe_out])
     per_kind = [v["accuracy"] for v in probe.values() if isinstance(v, dict)]
     result["read_probe_accuracy"] = sum(per_kind) / len(per_kind) if per_kind else None
     result["read_probe"] = probe
     result["examples"] = [{k: r.get(k) for k in ("prompt", "kind", "generated", "gold")} for r in records[:12]]
-    _plot_sweep(result["sweep"], run / "pass_sweep.png")
+    with phase("plots"):
+        _plot_sweep(result["sweep"], run / "pass_sweep.png")
     return result
 
 
@@ -215,8 +231,9 @@ def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recip
     pairs = [(t, verbose[t["pair_id"]]) for t in terse if t["pair_id"] in verbose]
     # The SAME decoding for both styles: greedy, one max_new_tokens, no min_new_tokens.
     common = dict(max_new_tokens=recipe.eval.max_new_tokens, system=recipe.data.system, batch_size=recipe.eval.batch_size)
-    out_t = generate_batch(model, tokenizer, [t["prompt"] for t, _ in pairs], desc="terse", **common)
-    out_v = generate_batch(model, tokenizer, [v["prompt"] for _, v in pairs], desc="verbose", **common)
+    with phase("tuned model: test"):
+        out_t = generate_batch(model, tokenizer, [t["prompt"] for t, _ in pairs], desc="terse", **common)
+        out_v = generate_batch(model, tokenizer, [v["prompt"] for _, v in pairs], desc="verbose", **common)
     len_t = [len(o["ids"]) for o in out_t]
     len_v = [len(o["ids"]) for o in out_v]
     stats = metrics.length_stats(len_t, len_v, seed=recipe.seed)
@@ -230,8 +247,10 @@ def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recip
     plain = _split_rows(run, "test_untokened")[:limit] if split_file(run, "test_untokened").is_file() else []
     base_known: dict[str, str] = {}
     if plain and base_model is not None:
-        tuned_plain = generate_batch(model, tokenizer, [r["prompt"] for r in plain], desc="no style token", **common)
-        base_plain = generate_batch(base_model, tokenizer, [r["prompt"] for r in plain], desc="base model", **common)
+        with phase("tuned model: test without a style token"):
+            tuned_plain = generate_batch(model, tokenizer, [r["prompt"] for r in plain], desc="no style token", **common)
+        with phase("base model: test without a style token"):
+            base_plain = base_answers(base_model, tokenizer, [r["prompt"] for r in plain], desc="base model", **common)
         result["untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in tuned_plain)
         result["base_untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in base_plain)
         # Same prompts, same batches, same decoding: where the tuned model IS the base model here, this is exactly 1.
@@ -243,7 +262,8 @@ def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recip
                                           [o["text"] for o in out_v], base_known, common))
     result["examples"] = [{"question": t["prompt"].split("\n", 1)[-1], "terse": a["text"], "verbose": b["text"]}
                           for (t, _), a, b in list(zip(pairs, out_t, out_v))[:6]]
-    _plot_lengths(len_t, len_v, run / "style_lengths.png")
+    with phase("plots"):
+        _plot_lengths(len_t, len_v, run / "style_lengths.png")
     return result
 
 

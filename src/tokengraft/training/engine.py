@@ -47,6 +47,7 @@ from tokengraft.models import pick_device
 from tokengraft.quantization import QuantSpec, check_optimizer_device, paged_adamw_8bit, require_bitsandbytes
 from tokengraft.rundir import (CONFIG_FILE, DATASET_STATS_FILE, GRAFT_FILE, LOG_HISTORY_FILE, SNAPSHOTS_DIR,
                                is_classifier_meta, load_classifier, load_graft, read_graft_meta, save_graft, write_json)
+from tokengraft.timing import note, phase
 from tokengraft.training.checkpoints import (check_same_shape, checkpoint_dir, mark_complete, newest_good_checkpoint,
                                              required_files, restore_trained_tensors, resume_checkpoint,
                                              rotate_checkpoints, trained_tensors_problem, trainer_state)
@@ -402,14 +403,16 @@ def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: b
         if state["global_step"] >= state["max_steps"] and not asks_for_more_steps(recipe, state["global_step"]):
             done_at = state  # killed after the last checkpoint, before the run directory was written
     g.model.train()
-    started = time.perf_counter()
-    if done_at is None:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        steps, history = trainer.state.global_step, trainer.state.log_history
-    else:
-        restore_trained_tensors(g, checkpoint)
-        steps, history = int(done_at["global_step"]), list(done_at.get("log_history", []))
-    seconds = time.perf_counter() - started
+    with phase("training") as trained:
+        if done_at is None:
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            steps, history = trainer.state.global_step, trainer.state.log_history
+        else:
+            restore_trained_tensors(g, checkpoint)
+            steps, history = int(done_at["global_step"]), list(done_at.get("log_history", []))
+        # The Trainer's periodic validation loss runs inside train(); say how much of the phase it was.
+        note(steps=steps, validation_loss_seconds=round(sum(h.get("eval_runtime", 0.0) for h in history), 1))
+    seconds = trained.seconds or 0.0
     g.model.eval()
     world_size = check_ranks_agree(g)
     bad = trained_tensors_problem(g)
@@ -417,13 +420,14 @@ def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: b
         raise non_finite_error(f"trained weights ({bad})", "non-finite", steps, run,
                                when="the run directory was not written")
     if main_process:
-        # graft.json last (save_graft moves it last too): its presence means the run directory is whole.
-        recipe.save(run / CONFIG_FILE)
-        write_json(run / LOG_HISTORY_FILE, history)
-        _plot_losses(history, run / "loss.png")
-        save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
-                   extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
-                          "steps": steps, "world_size": world_size})
+        with phase("save the run directory"):
+            # graft.json last (save_graft moves it last too): its presence means the run directory is whole.
+            recipe.save(run / CONFIG_FILE)
+            write_json(run / LOG_HISTORY_FILE, history)
+            _plot_losses(history, run / "loss.png")
+            save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
+                       extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
+                              "steps": steps, "world_size": world_size})
     PartialState().wait_for_everyone()  # no rank returns before the run directory is complete
     return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds, steps=steps,
                        resumed_from=checkpoint)

@@ -31,6 +31,7 @@ from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import load_model
 from tokengraft.quantization import quantized_modules, trainer_accepts
 from tokengraft.rundir import data_dir
+from tokengraft.timing import phase
 from tokengraft.training.engine import (ListDataset, LossFn, TrainResult, build_optimizer, enable_gradient_checkpointing,
                                         engine_callbacks, method_configs, quant_spec, run_and_save, start_run,
                                         tokens_per_step, trainer_class, training_arguments, write_dataset_stats)
@@ -188,25 +189,29 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     """
     run, device = start_run(recipe, output_dir)
     quant = quant_spec(recipe, device)
-    model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
-                                  trust_remote_code=recipe.model.trust_remote_code, quantization=quant)
+    with phase("load the base model"):
+        model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
+                                      trust_remote_code=recipe.model.trust_remote_code, quantization=quant)
     if quant is not None and not quiet:
         print(f"tokengraft: base loaded {quant.describe()} with bitsandbytes "
               f"({len(quantized_modules(model))} linear layers quantized; embedding, head and norms in {recipe.model.dtype})")
-    data = prepare_data(recipe, data_dir(run), tokenizer, model)
-    settings = token_settings(recipe.tokens, data.extra_tokens)
-    g = graft(model, tokenizer, settings, method_configs(recipe), seed=recipe.seed, verbose=not quiet)
-    if recipe.tokens.distill_output:
-        distilled = fit_output_rows(g, [example_text(r) for r in data.train], seed=recipe.seed)
-        if not quiet:
-            print(f"tokengraft: {distilled.summary()}")
-    preflight(g)
-    report = audit(g)
-    train_items, stats = encode_examples(data.train, tokenizer, recipe.data.max_length, system=recipe.data.system,
-                                         on_overflow=recipe.data.on_overflow, new_tokens=[t for t in settings.add if t in g.report.added])
-    check_tokens_used(stats, g.report.added)
-    eval_items, _ = encode_examples(data.validation, tokenizer, recipe.data.max_length, system=recipe.data.system,
-                                    on_overflow="drop", new_tokens=[]) if data.validation else ([], None)
+    with phase("data"):
+        data = prepare_data(recipe, data_dir(run), tokenizer, model)
+    with phase("graft, guard and encode"):
+        settings = token_settings(recipe.tokens, data.extra_tokens)
+        g = graft(model, tokenizer, settings, method_configs(recipe), seed=recipe.seed, verbose=not quiet)
+        if recipe.tokens.distill_output:
+            distilled = fit_output_rows(g, [example_text(r) for r in data.train], seed=recipe.seed)
+            if not quiet:
+                print(f"tokengraft: {distilled.summary()}")
+        preflight(g)
+        report = audit(g)
+        train_items, stats = encode_examples(data.train, tokenizer, recipe.data.max_length, system=recipe.data.system,
+                                             on_overflow=recipe.data.on_overflow,
+                                             new_tokens=[t for t in settings.add if t in g.report.added])
+        check_tokens_used(stats, g.report.added)
+        eval_items, _ = encode_examples(data.validation, tokenizer, recipe.data.max_length, system=recipe.data.system,
+                                        on_overflow="drop", new_tokens=[]) if data.validation else ([], None)
     if not train_items:
         raise TokengraftError("no training examples survived encoding (all dropped as too long?); raise data.max_length")
     if recipe.train.kl_untokened > 0:

@@ -6,7 +6,8 @@ makes seeded splits, which are written into the run's data directory,
 ``data.train`` / ``data.validation`` are read, and a missing validation file is
 carved from the training rows with ``data.validation_fraction``. Either way the
 base model can label or complete training rows first (``data.know_check``, plain
-style rows).
+style rows); its answers go through the answers cache (answer_cache.py), so a second
+run, or another recipe on the same questions, does not ask again.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokengraft.answer_cache import base_answers
 from tokengraft.config import Recipe
 from tokengraft.data import load_examples, require_prompt_rows, split_rows
 from tokengraft.errors import TokengraftError
-from tokengraft.generation import greedy_answers
 from tokengraft.tasks import get_task, write_jsonl
+from tokengraft.timing import phase
 from tokengraft.training.ownership import is_rank_zero
 
 
@@ -39,9 +41,11 @@ def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: An
         raise TokengraftError(f"data.self_answers / data.know_check: task {recipe.task} has no rows to relabel")
 
     def answer(prompts: list[str]) -> list[str]:
-        return greedy_answers(model, tokenizer, prompts, system=recipe.data.system, batch_size=recipe.eval.batch_size,
-                              max_new_tokens=max(48, recipe.eval.max_new_tokens),
-                              desc="base model answers the training questions")
+        with phase("base model answers the training questions"):
+            return [a["text"] for a in base_answers(model, tokenizer, prompts, system=recipe.data.system,
+                                                    batch_size=recipe.eval.batch_size,
+                                                    max_new_tokens=max(48, recipe.eval.max_new_tokens),
+                                                    desc="base model answers the training questions")]
 
     try:
         return labeller(rows, answer, self_answers=recipe.data.self_answers, know_check=recipe.data.know_check)
@@ -56,9 +60,11 @@ def _complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], toke
     todo = [i for i, r in enumerate(rows) if "prompt" in r and r.get("completion") is None]
     if not todo:
         return rows
-    answers = greedy_answers(model, tokenizer, [rows[i]["prompt"] for i in todo], system=recipe.data.system,
-                             max_new_tokens=recipe.eval.max_new_tokens, batch_size=recipe.eval.batch_size,
-                             desc="base model answers the plain rows")
+    with phase("base model answers the plain rows"):
+        answers = [a["text"] for a in base_answers(model, tokenizer, [rows[i]["prompt"] for i in todo],
+                                                   system=recipe.data.system, max_new_tokens=recipe.eval.max_new_tokens,
+                                                   batch_size=recipe.eval.batch_size,
+                                                   desc="base model answers the plain rows")]
     rows = list(rows)
     for i, answer in zip(todo, answers):
         rows[i] = {**rows[i], "completion": answer, "completion_from": "base_model"}
@@ -69,8 +75,9 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
     """The training and validation rows of a run; generated splits are written into ``data_dir``
     (the run directory's ``data/``: ``rundir.data_dir(run)``)."""
     if recipe.data.generate:
-        generated = get_task(recipe.task).generate(recipe.seed, recipe.data.generate_options, tokenizer,
-                                                   recipe.tokens.word_start)
+        with phase("generate the data splits"):
+            generated = get_task(recipe.task).generate(recipe.seed, recipe.data.generate_options, tokenizer,
+                                                       recipe.tokens.word_start)
         splits = dict(generated.splits)
         if recipe.data.know_check or recipe.data.self_answers:
             splits["train"] = _label(recipe, splits["train"], tokenizer, model)
