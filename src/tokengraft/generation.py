@@ -22,9 +22,11 @@ Greedy decoding is the same computation either way (left padding is masked out a
 positions follow the attention mask, as in ``generate``); tests/test_generation.py
 checks the result token for token against a one-prompt-at-a-time, cache-free
 reference on several families. Models this loop does not cover — PEFT prompt
-learning (its prefix lives in the cache), or a ``generation_config`` that asks for
-extra logits processing (repetition penalty, suppressed tokens, ...) — go through
-``model.generate`` one sorted batch at a time, with the same results format.
+learning (its prefix lives in the cache), activated LoRA (its hooks follow each row
+of the batch through the cache, so rows may neither leave nor share a prefix
+forward), or a ``generation_config`` that asks for extra logits processing
+(repetition penalty, suppressed tokens, ...) — go through ``model.generate`` in the
+caller's order and batches, as before this loop existed, with the same results format.
 
 ``GENERATION_VERSION`` names this decoding: the answers cache (answer_cache.py) keys
 on it, so a change that could alter generated tokens must bump it.
@@ -44,6 +46,7 @@ from tqdm.auto import tqdm
 from tokengraft.core.arch import describe
 from tokengraft.data import ChatFormat
 from tokengraft.errors import TokengraftError
+from tokengraft.methods.alora import ACTIVATION_ATTR
 from tokengraft.methods.spec import unwrap_peft
 
 GENERATION_VERSION = 2
@@ -166,10 +169,15 @@ def _prefix_is_exact(model: Any, longest: int) -> bool:
     return not (isinstance(window, int) and 0 < window < longest)
 
 
-def _needs_generate(model: Any) -> bool:
-    """Whether greedy decoding of this model needs ``model.generate`` (the own loop would differ)."""
+def uses_generate(model: Any) -> bool:
+    """Whether ``generate_batch`` decodes this model through ``model.generate`` (the own loop would differ).
+
+    A comparison that must be bit for bit (the same model with and without an inactive
+    adapter) passes the answer as ``through_generate`` for the other model too."""
     inner = unwrap_peft(model)
     if _is_prompt_learning(model) or getattr(inner.config, "is_encoder_decoder", False):
+        return True
+    if hasattr(inner, ACTIVATION_ATTR):  # activated LoRA: per-row state across the cache (methods/alora.py)
         return True
     params = inspect.signature(inner.forward).parameters
     if "cache" not in params and "past_key_values" not in params:
@@ -325,7 +333,7 @@ def _decode_with_generate(model: Any, suffixes: list[list[int]], pad: int, stops
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                    system: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, desc: str | None = None,
                    score_token_id: int | None = None, logit_bias: dict[int, float] | None = None,
-                   ) -> list[dict[str, Any]]:
+                   through_generate: bool | None = None) -> list[dict[str, Any]]:
     """Greedy continuations, in the order of ``prompts``; each result has ``text`` and ``ids`` and,
     with ``score_token_id``, ``p_token`` = the probability of that token at the first generated
     position and ``margin`` = its logit minus the best other logit there, both measured on the
@@ -333,6 +341,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
 
     ``logit_bias`` adds a constant to chosen token logits at every step (a calibrated
     ``<PASS>`` bias, or -1e4 to ban a token), the same thing an export folds into the weights.
+    ``through_generate`` chooses the decoding path (default: ``uses_generate(model)``).
     """
     fmt = ChatFormat(tokenizer, system=system)
     pad, stops = pad_id(tokenizer), stop_ids(tokenizer, fmt)
@@ -340,8 +349,9 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     if not encoded:
         return []
     check_prompt_lengths(model, encoded, max_new_tokens)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # stable: equal lengths keep their order
-    use_loop = not _needs_generate(model)
+    use_loop = not (uses_generate(model) if through_generate is None else through_generate)
+    # Sorted by length (stable) for the own loop; `generate` keeps the caller's order and batches.
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if use_loop else list(range(len(encoded)))
     decoder = _Decoder(model, pad, stops, max_new_tokens, score_token_id, logit_bias) if use_loop else None
     longest = max(len(e) for e in encoded) + max_new_tokens
     prefix_len = shared_prefix_length(encoded) if use_loop and _prefix_is_exact(model, longest) else 0

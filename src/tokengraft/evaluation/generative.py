@@ -19,7 +19,7 @@ from tokengraft.answer_cache import base_answers
 from tokengraft.config import Recipe
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.errors import TokengraftError
-from tokengraft.generation import generate_batch
+from tokengraft.generation import generate_batch, uses_generate
 from tokengraft.models import load_tokenizer
 from tokengraft.rundir import (load_base, load_graft, read_graft_meta, read_run_recipe, split_file, update_graft_meta,
                                write_metrics)
@@ -250,7 +250,10 @@ def evaluate_style(model: Any, tokenizer: Any, base_model: Any, run: Path, recip
         with phase("tuned model: test without a style token"):
             tuned_plain = generate_batch(model, tokenizer, [r["prompt"] for r in plain], desc="no style token", **common)
         with phase("base model: test without a style token"):
-            base_plain = base_answers(base_model, tokenizer, [r["prompt"] for r in plain], desc="base model", **common)
+            # Not from the answers cache: identical_rate below wants the tuned model's own decoding path
+            # and batches, so that a model that IS the base model here scores exactly 1.
+            base_plain = generate_batch(base_model, tokenizer, [r["prompt"] for r in plain], desc="base model",
+                                        through_generate=uses_generate(model), **common)
         result["untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in tuned_plain)
         result["base_untokened_median_tokens"] = statistics.median(len(o["ids"]) for o in base_plain)
         # Same prompts, same batches, same decoding: where the tuned model IS the base model here, this is exactly 1.
@@ -275,7 +278,7 @@ def style_base_accuracy(base_model: Any, tokenizer: Any, pairs: list[tuple[dict[
     questions = [t.get("question") or t["prompt"].split("\n", 1)[-1] for t, _ in pairs]
     missing = list(dict.fromkeys(q for q in questions if q not in known))
     if missing:
-        answers = generate_batch(base_model, tokenizer, missing, desc="base model: answers", **common)
+        answers = base_answers(base_model, tokenizer, missing, desc="base model: answers", **common)
         known = {**known, **{q: o["text"] for q, o in zip(missing, answers)}}
     base = [known[q] for q in questions]
     rows = [t for t, _ in pairs]
