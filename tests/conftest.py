@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# The CLI picks its thread count from the idle cores (models.choose_threads): tests keep one.
+# The CLI picks its thread count from the idle cores (threads.choose_threads): tests keep one.
 os.environ.setdefault("TOKENGRAFT_THREADS", "1")
 # Tiny models' answers must not land in the user's answers cache (answer_cache.py).
 if "TOKENGRAFT_ANSWER_CACHE" not in os.environ:

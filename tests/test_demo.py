@@ -16,7 +16,7 @@ from tokengraft.cli.main import main
 from tokengraft.cli.report import phase_table
 from tokengraft.config import load_recipe
 from tokengraft.errors import TokengraftError
-from tokengraft.models import choose_threads, usable_cpus
+from tokengraft.threads import choose_threads, usable_cpus
 from tokengraft.timing import note, phase, recording
 from tiny import tiny_model, tiny_tokenizer
 

@@ -28,7 +28,7 @@ _CHILD = r"""
 import json, resource, sys, time
 from tokengraft.config import load_recipe
 from tokengraft.api import train
-from tokengraft.models import configure_threads
+from tokengraft.threads import configure_threads
 configure_threads()
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[3]))
 result = train(recipe, sys.argv[2], quiet=True, overwrite=sys.argv[4] == "overwrite")

@@ -36,8 +36,8 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
 
 
 def _threads() -> str:
-    """Give torch the cores that are free (models.choose_threads); the heavy commands call this first."""
-    from tokengraft.models import configure_threads
+    """Give torch the cores that are free (threads.choose_threads); the heavy commands call this first."""
+    from tokengraft.threads import configure_threads
 
     threads, why = configure_threads()
     return f"{threads} ({why})"
