@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import re
 import typing
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tokengraft.constants import BUILTIN_ALIAS, INIT_STRATEGIES, Backend, Side
+from tokengraft.constants import BUILTIN_ALIAS, INIT_STRATEGIES, Backend, Engine, Side
 from tokengraft.errors import TokengraftError
 from tokengraft.files import read_utf8
 from tokengraft.methods.registry import REGISTRY
@@ -228,6 +229,22 @@ class EvalConfig:
 
 
 @dataclass
+class DistributedConfig:
+    engine: Engine = "ddp"
+    """How the processes of a launcher (accelerate launch, torchrun) share the work. ddp: each holds the whole model
+    (what a launcher gives by default); deepspeed: DeepSpeed ZeRO shards optimizer state, gradients and (stage 3)
+    the parameters, the frozen base included; fsdp: PyTorch FSDP2 shards the parameters (GPU only: on CPU accelerate
+    would silently run DDP, so tokengraft refuses). Ignored by a single process."""
+    zero_stage: int | None = option(None, lo=1, hi=3)
+    """engine deepspeed: 1 shards optimizer state, 2 also gradients, 3 also the parameters; null = the stage in
+    deepspeed_config, else 2."""
+    deepspeed_config: str | None = None
+    """engine deepspeed: a DeepSpeed JSON config to start from (offload, bucket sizes, ...). tokengraft fills the batch
+    size, accumulation, clipping and precision from `train` and builds the optimiser itself (token rows get
+    train.token_lr), so the file must not have an optimizer or scheduler section."""
+
+
+@dataclass
 class Recipe:
     seed: int = 42
     """Seeds data splits, init and training."""
@@ -245,6 +262,8 @@ class Recipe:
     """Optimisation and checkpointing."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Task evaluation and calibration."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Sharded training under a launcher (DeepSpeed ZeRO, FSDP); the default, ddp, needs nothing here."""
 
     def to_dict(self) -> dict[str, Any]:
         """The effective config as plain YAML types; `Recipe` rebuilt from it compares equal."""
@@ -321,7 +340,8 @@ def read_token_file(path: str | Path) -> list[str]:
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make relative data/token-file paths absolute against ``base`` (in place)."""
-    for section, key in (("data", "train"), ("data", "validation"), ("tokens", "add_file")):
+    for section, key in (("data", "train"), ("data", "validation"), ("tokens", "add_file"),
+                         ("distributed", "deepspeed_config")):
         sect = raw.get(section)
         if isinstance(sect, dict) and isinstance(sect.get(key), str) and sect[key]:
             p = Path(sect[key]).expanduser()
@@ -415,6 +435,66 @@ def load_recipe(path: str | Path, overrides: typing.Iterable[str] = (), validate
     except TokengraftError as exc:
         raise TokengraftError(f"{path}: {exc}") from None
     return recipe
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def deepspeed_file(path: str | Path) -> dict[str, Any]:
+    """A DeepSpeed JSON config, checked: tokengraft builds the optimiser and its schedule itself."""
+    p = Path(path)
+    if not p.is_file():
+        raise TokengraftError(f"distributed.deepspeed_config: file {p} does not exist")
+    try:
+        config = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TokengraftError(f"distributed.deepspeed_config: {p} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(config, dict):
+        raise TokengraftError(f"distributed.deepspeed_config: {p} must hold a JSON object")
+    for section in ("optimizer", "scheduler"):
+        if section in config:
+            raise TokengraftError(f"distributed.deepspeed_config: {p} has a {section!r} section; remove it: tokengraft "
+                                  "builds the optimiser and schedule from train (token rows get train.token_lr)")
+    stage = config.get("zero_optimization", {}).get("stage")
+    if stage is not None and stage not in (1, 2, 3):
+        raise TokengraftError(f"distributed.deepspeed_config: {p} sets zero_optimization.stage {stage!r}; use 1, 2 or 3")
+    return config
+
+
+def zero_stage(dist: DistributedConfig) -> int:
+    """The ZeRO stage a deepspeed run uses: the recipe's, else the config file's, else 2."""
+    if dist.zero_stage is not None:
+        return dist.zero_stage
+    if dist.deepspeed_config:
+        stage = deepspeed_file(dist.deepspeed_config).get("zero_optimization", {}).get("stage")
+        if stage is not None:
+            return int(stage)
+    return 2
+
+
+def shards_parameters(dist: DistributedConfig) -> bool:
+    """Whether the engine keeps parameters in shards between forwards (ZeRO-3, FSDP), not whole on every rank."""
+    return dist.engine == "fsdp" or (dist.engine == "deepspeed" and zero_stage(dist) == 3)
+
+
+def _validate_distributed(recipe: Recipe) -> None:
+    dist = recipe.distributed
+    if dist.engine != "deepspeed" and (dist.zero_stage is not None or dist.deepspeed_config):
+        key = "zero_stage" if dist.zero_stage is not None else "deepspeed_config"
+        raise TokengraftError(f"distributed.{key} is set but distributed.engine is {dist.engine}; "
+                              "set distributed.engine: deepspeed")
+    if dist.engine == "deepspeed" and dist.deepspeed_config:
+        file_stage = deepspeed_file(dist.deepspeed_config).get("zero_optimization", {}).get("stage")
+        if dist.zero_stage is not None and file_stage is not None and file_stage != dist.zero_stage:
+            raise TokengraftError(f"distributed.zero_stage is {dist.zero_stage} but {dist.deepspeed_config} sets "
+                                  f"zero_optimization.stage {file_stage}; keep one of them")
+    if dist.engine == "fsdp" and recipe.model.device == "cpu":
+        raise TokengraftError("distributed.engine: fsdp needs GPUs (on CPU accelerate silently runs DDP); "
+                              "use distributed.engine: deepspeed with zero_stage: 3 to shard on CPU")
+    if shards_parameters(dist) and recipe.tokens.backend != "rows":
+        raise TokengraftError(f"tokens.backend {recipe.tokens.backend} keeps the token rows inside the whole "
+                              "embedding matrices, which ZeRO-3 / FSDP split across ranks (PEFT's trainable tokens "
+                              "cannot be gathered for saving there: peft issue 2946); use tokens.backend: rows")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -555,6 +635,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         able = ", ".join(name for name in task_names() if get_task(name).labeller is not None)
         raise TokengraftError(f"data.self_answers relabels training rows by the base model's own answers; "
                               f"task {recipe.task} has no such rows (tasks: {able})")
+    _validate_distributed(recipe)
     if not d.validation and d.validation_fraction == 0 and not d.generate and tr.eval_steps:
         notes.append("no validation data (data.validation null, validation_fraction 0): evaluation is skipped")
     return notes

@@ -37,3 +37,8 @@ The LoRA-adapter export prints it and serve-check passes it."""
 def vllm_max_lora_rank(rank: int) -> int:
     """The smallest ``--max-lora-rank`` vLLM accepts that holds an adapter of rank ``rank``."""
     return next((r for r in VLLM_LORA_RANKS if r >= rank), rank)
+
+
+Engine = Literal["ddp", "deepspeed", "fsdp"]
+ENGINES: tuple[str, ...] = typing.get_args(Engine)
+"""How several processes share a training run: replicas (DDP), DeepSpeed ZeRO shards, or FSDP2 shards."""

@@ -54,7 +54,7 @@ class RowEmbedding(nn.Module):
     def __init__(self, base: nn.Embedding, ids: torch.Tensor, rows: nn.Parameter | torch.Tensor, total_rows: int):
         super().__init__()
         self.base = base
-        self.base_rows = base.weight.shape[0]
+        self.base_rows, self.hidden_size = base.weight.shape
         self.total_rows = total_rows
         self.register_buffer("ids", ids.clone(), persistent=False)
         self.register_buffer("slot_of", _slot_table(ids, total_rows).to(base.weight.device), persistent=False)
@@ -71,7 +71,7 @@ class RowEmbedding(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.base.weight.shape[1]
+        return self.hidden_size
 
     @property
     def padding_idx(self) -> int | None:
@@ -83,8 +83,10 @@ class RowEmbedding(nn.Module):
         out = self.base(input_ids.clamp(max=self.base_rows - 1))  # [B, T, H], scaled by the base if it scales
         slots = self.slot_of[input_ids]
         mask = slots >= 0
-        if not bool(mask.any()):
-            return out
+        # No shortcut when no position is trainable (m = 0): the rows stay in the graph and get a zero
+        # gradient, as a dense embedding's rows do. Every process then reduces the same set of gradients
+        # (DDP without find_unused_parameters; DeepSpeed ZeRO-3 reduce-scatters every parameter and
+        # stops on a mismatch), and the optimiser steps them as it steps DeepSpeed's flat partitions.
         picked = self.rows[slots[mask]].to(out.dtype)  # [m, H]
         scale = getattr(self.base, "embed_scale", None)  # Gemma scales inside its embedding module
         if scale is not None:
@@ -98,7 +100,7 @@ class RowHead(nn.Module):
     def __init__(self, base: nn.Linear, ids: torch.Tensor, rows: nn.Parameter | torch.Tensor, total_rows: int):
         super().__init__()
         self.base = base
-        self.base_rows = base.weight.shape[0]
+        self.base_rows, self.hidden_size = base.weight.shape
         self.total_rows = total_rows
         inside = ids < self.base_rows
         appended_ids = ids[~inside]
@@ -108,6 +110,11 @@ class RowHead(nn.Module):
         self.register_buffer("inside_ids", ids[inside].clone(), persistent=False)
         self.register_buffer("inside_slots", torch.nonzero(inside).flatten(), persistent=False)
         self.register_buffer("appended_slots", torch.nonzero(~inside).flatten(), persistent=False)
+        # The frozen bias of the overwritten columns, copied now: under ZeRO-3 / FSDP the base's bias is
+        # whole only inside the base's own forward, and this module adds it after that forward returned.
+        bias = getattr(base, "bias", None)
+        self.register_buffer("inside_bias", bias.detach()[ids[inside]].clone() if bias is not None else None,
+                             persistent=False)
         _hold_rows(self, rows)
 
     @property
@@ -124,16 +131,15 @@ class RowHead(nn.Module):
 
     @property
     def in_features(self) -> int:
-        return self.base.weight.shape[1]
+        return self.hidden_size
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.base(hidden)  # [..., V_base]
         extra = hidden @ self.rows.to(hidden.dtype).T  # [..., n]
         if len(self.inside_ids):
             inside = extra.index_select(-1, self.inside_slots)
-            bias = self.bias
-            if bias is not None:
-                inside = inside + bias[self.inside_ids].to(inside.dtype)
+            if self.inside_bias is not None:
+                inside = inside + self.inside_bias.to(inside.dtype)
             logits = logits.index_copy(-1, self.inside_ids, inside.to(logits.dtype))
         if len(self.appended_slots):
             logits = torch.cat([logits, extra.index_select(-1, self.appended_slots).to(logits.dtype)], dim=-1)

@@ -36,6 +36,7 @@ from tokengraft.files import manifest_problem, write_manifest
 from tokengraft.methods.state import INDEX_FILE, WEIGHTS_FILE
 from tokengraft.rundir import (EMBEDDINGS_FILE, GRAFT_FILE, LOCK_FILE, OWNER_FILE, ROWS_FILE, STAGING_PREFIX, load_tensors,
                                read_graft_meta)
+from tokengraft.training.sharding import full_shape, full_trained_tensors, full_value, load_full, relink
 
 CHECKPOINT_PREFIX = "checkpoint-"
 COMPLETE_MARKER = "COMPLETE"
@@ -43,6 +44,7 @@ TRAINER_STATE_FILE = "trainer_state.json"
 TRAINER_FILES = (TRAINER_STATE_FILE, "optimizer.pt", "scheduler.pt")
 """What the Trainer writes and a bit-identical resume needs, besides one RNG file per process."""
 TENSOR_FILES = (ROWS_FILE, WEIGHTS_FILE, EMBEDDINGS_FILE)
+DEEPSPEED_LATEST = "latest"  # DeepSpeed's pointer to its state directory inside a checkpoint
 
 
 def _step_dirs(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -58,9 +60,14 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / f"{CHECKPOINT_PREFIX}{step}"
 
 
-def required_files(g: Graft, world_size: int) -> list[str]:
-    """Every file a checkpoint of ``g`` must hold to resume bit-identically (checked before it is marked)."""
-    names = [GRAFT_FILE, ROWS_FILE, *TRAINER_FILES]
+def required_files(g: Graft, world_size: int, *, deepspeed: bool = False) -> list[str]:
+    """Every file a checkpoint of ``g`` must hold to resume bit-identically (checked before it is marked).
+
+    Under DeepSpeed the optimiser state is DeepSpeed's own (``global_step<N>/``, named by its
+    ``latest`` file) instead of ``optimizer.pt``.
+    """
+    trainer_files = [TRAINER_STATE_FILE, DEEPSPEED_LATEST] if deepspeed else list(TRAINER_FILES)
+    names = [GRAFT_FILE, ROWS_FILE, *trainer_files]
     names += ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
     if g.settings.backend == "full":
         names.append(EMBEDDINGS_FILE)
@@ -120,9 +127,13 @@ def non_finite_tensor(tensors: dict[str, torch.Tensor]) -> str | None:
 
 
 def trained_tensors_problem(g: Graft) -> str | None:
-    """Which trainable parameter of the live model is not finite (the same on every rank), or None."""
-    named = {n: p.detach() for n, p in g.model.named_parameters() if p.requires_grad}
-    return non_finite_tensor(named)
+    """Which trainable parameter of the live model is not finite (the same on every rank), or None.
+
+    Under ZeRO-3 / FSDP2 the parameters are read whole (gathered): every rank calls this.
+    """
+    with full_trained_tensors(g):
+        named = {n: full_value(p.detach()) for n, p in g.model.named_parameters() if p.requires_grad}
+        return non_finite_tensor(named)
 
 
 def checkpoint_problem(checkpoint: str | Path) -> str | None:
@@ -243,10 +254,10 @@ def check_same_shape(g: Graft, meta: dict[str, Any], where: str | Path) -> None:
 
 
 def _copy_checked(target: torch.Tensor, source: torch.Tensor, name: str, where: Path) -> None:
-    if tuple(source.shape) != tuple(target.shape):
+    if tuple(source.shape) != full_shape(target):
         raise TokengraftError(f"{where}: {name} has shape {tuple(source.shape)}, the model built from the recipe "
-                              f"has {tuple(target.shape)}; resume with the recipe the run was trained with")
-    target.copy_(source.to(target))
+                              f"has {full_shape(target)}; resume with the recipe the run was trained with")
+    load_full(target, source)
 
 
 def restore_trained_tensors(g: Graft, checkpoint: str | Path) -> None:
@@ -255,21 +266,23 @@ def restore_trained_tensors(g: Graft, checkpoint: str | Path) -> None:
     Every tensor's shape is checked first: a changed recipe is one clear error, not a
     size-mismatch traceback. Resume is supported for the row overlay; the ``peft`` and
     ``full`` backends keep their rows inside PEFT wrappers, so such runs start afresh instead.
+    Under DeepSpeed the Trainer restores from DeepSpeed's own checkpoint files instead (its
+    optimiser holds the fp32 master copies, which a write into the parameters would not reach).
     """
     checkpoint = Path(checkpoint)
     if g.rows is None and g.trainable_ids:
         raise TokengraftError("resume is supported for the rows backend (tokens.backend: rows); a peft or full "
                               "backend run starts afresh with --overwrite")
-    with torch.no_grad():
-        if g.rows is not None:
-            rows = load_tensors(checkpoint / ROWS_FILE)
-            _copy_checked(g.rows.input_rows, rows["input"], f"{ROWS_FILE} 'input'", checkpoint)
-            if isinstance(g.rows.output_rows, torch.nn.Parameter) and "output" in rows:
-                _copy_checked(g.rows.output_rows, rows["output"], f"{ROWS_FILE} 'output'", checkpoint)
-        if g.methods is not None:
-            tensors = load_tensors(checkpoint / WEIGHTS_FILE)
-            for record in g.methods.records:
-                for name, parameter in zip(record.names, record.params):
-                    if name not in tensors:
-                        raise TokengraftError(f"checkpoint {checkpoint} lacks method weight {name!r}")
-                    _copy_checked(parameter, tensors[name], f"method weight {name!r}", checkpoint)
+    relink(g)  # FSDP2 replaced the parameters with sharded ones: write into those
+    if g.rows is not None:
+        rows = load_tensors(checkpoint / ROWS_FILE)
+        _copy_checked(g.rows.input_rows, rows["input"], f"{ROWS_FILE} 'input'", checkpoint)
+        if isinstance(g.rows.output_rows, torch.nn.Parameter) and "output" in rows:
+            _copy_checked(g.rows.output_rows, rows["output"], f"{ROWS_FILE} 'output'", checkpoint)
+    if g.methods is not None:
+        tensors = load_tensors(checkpoint / WEIGHTS_FILE)
+        for record in g.methods.records:
+            for name, parameter in zip(record.names, record.params):
+                if name not in tensors:
+                    raise TokengraftError(f"checkpoint {checkpoint} lacks method weight {name!r}")
+                _copy_checked(parameter, tensors[name], f"method weight {name!r}", checkpoint)

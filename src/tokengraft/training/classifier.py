@@ -158,9 +158,8 @@ def train_classifier(recipe: Recipe, output_dir: str | Path, *, resume: bool = F
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(g.model)
     eval_steps = cfg.eval_steps if (eval_items and cfg.eval_steps) else 0
-    # Token rows join the graph only in batches that contain their ids: DDP must expect unused parameters.
     args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps, prediction_loss_only=False,
-                              label_names=["labels"], ddp_find_unused_parameters=True if g.rows is not None else None)
+                              label_names=["labels"])
     write_dataset_stats(args, run, stats, report.to_dict())
     if is_main_process(args):
         write_labels(run, labels)

@@ -51,6 +51,8 @@ from tokengraft.timing import note, phase
 from tokengraft.training.checkpoints import (check_same_shape, checkpoint_dir, mark_complete, newest_good_checkpoint,
                                              required_files, restore_trained_tensors, resume_checkpoint,
                                              rotate_checkpoints, trained_tensors_problem, trainer_state)
+from tokengraft.training.sharding import (check_engine, full_trained_tensors, is_dtensor, training_engine_arguments,
+                                          uses_deepspeed)
 
 LossFn = Callable[[Any, dict[str, torch.Tensor], int | None], tuple[torch.Tensor, torch.Tensor]]
 """``loss_fn(model, inputs, num_items) -> (loss, logits)``: a recipe's loss, normalised by ``num_items``
@@ -86,6 +88,7 @@ def start_run(recipe: Recipe, output_dir: str | Path) -> tuple[Path, torch.devic
         # every process's copy on GPU 0 before the Trainer moves it (not tested here: CPU only).
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     check_optimizer_device(recipe.train.optimizer, device)
+    check_engine(recipe, device)
     return run, device
 
 
@@ -171,7 +174,7 @@ def training_arguments(recipe: Recipe, run: Path, device: torch.device, *, quiet
         save_total_limit=None, report_to=list(cfg.report_to) or "none",
         remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=quiet,
         use_cpu=device.type == "cpu", save_only_model=False,
-        **_precision(cfg.precision, device), **extra,
+        **_precision(cfg.precision, device), **training_engine_arguments(recipe), **extra,
     )
 
 
@@ -223,9 +226,20 @@ def check_loss(loss: torch.Tensor, step: int, output_dir: str | Path, num_proces
 
 
 def check_gradients(model: Any, step: int, output_dir: str | Path) -> None:
-    """Refuse an update whose gradients are not finite (a finite loss can still overflow its gradients)."""
+    """Refuse an update whose gradients are not finite (a finite loss can still overflow its gradients).
+
+    Each rank checks the gradients it holds (an FSDP2 rank holds shards of them), and the
+    ranks agree on the verdict (one all-reduce), so they all stop at the same step or none does.
+    """
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-    if grads and not bool(torch.stack([torch.isfinite(x).all() for x in grads]).all()):
+    local = [x.to_local() if is_dtensor(x) else x for x in grads]
+    finite = torch.stack([torch.isfinite(x).all() for x in local]).all() if local else torch.tensor(True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        flag = finite.to(device=device, dtype=torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        finite = flag.bool()
+    if not bool(finite):
         raise non_finite_error("gradient", "non-finite", step, output_dir)
 
 
@@ -256,6 +270,18 @@ def trainer_class() -> type:
             self.loss_fn = loss_fn
             self.base_spec = base_spec
             self.dtype_name = dtype
+            self.graft_optimizer = self.optimizer  # the one built by build_optimizer (token rows on their own lr)
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            """Hand back tokengraft's optimiser when the Trainer asks for one.
+
+            DeepSpeed's init drops the optimiser given to the Trainer and asks for a new one
+            (the Trainer's default would put every parameter on one learning rate); DeepSpeed
+            then wraps ours (no optimizer section in its config, so it builds none itself).
+            """
+            if self.optimizer is None:
+                self.optimizer = self.graft_optimizer
+            return super().create_optimizer(model)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             count = int(num_items_in_batch) if num_items_in_batch is not None else None
@@ -267,7 +293,18 @@ def trainer_class() -> type:
             check_loss(loss, self.state.global_step + 1, self.args.output_dir, self.accelerator.num_processes)
             return (loss, {"logits": logits}) if return_outputs else loss
 
-        # The two Trainer hooks below are how a Trainer subclass chooses its checkpoint format.
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            """Every save writes the run-directory artifacts, under every engine.
+
+            The Trainer's own version gathers the whole model's state dict first (under
+            ZeRO-3 a 16-bit copy of the base, or an error without
+            ``stage3_gather_16bit_weights_on_model_save``); here every rank gathers only the
+            trained tensors (a collective under ZeRO-3 / FSDP2) and rank 0 writes them.
+            """
+            with full_trained_tensors(self.graft_state):
+                self._save(output_dir)
+
+        # The three Trainer hooks below are how a Trainer subclass chooses its checkpoint format.
         def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
             if not self.args.should_save:
                 return
@@ -313,7 +350,8 @@ def engine_callbacks(g: Graft, run_dir: Path, snapshot_steps: int, step_tokens: 
                                        when=f"{path.name} was not kept, training stopped")
             if args.should_save:
                 if path.is_dir():
-                    mark_complete(path, state.global_step, required_files(g, args.world_size))
+                    mark_complete(path, state.global_step,
+                                  required_files(g, args.world_size, deepspeed=uses_deepspeed(args)))
                 rotate_checkpoints(args.output_dir, keep)
 
     class NonFiniteGuard(TrainerCallback):
@@ -326,6 +364,13 @@ def engine_callbacks(g: Graft, run_dir: Path, snapshot_steps: int, step_tokens: 
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
             check_gradients(g.model, state.global_step + 1, args.output_dir)
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            # DeepSpeed steps inside backward, before the hook above, and keeps the gradients in its own
+            # buffers; it checks them itself and skips a non-finite update (the verdict is all-reduced).
+            # Without fp16 loss scaling (whose early skips are normal) a skipped step is that verdict.
+            if getattr(optimizer, "step_was_skipped", False) and not args.fp16:
+                raise non_finite_error("gradient", "non-finite", state.global_step, args.output_dir)
 
     class Throughput(TrainerCallback):
         """Tokens per second in the progress bar's log lines."""
@@ -414,23 +459,34 @@ def run_and_save(trainer: Any, g: Graft, run: Path, recipe: Recipe, *, resume: b
         note(steps=steps, validation_loss_seconds=round(sum(h.get("eval_runtime", 0.0) for h in history), 1))
     seconds = trained.seconds or 0.0
     g.model.eval()
-    world_size = check_ranks_agree(g)
-    bad = trained_tensors_problem(g)
+    bad = trained_tensors_problem(g)  # every rank: a collective under ZeRO-3 / FSDP2
     if bad is not None:
         raise non_finite_error(f"trained weights ({bad})", "non-finite", steps, run,
                                when="the run directory was not written")
-    if main_process:
-        with phase("save the run directory"):
-            # graft.json last (save_graft moves it last too): its presence means the run directory is whole.
-            recipe.save(run / CONFIG_FILE)
-            write_json(run / LOG_HISTORY_FILE, history)
-            _plot_losses(history, run / "loss.png")
-            save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
-                       extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
-                              "steps": steps, "world_size": world_size})
+    # Every rank enters: under ZeRO-3 / FSDP2 this gathers the trained tensors (only those) for the check and the save.
+    with full_trained_tensors(g):
+        world_size = check_ranks_agree(g)
+        if main_process:
+            with phase("save the run directory"):
+                # graft.json last (save_graft moves it last too): its presence means the run directory is whole.
+                recipe.save(run / CONFIG_FILE)
+                write_json(run / LOG_HISTORY_FILE, history)
+                _plot_losses(history, run / "loss.png")
+                save_graft(g, run, base_spec=recipe.model.name, dtype=recipe.model.dtype,
+                           extra={**extra, "seed": recipe.seed, "train_seconds": round(seconds, 1),
+                                  "steps": steps, "world_size": world_size, "engine": engine_name(trainer)})
     PartialState().wait_for_everyone()  # no rank returns before the run directory is complete
     return TrainResult(run_dir=run, graft=g, log_history=history, train_seconds=seconds, steps=steps,
                        resumed_from=checkpoint)
+
+
+def engine_name(trainer: Any) -> str:
+    """How the processes shared the run, as ``graft.json`` records it: ddp, deepspeed-zero<N>, fsdp or single."""
+    if trainer.is_deepspeed_enabled:
+        return f"deepspeed-zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    if trainer.is_fsdp_enabled:
+        return "fsdp"
+    return "ddp" if trainer.args.world_size > 1 else "single"
 
 
 def check_ranks_agree(g: Graft) -> int:
@@ -438,13 +494,15 @@ def check_ranks_agree(g: Graft) -> int:
 
     DDP keeps replicas equal only if every update went through its gradient
     all-reduce; a desync would otherwise go unnoticed, since only rank 0 saves.
+    What is compared is what gets saved (rows and method tensors), read inside
+    `full_trained_tensors` so that sharded engines compare whole tensors.
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return 1
     world = torch.distributed.get_world_size()
-    trained = [p for p in g.model.parameters() if p.requires_grad]
-    mine = torch.stack([p.detach().double().sum() for p in trained] or [torch.zeros((), dtype=torch.float64)])
-    mine = mine.to(trained[0].device if trained else "cpu")
+    trained = list(g.token_rows().values()) + (list(g.methods.tensors().values()) if g.methods is not None else [])
+    mine = torch.stack([t.double().sum() for t in trained] or [torch.zeros((), dtype=torch.float64)])
+    mine = mine.to(next((p.device for p in g.model.parameters()), torch.device("cpu")))
     every = [torch.empty_like(mine) for _ in range(world)]
     torch.distributed.all_gather(every, mine)
     if any(not torch.equal(every[0], other) for other in every[1:]):

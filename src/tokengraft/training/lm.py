@@ -224,12 +224,7 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(g.model)
     eval_steps = cfg.eval_steps if (eval_items and cfg.eval_steps) else 0
-    # Untied input rows join the graph only in batches that contain one of their ids; DDP must
-    # then be told to expect unused parameters (the Trainer turns that off under gradient
-    # checkpointing, and the first such batch would stop the run with a reduction error).
-    sparse_inputs = g.rows is not None and g.rows.output_rows is not None
-    args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps,
-                              prediction_loss_only=True, ddp_find_unused_parameters=True if sparse_inputs else None)
+    args = training_arguments(recipe, run, device, quiet=quiet, eval_steps=eval_steps, prediction_loss_only=True)
     write_dataset_stats(args, run, stats.to_dict(), report.to_dict())
     loss_fn = lm_loss(g, recipe)
     with trainer_accepts(g.model):  # a quantized base whose trainable parts are token rows / hook adapters

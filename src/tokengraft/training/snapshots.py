@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from tokengraft.core.graft import Graft
+from tokengraft.training.sharding import full_trained_tensors, full_value
 
 NEAREST_LIMIT = 64
 NEAREST_K = 3
@@ -55,11 +56,10 @@ class RowSnapshots(TrainerCallback):
         id_to_token = {v: k for k, v in graft.report.ids.items()}
         self.tokens = [id_to_token.get(i, graft.tokenizer.convert_ids_to_tokens(i)) for i in rows.ids.tolist()]
 
-    def _snapshot(self, step: int) -> None:
+    def _snapshot(self, step: int, base: torch.Tensor) -> None:
         rows = self.graft.rows
         self.directory.mkdir(parents=True, exist_ok=True)
         save_file(rows.state_dict(), str(self.directory / f"step-{step}.safetensors"))
-        base = rows.base_embedding.weight
         stats = drift_stats(rows.input_rows, self.initial, base, self.tokens, self.graft.tokenizer)
         with (self.directory / "drift.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": step, "tokens": stats}) + "\n")
@@ -80,8 +80,15 @@ class RowSnapshots(TrainerCallback):
                 drift.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if args.should_save and state.global_step % self.every == 0:
-            self._snapshot(state.global_step)
+        if state.global_step % self.every:
+            return
+        # Every rank enters: under ZeRO-3 / FSDP2 the rows (and the base matrix the nearest tokens
+        # are searched in) are gathered for the snapshot, which rank 0 writes.
+        base = self.graft.rows.base_embedding.weight
+        with full_trained_tensors(self.graft, extra=[base]):
+            whole_base = full_value(self.graft.rows.base_embedding.weight)
+            if args.should_save:
+                self._snapshot(state.global_step, whole_base)
 
     def on_train_end(self, args, state, control, **kwargs):
         if args.should_save:
