@@ -132,14 +132,23 @@ def _configure_plan(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: scanned data, else data.max_length)")
     parser.add_argument("--supervised-tokens", type=int, default=None,
                         help="supervised positions per micro-batch (default: scanned data, else every position)")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="processes (one device each) sharing the run; figures are per device (default 1)")
+    shard = parser.add_mutually_exclusive_group()
+    shard.add_argument("--zero", type=int, choices=[1, 2, 3], default=None,
+                       help="plan for DeepSpeed ZeRO stage 1, 2 or 3 (default: the recipe's distributed section)")
+    shard.add_argument("--fsdp", action="store_true", help="plan for FSDP2 sharding (GPU)")
+    shard.add_argument("--ddp", action="store_true", help="plan for replicas (DDP), whatever the recipe says")
 
 
 @command("plan", "per-device memory budget of a recipe, from the config alone (no weights loaded)", _configure_plan)
 def _plan(args: argparse.Namespace) -> int:
     from tokengraft.cli.plan import run_plan
 
+    sharding = f"zero{args.zero}" if args.zero else "fsdp" if args.fsdp else "none" if args.ddp else None
     return run_plan(args.config, args.overrides, budget=args.budget, as_json=args.json, new_tokens=args.new_tokens,
-                    device=args.device, seq_len=args.seq_len, supervised_tokens=args.supervised_tokens)
+                    device=args.device, seq_len=args.seq_len, supervised_tokens=args.supervised_tokens,
+                    devices=args.devices, sharding=sharding)
 
 
 # ----------------------------------------------------------------------------- train / eval / generate / export / demo
@@ -154,6 +163,9 @@ def _configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="remove what --output holds (an older run) and train afresh")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    parser.add_argument("--deepspeed", metavar="CONFIG.json", default=None,
+                        help="train with DeepSpeed ZeRO under a launcher, from this DeepSpeed config "
+                             "(the same as distributed.engine=deepspeed distributed.deepspeed_config=CONFIG.json)")
 
 
 @command("train", "graft tokens and train a recipe; progress bar, checkpoints, run directory", _configure_train)
@@ -162,7 +174,10 @@ def _train(args: argparse.Namespace) -> int:
     from tokengraft.config import load_recipe
 
     _threads()
-    recipe = load_recipe(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.deepspeed:
+        overrides += ["distributed.engine=deepspeed", f"distributed.deepspeed_config={args.deepspeed}"]
+    recipe = load_recipe(args.config, overrides)
     output = args.output or str(Path("runs") / Path(args.config).stem)
     result = train(recipe, output, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     if result.already_finished:

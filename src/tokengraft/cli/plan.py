@@ -14,10 +14,11 @@ from tokengraft.planner import parse_size, plan, table
 
 
 def run_plan(config: str, overrides: list[str], *, budget: str | None, as_json: bool, new_tokens: int | None,
-             device: str | None, seq_len: int | None, supervised_tokens: int | None) -> int:
+             device: str | None, seq_len: int | None, supervised_tokens: int | None, devices: int = 1,
+             sharding: str | None = None) -> int:
     """The CLI handler: exit 0 when it fits (or no budget), 1 when it does not."""
     recipe = load_recipe(config, overrides, validate=False)
     result = plan(recipe, new_tokens=new_tokens, budget=parse_size(budget) if budget else None, device=device,
-                  seq_len=seq_len, supervised_tokens=supervised_tokens)
+                  seq_len=seq_len, supervised_tokens=supervised_tokens, devices=devices, sharding=sharding)
     print(json.dumps(result.to_dict(), indent=2) if as_json else table(result))
     return 1 if result.fits is False else 0

@@ -31,22 +31,33 @@ from __future__ import annotations
 import warnings
 
 from tokengraft.config import Recipe
-from tokengraft.planner.assemble import Knobs, advise, assemble, table
+from tokengraft.errors import TokengraftError
+from tokengraft.planner.assemble import SHARDINGS, Knobs, advise, assemble, table
 from tokengraft.planner.measure import gather, resolve_device
 from tokengraft.planner.types import GiB, LineItem, Plan, gib, parse_size
 
-__all__ = ["GiB", "LineItem", "Plan", "gib", "parse_size", "plan", "table"]
+__all__ = ["GiB", "LineItem", "Plan", "SHARDINGS", "gib", "parse_size", "plan", "table"]
 
 
 def plan(recipe: Recipe, *, new_tokens: int | None = None, budget: int | None = None, device: str | None = None,
-         seq_len: int | None = None, supervised_tokens: int | None = None, scan_data: bool = True) -> Plan:
-    """Plan a recipe's peak memory per device without loading weights; advice when over ``budget``."""
+         seq_len: int | None = None, supervised_tokens: int | None = None, scan_data: bool = True,
+         devices: int = 1, sharding: str | None = None) -> Plan:
+    """Plan a recipe's peak memory per device without loading weights; advice when over ``budget``.
+
+    ``devices`` processes share the run (one device each); ``sharding`` is how: none (one
+    process or DDP), zero1, zero2, zero3 or fsdp (default: the recipe's ``distributed``
+    section). ``train.batch_size`` stays per device, so activations do not shrink.
+    """
+    if devices < 1:
+        raise TokengraftError(f"--devices must be 1 or more, got {devices}")
+    if sharding is not None and sharding not in SHARDINGS:
+        raise TokengraftError(f"sharding {sharding!r} is not one of {', '.join(SHARDINGS)}")
     dev = resolve_device(recipe, device)
     with warnings.catch_warnings():  # deprecation chatter from applying methods to a throwaway meta model
         warnings.simplefilter("ignore")
         facts, work = gather(recipe, new_tokens=new_tokens, device=dev, seq_len=seq_len,
                              supervised=supervised_tokens, scan_data=scan_data)
-    knobs = Knobs.from_recipe(recipe, dev, work.batch)
+    knobs = Knobs.from_recipe(recipe, dev, work.batch, devices=devices, sharding=sharding)
     result = assemble(facts, work, knobs, budget)
     result.assumptions = {
         "model": recipe.model.name, "model_type": facts.model_type, "device": dev,
@@ -60,8 +71,11 @@ def plan(recipe: Recipe, *, new_tokens: int | None = None, budget: int | None = 
         "seq_len": work.seq_len, "supervised_positions": work.supervised, "workload_source": work.source,
         "gradient_checkpointing": knobs.gradient_checkpointing, "supervised_head_only": knobs.supervised_head_only,
         "optimizer": knobs.optimizer, "attention": facts.trace.kernel, "methods": facts.method_names,
-        "activation_bytes_by_role": facts.trace.by_role,
+        "activation_bytes_by_role": facts.trace.by_role, "devices": knobs.devices, "sharding": knobs.sharding,
     }
     result.notes = list(facts.notes)
+    if knobs.sharding in ("zero3", "fsdp") and knobs.devices > 1:
+        result.notes.append(f"start-up: each process loads the whole base ({gib(result.loaded_weights)}) into host "
+                            "memory before the engine shards it; the figures are for training")
     result.advice = advise(facts, work, knobs, result)
     return result

@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokengraft.config import Recipe
+from tokengraft.config import Recipe, zero_stage
 from tokengraft.planner.types import GiB, Facts, LineItem, Plan, Workload, gib
 
 # A CUDA context plus cuBLAS/cuDNN workspaces, outside PyTorch's allocator (typical 0.3-0.8 GiB).
@@ -46,16 +46,31 @@ class Knobs:
     optimizer: str
     device: str
     quantization: str = "none"
+    devices: int = 1  # processes sharing the run (one device each)
+    sharding: str = "none"  # none (each device holds everything: one process or DDP), zero1..zero3, fsdp
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, device: str, batch: int) -> "Knobs":
+    def from_recipe(cls, recipe: Recipe, device: str, batch: int, devices: int = 1,
+                    sharding: str | None = None) -> "Knobs":
         t = recipe.train
         head_only = t.supervised_head_only and not any(
             (m.type if hasattr(m, "type") else m.get("type")) == "prefix" for m in recipe.methods)
         return cls(backend=recipe.tokens.backend, sides=recipe.tokens.sides,
                    gradient_checkpointing=t.gradient_checkpointing, supervised_head_only=head_only,
                    batch=batch, grad_accum=t.grad_accum, optimizer=t.optimizer, device=device,
-                   quantization=recipe.model.quantization)
+                   quantization=recipe.model.quantization, devices=devices,
+                   sharding=sharding if sharding is not None else recipe_sharding(recipe))
+
+
+SHARDINGS = ("none", "zero1", "zero2", "zero3", "fsdp")
+
+
+def recipe_sharding(recipe: Recipe) -> str:
+    """The planner's name for the recipe's ``distributed`` engine: none (ddp), zero1..zero3 or fsdp."""
+    engine = recipe.distributed.engine
+    if engine == "deepspeed":
+        return f"zero{zero_stage(recipe.distributed)}"
+    return "fsdp" if engine == "fsdp" else "none"
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -251,6 +266,8 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
                                                               knobs.optimizer, knobs.device),
                                               "optimizer step temporaries", "")},
     }
+    if knobs.sharding != "none":
+        _shard(persistent, moments, facts, knobs, trainable_shapes, weight_bytes)
     base = sum(v[0] for v in persistent.values())
     raw = {name: base + sum(v[0] for v in parts.values()) for name, parts in moments.items()}
     if knobs.device == "cuda":
@@ -273,6 +290,66 @@ def assemble(facts: Facts, work: Workload, knobs: Knobs, recipe_budget: int | No
     return Plan(items=line_items, phases=phases, peak_phase=peak_phase, total=phases[peak_phase],
                 budget=recipe_budget, device=knobs.device, assumptions={}, all_items=every,
                 loaded_weights=weight_bytes)
+
+
+Items = dict[str, tuple[int, str, str]]
+
+
+def _shard(persistent: Items, moments: dict[str, Items], facts: Facts, knobs: Knobs,
+           trainable_shapes: list[tuple[int, int, tuple[int, ...]]], weight_bytes: int) -> None:
+    """Per-device memory when ``knobs.devices`` processes share the run through DeepSpeed ZeRO or FSDP2 (in place).
+
+    ZeRO-1 partitions the optimiser state, ZeRO-2 also the gradients, ZeRO-3 and FSDP2 also
+    the parameters, the frozen base included: for a graft, whose trained part is small,
+    that is the one large saving. DeepSpeed keeps an fp32 master copy of its partition of
+    the trained parameters (fp32 runs too) and a gradient bucket (the Trainer's ``auto``
+    size: hidden^2 elements). Sharded parameters are gathered while they work: ZeRO-3
+    gathers a module for its forward (and its backward, for modules that pass gradients),
+    so the head matrix is whole around the loss and a block plus the prefetched next one
+    during the blocks' backward; FSDP2 keeps its root unit (embedding, head, token rows,
+    final norm) whole from forward to the end of backward, and a block plus the next.
+    """
+    n, kind = knobs.devices, knobs.sharding
+
+    def part(items: Items, key: str) -> None:
+        if key in items and items[key][0]:
+            value, label, detail = items[key]
+            items[key] = (-(-value // n), label, f"{detail}; 1/{n} per device" if detail else f"1/{n} per device")
+
+    zero = kind.startswith("zero")
+    stage = int(kind[-1]) if zero else 3
+    part(persistent, "optimizer_state")
+    for parts in moments.values():
+        part(parts, "optimizer_temp")
+    if zero:
+        master = sum(numel for numel, _, _ in trainable_shapes) * 4
+        persistent["zero_master"] = (-(-master // n), "DeepSpeed fp32 master copy of the trained partition",
+                                     f"1/{n} per device")
+        bucket = facts.hidden * facts.hidden * 4 * (2 if stage == 3 else 1)
+        persistent["zero_buckets"] = (bucket, "DeepSpeed gradient (and prefetch) buckets", "hidden^2 elements each")
+    if stage >= 2:
+        for parts in moments.values():
+            for key in ("grads", "grads_accumulated", "block_grads"):
+                part(parts, key)
+    if stage < 3:
+        return
+    for key in ("weights", "token_rows", "method_params"):
+        part(persistent, key)
+    embedding = facts.base_rows * facts.matrix_bytes_per_row
+    head = 0 if (facts.tied or facts.head_rows is None) else facts.head_rows * facts.matrix_bytes_per_row
+    block = max(0, weight_bytes - embedding - head) // max(1, facts.num_blocks)
+    two_blocks = (2 * block, "gathered: a block and the prefetched next one", "frozen weights, whole while they work")
+    if kind == "fsdp":
+        root = (embedding + head, "gathered: FSDP2 root unit (embedding, head, rows)", "whole from forward to backward end")
+        for name, parts in moments.items():
+            parts["gathered_root"] = root
+            if name in ("loss", "head backward", "blocks backward"):
+                parts["gathered_blocks"] = two_blocks
+        return
+    head_matrix = (head or embedding, "gathered: the head matrix", "whole around the loss")
+    moments["loss"]["gathered_head"] = head_matrix
+    moments["head backward"]["gathered_head"] = head_matrix
+    moments["blocks backward"]["gathered_blocks"] = two_blocks
 
 
 def _logits(knobs: Knobs, work: Workload, n_sup: int, V: int, c: int) -> tuple[int, int, str]:
@@ -317,6 +394,10 @@ def _changes() -> list[Change]:
     def adafactor(k: Knobs, f: Facts, w: Workload):
         return (dataclasses.replace(k, optimizer="adafactor"), w) if k.optimizer != "adafactor" else None
 
+    def shard_base(k: Knobs, f: Facts, w: Workload):
+        return (dataclasses.replace(k, sharding="zero3"), w) if k.devices > 1 and k.sharding not in ("zero3", "fsdp") \
+            else None
+
     def four_bit(k: Knobs, f: Facts, w: Workload):
         return (dataclasses.replace(k, quantization="4bit"), w) if k.quantization != "4bit" else None
 
@@ -326,6 +407,7 @@ def _changes() -> list[Change]:
         ("turn on train.gradient_checkpointing: true", checkpointing),
         ("use train.batch_size: 1 with train.grad_accum x batch (same effective batch)", micro_batch),
         ("use train.optimizer: adafactor (factored second moments)", adafactor),
+        ("shard the frozen base over the devices: distributed.engine: deepspeed, zero_stage: 3", shard_base),
         ("load the base in model.quantization: 4bit", four_bit),
     ]
 
@@ -361,6 +443,9 @@ def table(plan: Plan) -> str:
             f"({a.get('dtype')}), backend {a.get('backend')}, {a.get('new_tokens', 0):,} new tokens, "
             f"batch {a.get('batch_size')} x {a.get('seq_len')} tokens, checkpointing "
             f"{'on' if a.get('gradient_checkpointing') else 'off'}, optimizer {a.get('optimizer')}")
+    if a.get("devices", 1) > 1 or a.get("sharding", "none") != "none":
+        how = {"none": "replicated (DDP)", "fsdp": "FSDP2"}.get(a.get("sharding"), f"DeepSpeed {a.get('sharding')}")
+        head += f"; per device of {a.get('devices')}, {how}"
     width = max([len(i.label) for i in plan.items] + [24])
     lines = [head, ""]
     for item in plan.items:
