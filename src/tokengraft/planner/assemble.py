@@ -28,6 +28,10 @@ CUDA_ALLOCATOR_SLACK = 0.05
 # On CPU: the Trainer, accelerate, the data loader and autograd bookkeeping during a step, measured
 # on this machine (benchmarks/plan_vs_measured.py) as RSS growth that no tensor explains (16-26 MiB).
 CPU_FRAMEWORK_BYTES = 24 * 1024**2
+# DeepSpeed on CPU: engine state and the shared-memory communication buffers of its CPU backend, measured
+# (benchmarks/plan_zero.py) as resident memory at the start of training beyond the weights and what a
+# process without DeepSpeed holds there (~20 MiB, ZeRO-2 and ZeRO-3 alike).
+DEEPSPEED_CPU_BYTES = 20 * 1024**2
 
 
 # ----------------------------------------------------------------------------- assemble: knobs + facts -> plan
@@ -322,6 +326,9 @@ def _shard(persistent: Items, moments: dict[str, Items], facts: Facts, knobs: Kn
     for parts in moments.values():
         part(parts, "optimizer_temp")
     if zero:
+        if knobs.device == "cpu":
+            persistent["deepspeed_cpu"] = (DEEPSPEED_CPU_BYTES, "DeepSpeed on CPU: engine state, shared-memory buffers",
+                                           "measured")
         master = sum(numel for numel, _, _ in trainable_shapes) * 4
         persistent["zero_master"] = (-(-master // n), "DeepSpeed fp32 master copy of the trained partition",
                                      f"1/{n} per device")
