@@ -234,7 +234,8 @@ class DistributedConfig:
     """How the processes of a launcher (accelerate launch, torchrun) share the work. ddp: each holds the whole model
     (what a launcher gives by default); deepspeed: DeepSpeed ZeRO shards optimizer state, gradients and (stage 3)
     the parameters, the frozen base included; fsdp: PyTorch FSDP2 shards the parameters (GPU only: on CPU accelerate
-    would silently run DDP, so tokengraft refuses). Ignored by a single process."""
+    would silently run DDP, so tokengraft refuses). deepspeed and fsdp need a launcher (torchrun --nproc_per_node 1
+    for one process, e.g. ZeRO with offload on one GPU)."""
     zero_stage: int | None = option(None, lo=1, hi=3)
     """engine deepspeed: 1 shards optimizer state, 2 also gradients, 3 also the parameters; null = the stage in
     deepspeed_config, else 2."""
@@ -495,6 +496,9 @@ def _validate_distributed(recipe: Recipe) -> None:
         raise TokengraftError(f"tokens.backend {recipe.tokens.backend} keeps the token rows inside the whole "
                               "embedding matrices, which ZeRO-3 / FSDP split across ranks (PEFT's trainable tokens "
                               "cannot be gathered for saving there: peft issue 2946); use tokens.backend: rows")
+    if shards_parameters(dist) and recipe.model.quantization != "none":
+        raise TokengraftError("model.quantization keeps the base in bitsandbytes' packed weights, which ZeRO-3 / FSDP "
+                              "do not shard here; use distributed.engine: ddp or deepspeed with zero_stage: 2")
 
 
 # ----------------------------------------------------------------------------- validation

@@ -45,6 +45,7 @@ from tokengraft.training.engine import (ListDataset, TrainResult, build_optimize
                                         engine_callbacks, is_main_process, method_configs, run_and_save, start_run,
                                         tokens_per_step, trainer_class, training_arguments, write_dataset_stats)
 from tokengraft.training.prepare import prepare_data
+from tokengraft.training.sharding import load_device
 
 # ----------------------------------------------------------------------------- building
 
@@ -128,7 +129,7 @@ def train_classifier(recipe: Recipe, output_dir: str | Path, *, resume: bool = F
                      callbacks: list[Any] | None = None) -> TrainResult:
     """Run a ``task: classification`` recipe end to end and leave a complete run directory at ``output_dir``."""
     run, device = start_run(recipe, output_dir)
-    lm, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
+    lm, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(load_device(recipe, device)),
                                trust_remote_code=recipe.model.trust_remote_code)
     data = prepare_data(recipe, data_dir(run), tokenizer, lm)
     train_rows, eval_rows = as_labelled_rows(data.train, "train"), as_labelled_rows(data.validation, "validation")

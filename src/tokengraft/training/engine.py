@@ -51,8 +51,8 @@ from tokengraft.timing import note, phase
 from tokengraft.training.checkpoints import (check_same_shape, checkpoint_dir, mark_complete, newest_good_checkpoint,
                                              required_files, restore_trained_tensors, resume_checkpoint,
                                              rotate_checkpoints, trained_tensors_problem, trainer_state)
-from tokengraft.training.sharding import (check_engine, full_trained_tensors, is_dtensor, training_engine_arguments,
-                                          uses_deepspeed)
+from tokengraft.training.sharding import (check_engine, full_trained_tensors, is_dtensor, partition_zero3,
+                                          training_engine_arguments, uses_deepspeed)
 
 LossFn = Callable[[Any, dict[str, torch.Tensor], int | None], tuple[torch.Tensor, torch.Tensor]]
 """``loss_fn(model, inputs, num_items) -> (loss, logits)``: a recipe's loss, normalised by ``num_items``
@@ -259,9 +259,12 @@ def trainer_class() -> type:
     class GraftTrainer(Trainer):
         """Trainer whose loss is the recipe's, and whose checkpoints are run-directory artifacts."""
 
-        def __init__(self, *args: Any, graft_state: Graft, loss_fn: LossFn, base_spec: str, dtype: str,
+        def __init__(self, *, model: Any, args: Any, graft_state: Graft, loss_fn: LossFn, base_spec: str, dtype: str,
                      **kwargs: Any):
-            super().__init__(*args, **kwargs)
+            ds_config = getattr(args, "hf_deepspeed_config", None)
+            if ds_config is not None and ds_config.is_zero3():
+                partition_zero3(model, args)
+            super().__init__(model=model, args=args, **kwargs)
             # The loss divides by num_items_in_batch (the supervised count over the whole accumulated,
             # all-rank batch); this tells the Trainer so for every model family, so it neither divides
             # again by grad_accum nor skips the x world-size that undoes DDP's mean.

@@ -37,6 +37,7 @@ from tokengraft.training.engine import (ListDataset, LossFn, TrainResult, build_
                                         tokens_per_step, trainer_class, training_arguments, write_dataset_stats)
 from tokengraft.training.objectives import IdkObjective, UntokenedKL
 from tokengraft.training.prepare import prepare_data
+from tokengraft.training.sharding import load_device
 
 # ----------------------------------------------------------------------------- the loss
 
@@ -190,7 +191,7 @@ def train_lm(recipe: Recipe, output_dir: str | Path, *, resume: bool = False, qu
     run, device = start_run(recipe, output_dir)
     quant = quant_spec(recipe, device)
     with phase("load the base model"):
-        model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(device),
+        model, tokenizer = load_model(recipe.model.name, dtype=recipe.model.dtype, device=str(load_device(recipe, device)),
                                       trust_remote_code=recipe.model.trust_remote_code, quantization=quant)
     if quant is not None and not quiet:
         print(f"tokengraft: base loaded {quant.describe()} with bitsandbytes "

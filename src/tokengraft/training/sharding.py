@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tokengraft.config import DistributedConfig, Recipe, deepspeed_file, zero_stage
+from tokengraft.config import DistributedConfig, Recipe, deepspeed_file, shards_parameters, zero_stage
 from tokengraft.core.graft import Graft
 from tokengraft.errors import TokengraftError
 
@@ -83,12 +83,18 @@ def fsdp_requested(recipe: Recipe) -> bool:
 
 
 def check_engine(recipe: Recipe, device: torch.device) -> None:
-    """Refuse what a launcher would not do as asked: FSDP on a CPU (accelerate falls back to DDP without a word)."""
+    """Refuse what would not run as asked: FSDP on a CPU (accelerate falls back to DDP without a word), a
+    sharding engine without a launcher (DeepSpeed would look for MPI), DeepSpeed not installed."""
     if fsdp_requested(recipe) and device.type == "cpu":
         import accelerate
 
         raise TokengraftError(FSDP_ON_CPU.format(version=accelerate.__version__))
-    if recipe.distributed.engine == "deepspeed":
+    engine = recipe.distributed.engine
+    if engine != "ddp" and "WORLD_SIZE" not in os.environ:
+        raise TokengraftError(f"distributed.engine: {engine} runs under a launcher: accelerate launch --multi_gpu "
+                              "--num_processes N -m tokengraft train ... (torchrun --nproc_per_node 1 for one "
+                              "process); without one, set distributed.engine: ddp")
+    if engine == "deepspeed":
         try:
             import deepspeed  # noqa: F401
         except ImportError:
@@ -104,6 +110,31 @@ def training_engine_arguments(recipe: Recipe) -> dict[str, Any]:
     if engine == "fsdp":
         return {"fsdp": True, "fsdp_config": fsdp_config()}
     return {}
+
+
+def load_device(recipe: Recipe, device: torch.device) -> torch.device:
+    """Where the base is loaded: host memory when the engine will shard it across GPUs (ZeRO-3, FSDP).
+
+    Loaded onto each GPU whole, a base that needs sharding would not fit before it is
+    sharded; from host memory the engine places only each rank's shards on its GPU
+    (`partition_zero3`; FSDP2 moves module by module). Not run here (no GPU).
+    """
+    return torch.device("cpu") if device.type == "cuda" and shards_parameters(recipe.distributed) else device
+
+
+def partition_zero3(model: nn.Module, args: Any) -> None:
+    """Partition the built graft for ZeRO-3 before the Trainer wraps it: DeepSpeed's ``zero.Init(module=model)``.
+
+    This is DeepSpeed's documented way to partition a model already built in memory.
+    Without it the engine would first move the whole module to the device (``module.to``),
+    then partition it. It also installs DeepSpeed's memory-efficient ``F.linear`` (for the
+    rest of the process, as ``zero.Init`` always does), which gathers a frozen weight again
+    in backward instead of keeping it from the forward.
+    """
+    import deepspeed
+
+    deepspeed.init_distributed()  # DeepSpeed's view of accelerate's process group (its config checks the batch sizes)
+    deepspeed.zero.Init(module=model, config_dict_or_path=args.hf_deepspeed_config.config)
 
 
 # ----------------------------------------------------------------------------- reading and writing shards
