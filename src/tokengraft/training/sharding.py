@@ -4,11 +4,14 @@ A graft trains a few tensors (token rows ``[n, H]``, LoRA, adapters) on a large 
 base. Under DDP and ZeRO-1/2 every rank holds every parameter, so reading a trained
 tensor reads its value. Under ZeRO-3 and FSDP2 a parameter lives in shards between
 forwards, and reading one gives an empty tensor (ZeRO-3: ``p.data`` is ``[0]``) or a
-local shard (FSDP2: a ``DTensor``). Three things here make the graft work there:
+local shard (FSDP2: a ``DTensor``). What makes the graft work there:
 
 - `training_engine_arguments`: the recipe's ``distributed`` section as ``TrainingArguments``
   keywords (the Trainer's own ``deepspeed=`` / ``fsdp=`` route, accelerate underneath);
-  FSDP on a CPU refuses in one line, because accelerate would silently run DDP instead;
+  `check_engine` refuses in one line what would not run as asked (FSDP on a CPU, where
+  accelerate would silently run DDP; a sharding engine without a launcher);
+- `load_device` and `partition_zero3`: a base that needs sharding is loaded into host
+  memory and partitioned before the Trainer wraps it, so no device holds it whole;
 - `full_trained_tensors`: a context in which the graft's trained tensors read whole on
   every rank (ZeRO-3: ``deepspeed.zero.GatheredParameters`` on the trained parameters
   only; FSDP2: ``DTensor.full_tensor``). Entering it is a collective, so every rank enters
