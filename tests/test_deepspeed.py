@@ -15,7 +15,7 @@ loads with `tokengraft.load`.
 The model is Qwen2 (untied: separate input and output rows) with gradient checkpointing,
 and the new token occurs in only some rows, so a rank's half-batch may lack it.
 
-Slow: five launches of two processes (~40-90 s each on a busy 2-core machine).
+Slow: six launches of two processes (~40-90 s each on a busy 2-core machine).
 Needs DeepSpeed (``pip install 'tokengraft[distributed]'``).
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,3 +169,17 @@ def test_zero3_resume_after_kill_ends_where_the_uninterrupted_run_ends(workspace
         logits = model(input_ids=torch.tensor([tokenizer("question 3 about the cats")["input_ids"]])).logits
     assert torch.equal(embedded, rows["input"][0])
     assert logits.shape[-1] == len(tokenizer) and torch.isfinite(logits).all()
+
+
+def test_non_finite_gradients_stop_every_rank_under_zero3(workspace):
+    """token_lr=1e30: DeepSpeed skips the non-finite update itself; both ranks stop with the same one-line error."""
+    run = workspace / "nan"
+    done = launch(str(workspace / "recipe.yaml"), "train.token_lr=1e30", "train.save_steps=1",
+                  "--deepspeed", str(workspace / "zero3.json"), "--output", str(run), cwd=workspace)
+    steps = re.findall(r"tokengraft: error: the gradient became non-finite at step (\d+); .*?last good checkpoint",
+                       done.stderr)
+    assert done.returncode != 0 and len(steps) == 2 and steps[0] == steps[1], done.stderr[-3000:]
+    last = sorted((p for p in run.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()),
+                  key=lambda p: int(p.name.split("-")[1]))[-1]
+    assert all(torch.isfinite(t).all() for t in load_file(last / "rows.safetensors").values() if t.is_floating_point())
+    assert not (run / "graft.json").exists()
