@@ -39,7 +39,8 @@ import tokengraft
 from tokengraft.api import train
 from tokengraft.config import load_recipe
 from tokengraft.training.checkpoints import COMPLETE_MARKER
-from test_distributed import free_port, losses, trained
+from test_distributed import SCALED_LR, free_port, losses, trained
+from test_distributed import launch as ddp_launch
 from tiny import tiny_model, tiny_tokenizer
 
 pytest.importorskip("deepspeed")
@@ -172,10 +173,13 @@ def test_zero3_resume_after_kill_ends_where_the_uninterrupted_run_ends(workspace
 
 
 def test_non_finite_gradients_stop_every_rank_under_zero3(workspace):
-    """token_lr=1e30: DeepSpeed skips the non-finite update itself; both ranks stop with the same one-line error."""
+    """Learning rates x 1e27 (test_distributed's script): DeepSpeed skips the non-finite update itself; both ranks
+    stop with the same one-line error, the last complete checkpoint is finite, no run directory is written."""
     run = workspace / "nan"
-    done = launch(str(workspace / "recipe.yaml"), "train.token_lr=1e30", "train.save_steps=1",
-                  "--deepspeed", str(workspace / "zero3.json"), "--output", str(run), cwd=workspace)
+    script = workspace / "scaled_lr.py"
+    script.write_text(SCALED_LR)
+    done = ddp_launch(str(workspace / "recipe.yaml"), str(run), "train.save_steps=1", "distributed.engine=deepspeed",
+                      f"distributed.deepspeed_config={workspace / 'zero3.json'}", cwd=workspace, program=(str(script),))
     steps = re.findall(r"tokengraft: error: the gradient became non-finite at step (\d+); .*?last good checkpoint",
                        done.stderr)
     assert done.returncode != 0 and len(steps) == 2 and steps[0] == steps[1], done.stderr[-3000:]
