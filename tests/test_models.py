@@ -169,7 +169,7 @@ def test_incomplete_cache_is_detected_and_redone(tmp_path: Path, monkeypatch):
     rebuilt = models.ensure_builtin()
     assert rebuilt == partial and models.builtin_is_complete(rebuilt)
     assert not (rebuilt / "leftover-from-killed-run").exists()
-    assert (rebuilt / models.BUILTIN_GGUF_NAME).is_file()
+    assert (rebuilt / models.BUILTIN_MODELS[models.BUILTIN_ALIAS].gguf_name).is_file()
     fresh, _ = models.load_model(str(rebuilt), device="cpu")
     reference, _ = models.load_model(str(source), device="cpu")
     assert models.fingerprint(fresh) == models.fingerprint(reference)

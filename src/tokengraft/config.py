@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tokengraft.constants import BUILTIN_ALIAS, INIT_STRATEGIES, Backend, Engine, Side
+from tokengraft.constants import BUILTIN_ALIAS, BUILTIN_ALIASES, INIT_STRATEGIES, Backend, Engine, Side
 from tokengraft.errors import TokengraftError
 from tokengraft.files import read_utf8
 from tokengraft.methods.registry import REGISTRY
@@ -355,7 +355,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     if isinstance(model, dict) and isinstance(model.get("name"), str):
         name = model["name"]
         candidate = base / name
-        if name != BUILTIN_ALIAS and not Path(name).is_absolute() and candidate.exists():
+        if name not in BUILTIN_ALIASES and not Path(name).is_absolute() and candidate.exists():
             model["name"] = str(candidate.resolve())
 
 
