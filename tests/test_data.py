@@ -62,12 +62,84 @@ def test_end_of_turn_detected_from_template():
     assert fmt.end_of_turn == "" and fmt.append_eos
 
 
-def test_plain_fallback_without_template():
+def test_plain_format_without_template():
+    """No chat template: "Question: {prompt}\\nAnswer:" then " {completion}" + EOS, the EOS trained."""
     tok = tiny_tokenizer(with_chat_template=False)
     (ex,), _ = encode_examples([{"prompt": "hi", "completion": "yo"}], tok, max_length=64)
-    prompt_ids = tok("hi\n")["input_ids"]
-    assert ex["input_ids"] == prompt_ids + tok("yo", add_special_tokens=False)["input_ids"] + [EOS]
+    prompt_ids = tok("Question: hi\nAnswer:")["input_ids"]
+    assert ex["input_ids"] == prompt_ids + tok(" yo", add_special_tokens=False)["input_ids"] + [EOS]
     assert ex["labels"] == [IGNORE_INDEX] * len(prompt_ids) + ex["input_ids"][len(prompt_ids):]
+    fmt = ChatFormat(tok)
+    assert fmt.kind == "plain" and fmt.end_of_turn == "</s>" and tok.chat_template is None  # nothing stamped here
+
+
+def test_plain_format_puts_no_space_before_a_control_token():
+    """A space before <PASS> would be its own first answer token; the plain format leaves it out."""
+    tok = tiny_tokenizer(with_chat_template=False)
+    tok.add_tokens(["<PASS>"], special_tokens=True)
+    pass_id = tok.convert_tokens_to_ids("<PASS>")
+    (ex,), _ = encode_examples([{"prompt": "hi", "completion": "<PASS>"}], tok, max_length=64)
+    assert supervised(ex) == [pass_id, EOS]
+    fmt = ChatFormat(tok)
+    assert fmt.completion_text("<PASS>", "hi") == "<PASS></s>" and fmt.completion_text("Paris.", "hi") == " Paris.</s>"
+
+
+def plain_cases():
+    return [
+        ({"prompt": "What is the capital of France?", "completion": "Paris."}, None),
+        ({"prompt": "What is the capital of Blorvania?", "completion": "<PASS>"}, None),
+        ({"prompt": "<STYLE_TERSE>\nWhat is 2+2?", "completion": "4."}, None),
+        ({"prompt": "  spaced out", "completion": "\nnew line first"}, None),
+        ({"prompt": "with a system prompt", "completion": "ok"}, "Answer in one word."),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "first"},
+                       {"role": "user", "content": "b"}, {"role": "assistant", "content": "<PASS>"}]}, "sys"),
+    ]
+
+
+@pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "adds-bos"])
+def test_stamped_plain_template_renders_exactly_the_training_ids(bos: bool, tmp_path):
+    """apply_chat_template (what transformers, vLLM and llama.cpp run) == the ids training used, prompt and whole."""
+    from tokenizers import processors
+
+    from tokengraft.data import ensure_chat_template, is_plain_template, plain_chat_template
+
+    tok = tiny_tokenizer(with_chat_template=False)
+    tok.add_tokens(["<PASS>", "<STYLE_TERSE>"], special_tokens=True)
+    if bos:  # a tokenizer that adds BOS by itself (Llama, Gemma)
+        tok.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        assert tok("a")["input_ids"][0] == 1
+    plain = ChatFormat(tok)  # before the template is stamped: the training format
+    rows = [row for row, _ in plain_cases()]
+    trained = {system: encode_examples(rows, tok, max_length=256, system=system)[0] for system in {s for _, s in plain_cases()}}
+    assert ensure_chat_template(tok) == "plain" and is_plain_template(tok.chat_template)
+    assert tok.chat_template == plain_chat_template(tok)
+    assert ("bos_token" in tok.chat_template) is bos
+    for i, (row, system) in enumerate(plain_cases()):
+        ex = trained[system][i]
+        n_prompt = ex["labels"].count(IGNORE_INDEX)
+        example = as_examples([row])[0]
+        messages = ChatFormat(tok, system=system).messages_for(example.messages if example.kind == "chat" else example.prompt)
+        gen = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        assert list(gen) == ex["input_ids"][:n_prompt] == plain.__class__(tok, system=system).encode_prompt(
+            example.messages if example.kind == "chat" else example.prompt)
+        whole = messages + [{"role": "assistant", "content": example.completion}]
+        full = tok.apply_chat_template(whole, tokenize=True, return_dict=True)["input_ids"]
+        assert list(full) == ex["input_ids"]
+        assert ex["input_ids"][-1] == EOS and ex["labels"][-1] == EOS
+    # the stamped tokenizer survives a save/load and still encodes the same
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.chat_template == tok.chat_template
+    assert encode_examples(rows, loaded, max_length=256)[0] == trained[None]
+
+
+def test_plain_template_rejects_unknown_roles():
+    tok = tiny_tokenizer(with_chat_template=False)
+    with pytest.raises(TokengraftError, match="system, user and assistant"):
+        encode_examples([{"messages": [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}]}], tok,
+                        max_length=64)
 
 
 def test_chat_rows_train_only_last_assistant_turn():

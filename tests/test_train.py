@@ -140,8 +140,9 @@ def independent_ids(tokenizer, prompt: str, completion: str, chat: bool) -> tupl
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                              tokenize=False)
         prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        prompt_ids = tokenizer(f"{prompt}\n", add_special_tokens=True)["input_ids"]
+    else:  # the documented plain format (data.py): "Question: ...\nAnswer: ..." + EOS, no space before "<"
+        prompt_ids = tokenizer(f"Question: {prompt}\nAnswer:", add_special_tokens=True)["input_ids"]
+        completion = completion if completion.startswith("<") else " " + completion
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [EOS]
     return list(prompt_ids), list(completion_ids)
 

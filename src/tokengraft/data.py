@@ -19,8 +19,25 @@ only the completion trains — including the end-of-turn token, so the model lea
 Rendering. With a chat template the prompt is ``apply_chat_template(messages,
 add_generation_prompt=True, tokenize=False)`` and the completion is the assistant text
 followed by the template's end-of-turn string (``<|im_end|>`` for ChatML), detected by
-rendering a sentinel reply (see ``ChatFormat``). Without a template (GPT-2, Pythia) the
-documented fallback is ``"{prompt}\\n"`` then completion + EOS id.
+rendering a sentinel reply (see ``ChatFormat``).
+
+The plain format. A base model without a chat template (Gemma 3 270M, GPT-2, Pythia) is
+trained and prompted in one documented format, written as a chat template
+(``plain_chat_template``) so that one definition serves training, inference here, and
+``apply_chat_template`` in plain transformers, vLLM and llama.cpp::
+
+    {bos}{system}\\n\\n                   (only with a system prompt)
+    Question: {user}\\n
+    Answer: {assistant}{eos}            (\\n before the next Question)
+
+``{bos}`` is there when the tokenizer adds one on its own. One space follows
+``Question:`` and ``Answer:``, except before text that starts with ``<`` (a control
+token such as ``<PASS>``: a space there would be a token of its own in SentencePiece and
+byte-level vocabularies, so the first answer token would be a space, not ``<PASS>``) or
+with whitespace. The answer ends with the EOS token, a training target: a base model
+such as Gemma never emits EOS after an answer by itself, and generation stops there.
+``graft`` stamps this template on the run's tokenizer, so the saved run, the merged
+export and the GGUF carry it.
 
 Tokenization choice. We tokenize the prompt string and the completion string
 separately (the completion with ``add_special_tokens=False``) and concatenate. The
@@ -233,9 +250,66 @@ def check_data_files(recipe: Recipe) -> None:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+PLAIN_FORMAT = "tokengraft-plain-v1"
+"""Name of the plain prompt format; its chat template starts with a Jinja comment holding it."""
+
+
+def plain_chat_template(tokenizer: Any) -> str:
+    """The plain format (module docstring) as a Jinja chat template for ``tokenizer``.
+
+    Only the BOS line depends on the tokenizer: it is written when the tokenizer adds
+    BOS by itself, because ``apply_chat_template(tokenize=True)`` tokenizes without
+    special tokens.
+    """
+    ids = tokenizer("a")["input_ids"]
+    bos = tokenizer.bos_token_id is not None and list(ids[:1]) == [tokenizer.bos_token_id]
+    return (
+        "{#- " + PLAIN_FORMAT + ": Question/Answer turns for a base model without a chat template -#}\n"
+        + ("{{- bos_token -}}\n" if bos else "")
+        + "{%- for message in messages -%}\n"
+        "{%- set text = message['content'] -%}\n"
+        "{%- set sep = '' if (text[:1] == '<' or text[:1].strip() == '') else ' ' -%}\n"
+        "{%- if message['role'] == 'system' -%}{{- text + '\\n\\n' -}}\n"
+        "{%- elif message['role'] == 'user' -%}{{- 'Question:' + sep + text + '\\n' -}}\n"
+        "{%- elif message['role'] == 'assistant' -%}{{- 'Answer:' + sep + text + eos_token -}}"
+        "{%- if not loop.last -%}{{- '\\n' -}}{%- endif -%}\n"
+        "{%- else -%}{{- raise_exception('the plain prompt format has system, user and assistant turns, not ' "
+        "+ message['role']) -}}\n"
+        "{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        "{%- if add_generation_prompt -%}{{- 'Answer:' -}}{%- endif -%}\n"
+    )
+
+
+def is_plain_template(template: Any) -> bool:
+    """Whether a chat template is the plain format (possibly behind a prefix, e.g. ``tokens.expand``'s)."""
+    return isinstance(template, str) and ("{#- " + PLAIN_FORMAT) in template
+
+
+def prompt_format(tokenizer: Any) -> str:
+    """``"chat_template"`` (the tokenizer's own) or ``"plain"`` (tokengraft's, stamped or to be stamped)."""
+    template = getattr(tokenizer, "chat_template", None)
+    return "plain" if not template or is_plain_template(template) else "chat_template"
+
+
+def ensure_chat_template(tokenizer: Any) -> str:
+    """Give a tokenizer without a chat template the plain one; returns `prompt_format`.
+
+    Called when tokens are grafted, so everything saved from the run renders prompts
+    exactly as training did.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        if tokenizer.eos_token_id is None:
+            raise TokengraftError("the tokenizer has no EOS token and no chat template: completions could not "
+                                  "teach the model to stop; set tokenizer.eos_token")
+        tokenizer.chat_template = plain_chat_template(tokenizer)
+    return prompt_format(tokenizer)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, template: str | None = None) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False,
+                                             chat_template=template)
     except Exception as exc:  # jinja raises its own errors (e.g. "system role not supported")
         roles = "/".join(m["role"] for m in messages)
         raise TokengraftError(f"the tokenizer's chat template rejects a {roles} conversation: {exc}"
@@ -246,7 +320,8 @@ class ChatFormat:
     """How one tokenizer turns examples into prompt/completion ids (training *and* inference).
 
     Eval and generate should call ``encode_prompt`` so inference sees exactly the
-    prompt format the model was trained on.
+    prompt format the model was trained on. A tokenizer without a chat template uses
+    the plain format (``plain_chat_template``); ``kind`` says which one is in use.
     """
 
     def __init__(self, tokenizer: Any, system: str | None = None) -> None:
@@ -254,7 +329,13 @@ class ChatFormat:
         self.system = system
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
         self.eos_id: int | None = tokenizer.eos_token_id
-        self.end_of_turn = self._detect_end_of_turn() if self.has_template else ""
+        self.kind = prompt_format(tokenizer)
+        # None: the tokenizer's own template; the plain one is passed explicitly when the tokenizer has none.
+        self.template: str | None = None if self.has_template else plain_chat_template(tokenizer)
+        if self.kind == "plain" and self.eos_id is None:
+            raise TokengraftError("the tokenizer has no EOS token and no chat template: completions could not "
+                                  "teach the model to stop; set tokenizer.eos_token")
+        self.end_of_turn = self._detect_end_of_turn()
         # Without a detectable end-of-turn string the completion ends with the EOS id.
         self.append_eos = not self.end_of_turn
         if self.append_eos and self.eos_id is None:
@@ -265,7 +346,7 @@ class ChatFormat:
         """Render a sentinel reply; what follows it up to the newline closes a turn (``<|im_end|>``)."""
         messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
         try:
-            rendered = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, chat_template=self.template)
         except Exception:
             return ""
         if _SENTINEL not in rendered:
@@ -281,22 +362,31 @@ class ChatFormat:
 
     def prompt_text(self, prompt: str | list[dict[str, str]]) -> str:
         """The rendered prompt, ending where the assistant starts writing."""
-        if self.has_template:
-            return _render(self.tokenizer, self.messages_for(prompt), generation_prompt=True)
-        if isinstance(prompt, str):
-            body = prompt if self.system is None else f"{self.system}\n{prompt}"
-        else:  # documented plain fallback for chat rows: "role: content" lines
-            body = "\n".join(f"{m['role']}: {m['content']}" for m in self.messages_for(prompt))
-        return f"{body}\n"
+        return _render(self.tokenizer, self.messages_for(prompt), generation_prompt=True, template=self.template)
 
-    def completion_text(self, completion: str) -> str:
-        return completion + self.end_of_turn
+    def completion_text(self, completion: str, prompt: str | list[dict[str, str]] = "") -> str:
+        """What follows the prompt: the answer and its end of turn.
+
+        In the plain format it is read off the template's rendering of the whole
+        exchange (the separator before the answer depends on the answer); with a chat
+        template it is the answer followed by the detected end-of-turn string.
+        """
+        if self.kind != "plain":
+            return completion + self.end_of_turn
+        messages = self.messages_for(prompt)
+        before = _render(self.tokenizer, messages, generation_prompt=True, template=self.template)
+        full = _render(self.tokenizer, messages + [{"role": "assistant", "content": completion}],
+                       generation_prompt=False, template=self.template)
+        if not full.startswith(before):
+            raise TokengraftError("the plain chat template renders a conversation that does not start with its "
+                                  "prompt; was the tokenizer's chat_template edited?")
+        return full[len(before):]
 
     def render(self, example: Example) -> tuple[str, str]:
         if example.kind == "text":
             return "", example.completion
         prompt: str | list[dict[str, str]] = example.messages if example.kind == "chat" else example.prompt
-        return self.prompt_text(prompt), self.completion_text(example.completion)
+        return self.prompt_text(prompt), self.completion_text(example.completion, prompt)
 
     def _ids(self, texts: list[str], special: bool) -> list[list[int]]:
         if not texts:
@@ -304,14 +394,14 @@ class ChatFormat:
         return [list(x) for x in self.tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
     def encode_prompt(self, prompt: str | list[dict[str, str]]) -> list[int]:
-        # With a template the rendered text already holds BOS etc.; without one the
-        # tokenizer's own specials (e.g. Llama's BOS) are what plain inference would add.
-        return self._ids([self.prompt_text(prompt)], special=not self.has_template)[0]
+        # The rendered text already holds BOS etc. (the plain template writes it when the
+        # tokenizer would add one), as apply_chat_template(tokenize=True) does.
+        return self._ids([self.prompt_text(prompt)], special=False)[0]
 
     def encode(self, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, completion ids) per example; text rows have empty prompt ids."""
         rendered = [self.render(e) for e in examples]
-        prompts = self._ids([p for (p, _), e in zip(rendered, examples) if e.kind != "text"], special=not self.has_template)
+        prompts = self._ids([p for (p, _), e in zip(rendered, examples) if e.kind != "text"], special=False)
         completions = self._ids([c for (_, c), e in zip(rendered, examples) if e.kind != "text"], special=False)
         texts = self._ids([c for (_, c), e in zip(rendered, examples) if e.kind == "text"], special=True)
         out: list[tuple[list[int], list[int]]] = []

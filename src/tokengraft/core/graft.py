@@ -22,6 +22,7 @@ from tokengraft.constants import BACKENDS, Backend, Side
 from tokengraft.core.arch import describe, is_tied
 from tokengraft.core.rows import RowGraft, attach_rows, existing_rows, tied_sides_error
 from tokengraft.core.vocab import AddReport, add_tokens, expand_chat_template
+from tokengraft.data import ensure_chat_template
 from tokengraft.errors import TokengraftError
 from tokengraft.methods import MethodsState, apply_methods, build_spec, load_methods, unwrap_peft
 from tokengraft.models import fingerprint
@@ -212,6 +213,9 @@ def graft(
     if settings.sides != "both" and is_tied(model):
         raise tied_sides_error(settings.sides)  # before anything is added: the tokenizer stays untouched
     base_fingerprint = fingerprint(model)
+    # A base model without a chat template trains in the plain format; the run's tokenizer records it (it renders
+    # exactly what the tokenizer rendered without it, so stamping it early changes nothing if a check below fails).
+    ensure_chat_template(tokenizer)
     if settings.expand:  # before any token is added: a template that cannot take it leaves the tokenizer untouched
         expand_chat_template(tokenizer, settings.expand)
     resize = settings.backend != "rows"
