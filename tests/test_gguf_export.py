@@ -249,7 +249,7 @@ def test_untied_writes_output_tensor(tmp_path: Path) -> None:
 
 def test_not_llama_family_is_a_clear_error(tmp_path: Path) -> None:
     run = make_run(tmp_path, family="gpt2")
-    with pytest.raises(TokengraftError, match="GGUF export supports llama-family models; gpt2 is not supported yet"):
+    with pytest.raises(TokengraftError, match="GGUF export supports gemma3_text, llama, mistral models; gpt2 is not supported yet"):
         export_gguf(run, tmp_path / "gpt2.gguf")
     assert not (tmp_path / "gpt2.gguf").exists()
 

@@ -8,8 +8,15 @@ GGUF with gguf's own writer and tensor-name map. Two kinds of base are handled:
   spec): its metadata is kept as written by whoever made it (names, licence,
   hyper-parameters, tokenizer model and pre-tokenizer, merges) and only the
   vocabulary is extended with the new tokens;
-- a llama-family Hugging Face directory: metadata is built from ``config.json``
-  and the run's ``tokenizer.json`` (byte-level BPE -> tokenizer model ``gpt2``).
+- a Hugging Face directory: metadata is built from ``config.json`` and the run's
+  ``tokenizer.json`` (byte-level BPE -> tokenizer model ``gpt2``).
+
+The families and their tensor conventions (llama's q/k permutation, Gemma 3's
+``1 + w`` norms and raw embedding) are in ``export.gguf_arch``. A base GGUF's
+vocabulary is checked against the run's tokenizer token by token; the only
+spelling allowed to differ is whitespace: SentencePiece files (Gemma) store their
+user-defined whitespace tokens with real spaces (``"  "``), which transformers
+spells ``"▁▁"``, and the file's spelling is kept.
 
 New tokens keep the type the exported tokenizer gives them: special ones
 become CONTROL (llama.cpp matches them only when asked to parse specials and
@@ -19,13 +26,9 @@ The task's answer tokens (``<PASS>``) are written as normal added tokens unless
 ``visible_tokens=[]`` (export/visible.py), so llama.cpp's server and
 llama-cpp-python return ``<PASS>`` in the text instead of dropping it.
 
-Q and K projections are permuted into the interleaved-rotary layout llama.cpp
-computes with; ``permute_qk`` is the exact inverse of the un-permutation in
-transformers' GGUF loader (``LlamaTensorProcessor._reverse_permute_weights``).
-
 A calibrated ``<PASS>`` logit bias (``pass_bias`` in graft.json) is folded into
-the ``<PASS>`` row before writing (``export.fold_pass_bias``): llama's graph in
-llama.cpp has no output bias tensor, and no fixed vector ``u`` has ``h . u``
+the ``<PASS>`` row before writing (``export.fold_pass_bias``): llama's and gemma3's
+graphs in llama.cpp have no output bias tensor, and no fixed vector ``u`` has ``h . u``
 constant over all RMS-normalised hidden states ``h``, so the row moves by the
 least-squares ``u`` that gives the bias at the first answer position, where the
 decision is made; the shift it realises on held-out prompts is measured and
@@ -43,13 +46,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from tokengraft.data import ChatFormat
 from tokengraft.errors import TokengraftError
+from tokengraft.export.gguf_arch import arch_name, layout_for, model_tensors, permute_qk, write_hparams
 from tokengraft.export.visible import resolve_visible_tokens, show_tokens
 
-# Families llama.cpp runs with its LLAMA graph (same tensors, rotary layout and norms).
-LLAMA_FAMILIES = ("llama", "mistral")
+__all__ = ["TENSOR_TYPES", "Vocab", "detect_pre_tokenizer", "export_gguf", "permute_qk", "vocab_from_gguf",
+           "vocab_from_tokenizer_json"]
+
 TENSOR_TYPES = ("f32", "f16", "q8_0")
 
 # Keys rewritten from the run (never copied from a base GGUF).
@@ -76,21 +81,6 @@ class Vocab:
     model: str = "gpt2"
     pre: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other tokenizer.* keys, copied as they are
-
-
-# ----------------------------------------------------------------------------- q/k layout
-
-
-def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
-    """HF rotary layout (halves) -> llama.cpp's (interleaved pairs), per head.
-
-    Rows of one head are ``[x0 .. x(d/2-1), y0 .. y(d/2-1)]`` in HF and
-    ``[x0, y0, x1, y1, ...]`` in llama.cpp. transformers undoes this on load with
-    ``reshape(n_head, d/2, 2, ...).swapaxes(2, 1)``; this is its inverse. Works for
-    weights (rows x in) and biases (rows).
-    """
-    half = weight.shape[0] // n_head // 2
-    return weight.reshape(n_head, 2, half, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -130,6 +120,11 @@ def _token_strings(tokenizer: Any, start: int, stop: int) -> list[str]:
     return list(known) + [f"[PAD{i}]" for i in range(max(start, size), stop)]
 
 
+def spelling(token: str) -> str:
+    """A token as SentencePiece spells it: a GGUF keeps whitespace tokens' real spaces, transformers writes ``▁``."""
+    return token.replace(" ", "\u2581")
+
+
 def vocab_from_gguf(reader: Any, tokenizer: Any, rows: int, graft_tokens: list[str]) -> Vocab:
     """The base GGUF's vocabulary, extended to ``rows`` entries with the run's new tokens."""
     import gguf
@@ -138,8 +133,8 @@ def vocab_from_gguf(reader: Any, tokenizer: Any, rows: int, graft_tokens: list[s
     base_tokens = list(fields["tokenizer.ggml.tokens"].contents())
     n = len(base_tokens)
     mine = _token_strings(tokenizer, 0, min(n, len(tokenizer)))
-    if mine != base_tokens[: len(mine)]:
-        bad = next(i for i, (a, b) in enumerate(zip(mine, base_tokens)) if a != b)
+    if [spelling(t) for t in mine] != [spelling(t) for t in base_tokens[: len(mine)]]:
+        bad = next(i for i, (a, b) in enumerate(zip(mine, base_tokens)) if spelling(a) != spelling(b))
         raise TokengraftError(f"the run's tokenizer does not match its base GGUF vocabulary (id {bad}: "
                               f"{mine[bad]!r} vs {base_tokens[bad]!r}); was the run trained on this base?")
     if rows < n:
@@ -208,62 +203,14 @@ def vocab_from_tokenizer_json(tokenizer: Any, rows: int) -> Vocab:
 
 def end_of_turn_id(tokenizer: Any) -> int | None:
     """The id that closes an assistant turn in the chat template (``<|im_end|>``), when it is one token."""
-    from tokengraft.data import ChatFormat
-
     if not getattr(tokenizer, "chat_template", None):
         return None
-    text = ChatFormat(tokenizer)._detect_end_of_turn()
+    text = ChatFormat(tokenizer).end_of_turn
     ids = tokenizer.convert_tokens_to_ids([text]) if text else []
     return ids[0] if ids and ids[0] is not None and ids[0] != tokenizer.unk_token_id else None
 
 
-# ----------------------------------------------------------------------------- hyper-parameters
-
-
-def _rope_parameters(config: Any) -> dict[str, Any]:
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    params = dict(params)
-    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    params.setdefault("rope_type", params.get("type", "default"))
-    return params
-
-
-def write_hparams(writer: Any, config: Any, head_dim: int) -> np.ndarray | None:
-    """Llama hyper-parameters from a transformers config; returns the ``rope_freqs`` tensor when one is needed."""
-    import gguf
-
-    rope = _rope_parameters(config)
-    writer.add_context_length(int(config.max_position_embeddings))
-    writer.add_embedding_length(int(config.hidden_size))
-    writer.add_block_count(int(config.num_hidden_layers))
-    writer.add_feed_forward_length(int(config.intermediate_size))
-    writer.add_head_count(int(config.num_attention_heads))
-    writer.add_head_count_kv(int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_rope_freq_base(float(rope["rope_theta"]))
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // config.num_attention_heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    window = getattr(config, "sliding_window", None)
-    if window and window < config.max_position_embeddings:
-        print(f"tokengraft: warning: llama.cpp's llama graph has no sliding window; beyond {window} tokens "
-              "its attention differs from transformers'", file=sys.stderr)
-    kind = rope["rope_type"]
-    if kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
-    elif kind == "llama3":
-        # llama.cpp divides each rotary frequency by a factor from `rope_freqs`; take the
-        # frequencies from transformers' own llama3 rule so both compute the same angles.
-        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-        scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
-        plain = 1.0 / (float(rope["rope_theta"]) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        return (plain / scaled.float()).numpy().astype(np.float32)
-    elif kind not in ("default", None):
-        raise TokengraftError(f"GGUF export does not support rope scaling {kind!r} yet (default, linear and llama3 work)")
-    return None
+# ----------------------------------------------------------------------------- metadata
 
 
 def copy_gguf_metadata(writer: Any, reader: Any, arch: str) -> None:
@@ -297,36 +244,6 @@ def _tensor_payload(data: np.ndarray, tensor_type: str) -> tuple[np.ndarray, Any
     return data.astype(np.float16), None  # f16, or a q8_0 tensor whose rows are not whole blocks
 
 
-def llama_tensors(model: Any) -> list[tuple[str, np.ndarray]]:
-    """(GGUF name, float32 array) for every weight of a merged llama model, q/k permuted."""
-    import gguf
-
-    config = model.config
-    n_head = int(config.num_attention_heads)
-    n_kv = int(getattr(config, "num_key_value_heads", None) or n_head)
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, int(config.num_hidden_layers))
-    state = model.state_dict()
-    embed = model.get_input_embeddings().weight
-    head = model.get_output_embeddings()
-    out: list[tuple[str, np.ndarray]] = []
-    tied = head is not None and head.weight.data_ptr() == embed.data_ptr()
-    for hf_name, tensor in state.items():
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
-        name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise TokengraftError(f"GGUF export does not know where {hf_name} goes in llama.cpp's llama layout")
-        if tied and name == "output.weight":
-            continue  # llama.cpp reads the output matrix from token_embd when output.weight is absent
-        data = tensor.detach().float().cpu().numpy()
-        if ".attn_q." in name:
-            data = permute_qk(data, n_head)
-        elif ".attn_k." in name:
-            data = permute_qk(data, n_kv)
-        out.append((name, np.ascontiguousarray(data)))
-    return out
-
-
 # ----------------------------------------------------------------------------- export
 
 
@@ -356,34 +273,32 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
     if out.exists():
         raise TokengraftError(f"{out} exists; choose a new file name or delete it first")
     meta = read_graft_meta(run_dir)
-    family = getattr(load_config(meta["base_model"]), "model_type", "?")
-    if family not in LLAMA_FAMILIES:
-        raise TokengraftError(f"GGUF export supports llama-family models; {family} is not supported yet "
-                              "(export --merged writes a transformers checkpoint instead)")
+    layout = layout_for(getattr(load_config(meta["base_model"]), "model_type", "?"))
+    arch = arch_name(layout)
     base_gguf = _gguf_base_path(meta["base_model"])
     visible = resolve_visible_tokens(run_dir, visible_tokens)
+    reader = gguf.GGUFReader(str(base_gguf)) if base_gguf is not None else None
+    if reader is not None and str(reader.fields["general.architecture"].contents()) != arch:
+        raise TokengraftError(f"the base GGUF {base_gguf} is a {reader.fields['general.architecture'].contents()} "
+                              f"file, but the model is exported as {arch}")
 
     g = load_graft(run_dir, device=device, dtype="float32")
     tokenizer = show_tokens(g.tokenizer, visible)
     model = merge_graft(g)
     fold = fold_run_pass_bias(run_dir, model, tokenizer)
-    config = model.config
     rows = int(model.get_input_embeddings().weight.shape[0])
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
-    arch = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA]
     graft_tokens = [t["token"] for t in meta.get("tokens", [])]
 
     tmp = out.with_name(f".{out.name}.partial")
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
-        if base_gguf is not None:
-            reader = gguf.GGUFReader(str(base_gguf))
+        if reader is not None:
             copy_gguf_metadata(writer, reader, arch)
             vocab = vocab_from_gguf(reader, tokenizer, rows, graft_tokens)
             rope_freqs = None
         else:
             writer.add_name(Path(str(meta["base_model"])).name + "-tokengraft")
-            rope_freqs = write_hparams(writer, config, head_dim)
+            rope_freqs = write_hparams(writer, model.config, layout)
             vocab = vocab_from_tokenizer_json(tokenizer, rows)
             writer.add_tokenizer_model(vocab.model)
             writer.add_tokenizer_pre(vocab.pre)
@@ -407,7 +322,7 @@ def export_gguf(run_dir: str | Path, out_path: str | Path, *, tensor_type: str =
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _write_tokengraft_keys(writer, meta, tokenizer, fold, visible)
 
-        for name, data in llama_tensors(model):
+        for name, data in model_tensors(model, layout):
             payload, raw_dtype = _tensor_payload(data, tensor_type)
             writer.add_tensor(name, payload, raw_dtype=raw_dtype)
         if rope_freqs is not None:
