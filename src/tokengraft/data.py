@@ -306,6 +306,13 @@ def ensure_chat_template(tokenizer: Any) -> str:
     return prompt_format(tokenizer)
 
 
+def describe_prompt_format(tokenizer: Any) -> dict[str, str]:
+    """What `inspect` reports: which format prompts are rendered in, how a turn ends, and an example prompt."""
+    fmt = ChatFormat(tokenizer)
+    return {"kind": fmt.kind, "end_of_turn": fmt.end_of_turn or (tokenizer.eos_token or ""),
+            "example_prompt": fmt.prompt_text("What is 2+2?")}
+
+
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, template: str | None = None) -> str:
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False,

@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from tokengraft.core.arch import (ATTENTION_ROLES, ArchInfo, bias_parameter_names, describe, linear_shapes, module_names_in_blocks)
+from tokengraft.data import describe_prompt_format
 from tokengraft.errors import TokengraftError
 from tokengraft.models import load_meta
 
@@ -49,9 +50,11 @@ def run_inspect(model_spec: str, as_json: bool = False, top_k: int = 4, trust_re
     model, tokenizer, tokenizer_problem = load_meta(model_spec, trust_remote_code)
     arch = describe(model, tokenizer)
     summary = freezing_summary(model, arch, top_k)
+    prompt = describe_prompt_format(tokenizer) if tokenizer is not None else None
     if as_json:
         payload = arch.to_dict()
         payload["architecture"] = type(model).__name__
+        payload["prompt_format"] = prompt
         payload["freezing"] = {
             "top_blocks": summary["top_blocks"],
             "attention_only_parameters": summary["attention_only"]["parameters"],
@@ -60,7 +63,7 @@ def run_inspect(model_spec: str, as_json: bool = False, top_k: int = 4, trust_re
         }
         print(json.dumps(payload, indent=2))
     else:
-        print(render(model, arch, summary, model_spec, tokenizer_problem))
+        print(render(model, arch, summary, model_spec, tokenizer_problem, prompt))
     return 0
 
 
@@ -90,7 +93,12 @@ def _block_relative(arch: ArchInfo, full_names: list[str]) -> list[str]:
     return rel
 
 
-def render(model: nn.Module, arch: ArchInfo, summary: dict[str, Any], spec: str, tokenizer_problem: str | None) -> str:
+def _layers(indices: list[int]) -> str:
+    return ", ".join(map(str, indices)) if indices else "none"
+
+
+def render(model: nn.Module, arch: ArchInfo, summary: dict[str, Any], spec: str, tokenizer_problem: str | None,
+           prompt: dict[str, str] | None = None) -> str:
     out: list[str] = []
     add = out.append
     shapes = linear_shapes(model, arch)
@@ -107,6 +115,10 @@ def render(model: nn.Module, arch: ArchInfo, summary: dict[str, Any], spec: str,
     a = arch.attention
     heads = f"{a.num_heads} heads, {a.num_kv_heads} key/value heads" if a.num_heads else "head counts unknown"
     add(f"  attention ({a.kind}, {heads}, head_dim {arch.head_dim}) in `{a.module}`:")
+    if arch.attention_layers:
+        layers = arch.attention_layers
+        add(f"    sliding window {layers['sliding_window']} on {len(layers['sliding_attention_layers'])} layers; "
+            f"full attention on layers {_layers(layers['full_attention_layers'])}")
     for role in ("q", "k", "v", "qkv", "o"):
         name = getattr(a, role)
         if name:
@@ -125,6 +137,10 @@ def render(model: nn.Module, arch: ArchInfo, summary: dict[str, Any], spec: str,
     nm = arch.norms
     add(f"  norms: {nm['type']} {', '.join(nm['names']) or '-'} ({'with' if nm['bias'] else 'no'} bias); final `{nm['final']}`")
     add(f"  input embedding  `{arch.input_embedding}`  {_n(arch.embedding_rows)} rows x {arch.hidden_size}")
+    if arch.embedding_scale:
+        scale = arch.embedding_scale
+        of = f" = {scale['of']}" if scale.get("of") else ""
+        add(f"    scaled by {scale['factor']:.4f}{of}, {scale['where']}")
     if arch.output_embedding is None:
         add("  output head      none found")
     elif arch.tied_embeddings:
@@ -138,6 +154,15 @@ def render(model: nn.Module, arch: ArchInfo, summary: dict[str, Any], spec: str,
             + (" (rows past the tokenizer: new tokens can take them without resizing)" if arch.padding_rows else ""))
     add(f"  position embedding: `{arch.position_embedding}`" if arch.position_embedding
         else "  position embedding: none learned (rotary or none)")
+    if prompt is None:
+        add("  prompt format    unknown (no tokenizer)")
+    elif prompt["kind"] == "plain":
+        add(f"  prompt format    plain (no chat template): tokengraft's Question/Answer format, answers end with "
+            f"{prompt['end_of_turn']}; a run saves it as the tokenizer's chat_template")
+    else:
+        add(f"  prompt format    the tokenizer's chat template; an answer ends with {prompt['end_of_turn'] or '(nothing detected: EOS)'}")
+    if prompt is not None:
+        add(f"    e.g. {prompt['example_prompt']!r}")
     add("  LoRA target_modules (block-relative, PEFT suffix match):")
     for key, names in arch.lora_targets.items():
         add(f"    {key:<14} {names}")

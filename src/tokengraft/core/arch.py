@@ -95,6 +95,10 @@ class ArchInfo:
     head_dim: int | None = None
     intermediate_size: int | None = None
     notes: list[str] = field(default_factory=list)
+    # {"factor", "where"}: the embedding output is multiplied by factor (Gemma: sqrt(hidden), inside the module)
+    embedding_scale: dict | None = None
+    # {"sliding_window", "full_attention_layers", "sliding_attention_layers"}; None when every layer attends to all
+    attention_layers: dict | None = None
 
     def block_path(self, i: int) -> str:
         return f"{self.blocks}.{i}"
@@ -426,6 +430,62 @@ def _parameters(model: nn.Module, emb: nn.Module, head: nn.Module | None, blocks
     return counts
 
 
+def scale_inside(embedding: nn.Module | None) -> float | None:
+    """The factor an embedding module multiplies its looked-up rows by, when it scales inside (else None).
+
+    Gemma's ``*ScaledWordEmbedding`` keeps ``sqrt(hidden)`` as a Python float
+    (``scalar_embed_scale``, readable on the meta device) and as a non-persistent
+    ``embed_scale`` buffer; the stored matrix is unscaled. Looked for under PEFT's and
+    tokengraft's wrappers too.
+    """
+    module = embedding
+    while module is not None:
+        for attr in ("scalar_embed_scale", "embed_scale"):
+            value = getattr(module, attr, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, torch.Tensor) and value.numel() == 1 and value.device.type != "meta":
+                return float(value)
+        module = getattr(module, "base", None) or getattr(module, "base_layer", None) or getattr(module, "original_module", None)
+    return None
+
+
+# Config fields of models that multiply the embedding output outside the embedding module.
+_OUTSIDE_SCALES = ("embedding_multiplier", "scale_emb")
+
+
+def _embedding_scale(embedding: nn.Module, config: Any, hidden: int) -> dict | None:
+    factor = scale_inside(embedding)
+    if factor is not None:
+        how = "sqrt(hidden_size)" if abs(factor - hidden ** 0.5) < 1e-4 * factor else None
+        return {"factor": factor, "of": how, "where": "inside the input embedding module (the stored matrix is unscaled)"}
+    for name in _OUTSIDE_SCALES:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value != 1:
+            return {"factor": float(value), "of": f"config.{name}", "where": "after the input embedding module"}
+    return None
+
+
+def _attention_layers(config: Any, num_blocks: int) -> dict | None:
+    """Which layers use a sliding window and which attend to everything, from the config."""
+    window = getattr(config, "sliding_window", None)
+    kinds = getattr(config, "layer_types", None)
+    if kinds:
+        kinds = list(kinds)
+        sliding = [i for i, kind in enumerate(kinds) if kind == "sliding_attention"]
+        if not sliding:
+            return None
+        full = [i for i, kind in enumerate(kinds) if kind == "full_attention"]
+        other = {kind for kind in kinds if kind not in ("sliding_attention", "full_attention")}
+        result = {"sliding_window": window, "full_attention_layers": full, "sliding_attention_layers": sliding}
+        if other:
+            result["other_layer_types"] = sorted(other)
+        return result
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        return {"sliding_window": window, "full_attention_layers": [], "sliding_attention_layers": list(range(num_blocks))}
+    return None
+
+
 def describe(model: nn.Module, tokenizer: Any = None) -> ArchInfo:
     """Discover a causal LM's structure by roles; works on real and meta-device models."""
     config = getattr(model, "config", None)
@@ -522,6 +582,8 @@ def describe(model: nn.Module, tokenizer: Any = None) -> ArchInfo:
     parameters = _parameters(model, emb, None if tied else head, blocks, position)
 
     return ArchInfo(
+        embedding_scale=_embedding_scale(emb, text_config, int(hidden)),
+        attention_layers=_attention_layers(text_config, len(blocks)),
         model_type=str(getattr(config, "model_type", type(model).__name__)),
         blocks=blocks_path, num_blocks=len(blocks),
         input_embedding=emb_path, output_embedding=head_path, tied_embeddings=tied,

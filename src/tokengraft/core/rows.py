@@ -88,10 +88,21 @@ class RowEmbedding(nn.Module):
         # (DDP without find_unused_parameters; DeepSpeed ZeRO-3 reduce-scatters every parameter and
         # stops on a mismatch), and the optimiser steps them as it steps DeepSpeed's flat partitions.
         picked = self.rows[slots[mask]].to(out.dtype)  # [m, H]
-        scale = getattr(self.base, "embed_scale", None)  # Gemma scales inside its embedding module
-        if scale is not None:
-            picked = picked * scale.to(out.dtype)
-        return out.index_put((mask,), picked)
+        return out.index_put((mask,), self._scaled(picked))
+
+    def _scaled(self, picked: torch.Tensor) -> torch.Tensor:
+        """The base module's own scaling, applied exactly as it applies it to its rows.
+
+        Gemma's scaled embedding returns ``lookup * embed_scale.to(weight.dtype)`` (a float32
+        ``sqrt(hidden)`` buffer); the trained rows are stored unscaled like the base matrix,
+        so a token's input vector is the same whether its row is here or merged into the base.
+        """
+        scale = getattr(self.base, "embed_scale", None)
+        if isinstance(scale, torch.Tensor):
+            return picked * scale.to(self.base.weight.dtype)
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            return picked * scale
+        return picked
 
 
 class RowHead(nn.Module):
