@@ -221,6 +221,27 @@ def test_generation_stops_at_eos_in_the_plain_format(base_gguf: Path) -> None:
     assert len(result["ids"]) == 1 and len(calls) == 2  # one answer token, then EOS stopped it
 
 
+def test_an_untuned_base_model_stops_where_the_next_question_starts(base_gguf: Path) -> None:
+    """Gemma 3 270M answers " Paris" then writes "\\nQuestion: ..."; that is where its answer ends."""
+    model, tok = models.load_model(str(base_gguf), device="cpu")
+    script = tok.convert_tokens_to_ids(["▁Paris", "\n", "Question", ":", "▁What", "▁is", "▁the"])
+    calls = []
+
+    def follow_script(module, args, output):
+        output = output.clone()
+        output[..., script[min(len(calls), len(script) - 1)]] = 1e4
+        calls.append(1)
+        return output
+
+    handle = model.get_output_embeddings().register_forward_hook(follow_script)
+    try:
+        (result,) = generate_batch(model, tok, ["What is the capital of France?"], max_new_tokens=20)
+    finally:
+        handle.remove()
+    assert result["text"] == "Paris" and result["ids"] == script[:1]
+    assert len(calls) == 4  # stopped on "\\nQuestion:", not at max_new_tokens
+
+
 # ----------------------------------------------------------------------------- GGUF export
 
 

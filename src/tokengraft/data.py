@@ -35,7 +35,8 @@ trained and prompted in one documented format, written as a chat template
 token such as ``<PASS>``: a space there would be a token of its own in SentencePiece and
 byte-level vocabularies, so the first answer token would be a space, not ``<PASS>``) or
 with whitespace. The answer ends with the EOS token, a training target: a base model
-such as Gemma never emits EOS after an answer by itself, and generation stops there.
+such as Gemma never emits EOS after an answer by itself, and generation stops there
+(and, for the untuned base model, where it starts the next ``\\nQuestion:``).
 ``graft`` stamps this template on the run's tokenizer, so the saved run, the merged
 export and the GGUF carry it.
 
@@ -253,6 +254,9 @@ def check_data_files(recipe: Recipe) -> None:
 PLAIN_FORMAT = "tokengraft-plain-v1"
 """Name of the plain prompt format; its chat template starts with a Jinja comment holding it."""
 
+PLAIN_NEXT_TURN = "\nQuestion:"
+"""Where the plain format's next turn starts: generation stops there too (``ChatFormat.stop_strings``)."""
+
 
 def plain_chat_template(tokenizer: Any) -> str:
     """The plain format (module docstring) as a Jinja chat template for ``tokenizer``.
@@ -360,6 +364,16 @@ class ChatFormat:
             return ""
         tail = rendered.split(_SENTINEL, 1)[1].split("\n", 1)[0]
         return tail if tail.strip() else ""
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Text that ends an answer besides the end-of-turn token.
+
+        In the plain format a base model never emits EOS after an answer (Gemma 3 270M
+        answers " Paris" and goes on with "\\nQuestion: ..."), so generation also stops
+        where the next turn would start. A tuned model stops at the EOS it was trained on.
+        """
+        return [PLAIN_NEXT_TURN] if self.kind == "plain" else []
 
     def messages_for(self, prompt: str | list[dict[str, str]]) -> list[dict[str, str]]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

@@ -2,7 +2,9 @@
 
 Prompts go through ``data.ChatFormat.encode_prompt`` (same template, same system
 prompt). Outputs are decoded *without* skipping special tokens, so a generated
-``<PASS>`` is visible, then cut at the end-of-turn / EOS.
+``<PASS>`` is visible, then cut at the end-of-turn / EOS, and in the plain format
+(``ChatFormat.stop_strings``) where the next ``\nQuestion:`` would start: an untuned
+base model such as Gemma 3 270M never emits EOS after its answer.
 
 The evaluation passes and the base model's answers are greedy decoding over
 hundreds of short chat prompts that share their first few dozen tokens (the
@@ -49,7 +51,7 @@ from tokengraft.errors import TokengraftError
 from tokengraft.methods.alora import ACTIVATION_ATTR
 from tokengraft.methods.spec import unwrap_peft
 
-GENERATION_VERSION = 2
+GENERATION_VERSION = 3  # 3: the plain format's stop strings
 """Bump when a change to this module could change generated tokens (it keys the answers cache)."""
 
 DEFAULT_BATCH_SIZE = 64
@@ -127,9 +129,31 @@ def until_stop(ids: list[int], stops: list[int]) -> list[int]:
 
 
 def _clean(text: str, fmt: ChatFormat, tokenizer: Any) -> str:
-    for stop in filter(None, (fmt.end_of_turn, tokenizer.eos_token)):
+    for stop in filter(None, (fmt.end_of_turn, tokenizer.eos_token, *fmt.stop_strings)):
         text = text.split(stop, 1)[0]
     return text.strip()
+
+
+STOP_STRING_WINDOW = 16
+"""Last generated tokens decoded to look for a stop string (each token holds at least one character)."""
+
+
+def ends_with_stop_string(ids: list[int], tokenizer: Any, stops: Sequence[str]) -> bool:
+    """Whether the last tokens of a reply contain a stop string (the plain format's next turn)."""
+    tail = tokenizer.decode(ids[-max(len(s) for s in stops) - STOP_STRING_WINDOW:], skip_special_tokens=False)
+    return any(stop in tail for stop in stops)
+
+
+def before_stop_string(ids: list[int], tokenizer: Any, stops: Sequence[str]) -> list[int]:
+    """Generated ids up to the token where a stop string begins (all of them when none occurs)."""
+    text = tokenizer.decode(ids, skip_special_tokens=False) if stops else ""
+    found = [text.index(stop) for stop in stops if stop in text]
+    if not found:
+        return ids
+    end = len(ids)
+    while end > 0 and len(tokenizer.decode(ids[:end], skip_special_tokens=False)) > min(found):
+        end -= 1
+    return ids[:end]
 
 
 def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
@@ -214,9 +238,11 @@ class _Decoder:
     """Greedy decoding with a KV cache for one model: prefill, step, drop finished rows."""
 
     def __init__(self, model: Any, pad: int, stops: list[int], max_new_tokens: int,
-                 score_token_id: int | None, logit_bias: dict[int, float] | None) -> None:
+                 score_token_id: int | None, logit_bias: dict[int, float] | None,
+                 stop_strings: Sequence[str] = (), tokenizer: Any = None) -> None:
         self.model = model
         self.pad, self.stops, self.max_new_tokens = pad, set(stops), max_new_tokens
+        self.stop_strings, self.tokenizer = list(stop_strings), tokenizer
         self.score_token_id, self.logit_bias = score_token_id, logit_bias or {}
         self.device = next(model.parameters()).device
         params = inspect.signature(unwrap_peft(model).forward).parameters
@@ -280,7 +306,9 @@ class _Decoder:
                     active[j] = -1
                     continue
                 rows.ids[row].append(token)
-                if len(rows.ids[row]) < self.max_new_tokens:
+                if self.stop_strings and ends_with_stop_string(rows.ids[row], self.tokenizer, self.stop_strings):
+                    active[j] = -1  # the reply ended where the next turn starts (cut in generate_batch)
+                elif len(rows.ids[row]) < self.max_new_tokens:
                     keep.append(j)
                 else:
                     active[j] = -1
@@ -303,7 +331,8 @@ class _Decoder:
 
 
 def _decode_with_generate(model: Any, suffixes: list[list[int]], pad: int, stops: list[int], max_new_tokens: int,
-                          score_token_id: int | None, logit_bias: dict[int, float] | None) -> _Rows:
+                          score_token_id: int | None, logit_bias: dict[int, float] | None,
+                          stop_strings: Sequence[str] = (), tokenizer: Any = None) -> _Rows:
     """One left-padded batch through ``model.generate`` (models the own loop leaves to it)."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -318,7 +347,8 @@ def _decode_with_generate(model: Any, suffixes: list[list[int]], pad: int, stops
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                          do_sample=False, eos_token_id=stops or None, pad_token_id=pad,
                          logits_processor=LogitsProcessorList([_Bias()]) if logit_bias else None,
-                         output_logits=score_token_id is not None, return_dict_in_generate=True)
+                         output_logits=score_token_id is not None, return_dict_in_generate=True,
+                         **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}))
     new = out.sequences[:, ids.shape[1]:]
     rows = _Rows(ids=[until_stop(new[i].tolist(), stops) for i in range(len(suffixes))])
     if score_token_id is not None:  # out.logits: the raw logits, before the bias
@@ -352,7 +382,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     use_loop = not (uses_generate(model) if through_generate is None else through_generate)
     # Sorted by length (stable) for the own loop; `generate` keeps the caller's order and batches.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if use_loop else list(range(len(encoded)))
-    decoder = _Decoder(model, pad, stops, max_new_tokens, score_token_id, logit_bias) if use_loop else None
+    decoder = (_Decoder(model, pad, stops, max_new_tokens, score_token_id, logit_bias, fmt.stop_strings, tokenizer)
+               if use_loop else None)
     longest = max(len(e) for e in encoded) + max_new_tokens
     prefix_len = shared_prefix_length(encoded) if use_loop and _prefix_is_exact(model, longest) else 0
     prefix_cache = decoder.prefix(encoded[0][:prefix_len]) if decoder is not None and prefix_len else None
@@ -365,10 +396,12 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
             if decoder is not None:
                 rows = decoder.decode(suffixes, prefix_cache, prefix_len)
             else:
-                rows = _decode_with_generate(model, suffixes, pad, stops, max_new_tokens, score_token_id, logit_bias)
+                rows = _decode_with_generate(model, suffixes, pad, stops, max_new_tokens, score_token_id, logit_bias,
+                                             fmt.stop_strings, tokenizer)
             for j, index in enumerate(chunk):
-                text = tokenizer.decode(rows.ids[j], skip_special_tokens=False)
-                item: dict[str, Any] = {"text": _clean(text, fmt, tokenizer), "ids": rows.ids[j]}
+                ids = before_stop_string(rows.ids[j], tokenizer, fmt.stop_strings)
+                text = tokenizer.decode(ids, skip_special_tokens=False)
+                item: dict[str, Any] = {"text": _clean(text, fmt, tokenizer), "ids": ids}
                 if rows.margin is not None and rows.p_token is not None:
                     item["p_token"] = float(rows.p_token[j])
                     item["margin"] = float(rows.margin[j])
