@@ -448,6 +448,19 @@ def test_the_gemma_alias_is_pinned_and_opt_in() -> None:
         models.load_config("gemma-typo")
 
 
+def test_demo_takes_a_model(monkeypatch) -> None:
+    import tokengraft.cli.demo as demo
+    from tokengraft.cli.main import main
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo",
+                        lambda task, output, overrides, **kwargs: seen.append((task, output, overrides)) or 0)
+    assert main(["demo", "pass", "--model", "gemma3-270m"]) == 0
+    assert main(["demo", "style", "train.max_steps=5", "--model", "gemma3-270m", "-o", "runs/x"]) == 0
+    assert seen == [("pass", "runs/demo-pass-gemma3-270m", ["model.name=gemma3-270m"]),
+                    ("style", "runs/x", ["model.name=gemma3-270m", "train.max_steps=5"])]
+
+
 # ----------------------------------------------------------------------------- the real model (network)
 
 

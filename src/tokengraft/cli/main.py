@@ -353,7 +353,10 @@ def _serve_check(args: argparse.Namespace) -> int:
 
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=demo_tasks(), help="which field task to run end to end")
-    parser.add_argument("--output", "-o", default=None, help="run directory (default runs/demo-<task>)")
+    parser.add_argument("--output", "-o", default=None,
+                        help="run directory (default runs/demo-<task>[-<model>][-<quantization>])")
+    parser.add_argument("--model", default=None,
+                        help="MODEL to run the demo on instead of the recipe's (e.g. the built-in gemma3-270m)")
     parser.add_argument("--quantization", choices=["4bit", "8bit"], default=None,
                         help="load the built-in model's block linears quantized (QLoRA NF4 + double quant for 4bit); "
                              'the same as the override model.quantization=4bit; needs pip install -e ".[quant]"')
@@ -369,8 +372,9 @@ def _demo(args: argparse.Namespace) -> int:
     from tokengraft.cli.demo import run_demo
 
     threads = _threads()
-    overrides = list(args.overrides) + ([f"model.quantization={args.quantization}"] if args.quantization else [])
-    suffix = f"-{args.quantization}" if args.quantization else ""
+    overrides = (([f"model.name={args.model}"] if args.model else []) + list(args.overrides)
+                 + ([f"model.quantization={args.quantization}"] if args.quantization else []))
+    suffix = (f"-{Path(args.model).name}" if args.model else "") + (f"-{args.quantization}" if args.quantization else "")
     return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides, resume=args.resume,
                     overwrite=args.overwrite, full=args.full, threads=threads)
 
