@@ -19,6 +19,10 @@ then grafts, builds the optimiser and trains; ``VmHWM`` afterwards is the peak.
 frozen base model (parameters, copies, gradients, optimiser state, activations).
 
 Results go to benchmarks/results/token_rows.json and token_rows.md.
+
+The child (``--child CONFIG``) is also the measurement of ``bench_gemma_rows.py``:
+``--model`` picks another MODEL spec and ``--head full`` computes the LM head at every
+position (the ordinary path) instead of at the supervised positions only.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from types import SimpleNamespace
 # rows-lean: the rows backend with the AddReport's copy of the initial rows released after grafting,
 # to measure what that copy costs (graft() keeps it: callers compare trained rows against it).
 CONFIGS = ("lora", "rows", "rows-lean", "peft", "full")
+HEADS = ("supervised", "full")  # the LM head at supervised positions only (the trainer's default), or everywhere
 LORA = {"type": "lora", "targets": "all_linear", "r": 16}
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024 * 1024
@@ -79,11 +84,13 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
     from tokengraft.core.graft import TokenSettings, apply_method_configs, graft
     from tokengraft.models import BUILTIN_ALIAS, load_model
     from tokengraft.training.engine import build_optimizer
-    from tokengraft.training.lm import causal_lm_loss, supervised_logits
+    from tokengraft.training.lm import causal_lm_loss, full_logits, supervised_logits
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model, tok = load_model(device="cpu")
+    spec = getattr(args, "model", None) or BUILTIN_ALIAS
+    logits_of = supervised_logits if getattr(args, "head", "supervised") == "supervised" else full_logits
+    model, tok = load_model(spec, device="cpu")
     base_rows = model.get_input_embeddings().weight.shape[0]
     hidden = model.get_input_embeddings().weight.shape[1]
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -119,7 +126,7 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
     for step in range(args.steps):
         ids, labels = _batch(vocab, args, seed=step)
         t, c = time.perf_counter(), time.process_time()
-        logits, targets = supervised_logits(model, ids, None, labels)
+        logits, targets = logits_of(model, ids, None, labels)
         loss = causal_lm_loss(logits, targets)
         loss.backward()
         optimizer.step()
@@ -132,13 +139,14 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
         if g is not None:
             from tokengraft.rundir import save_graft
 
-            save_graft(g, tmp, base_spec=BUILTIN_ALIAS)
+            save_graft(g, tmp, base_spec=spec)
         else:
             methods.save(Path(tmp))
         files = _dir_bytes(Path(tmp))
     weights = sum(size for name, size in files.items() if name.endswith(".safetensors"))
     return {
-        "config": config, "new_tokens": 0 if config == "lora" else args.tokens, "final_rows": vocab,
+        "config": config, "model": spec, "head": getattr(args, "head", "supervised"),
+        "new_tokens": 0 if config == "lora" else args.tokens, "final_rows": vocab,
         "hidden": hidden, "tied": tied, "rss_after_load_mib": loaded / MIB,
         "static_extra_mib": (built - loaded) / MIB, "peak_extra_mib": (peak - loaded) / MIB,
         "token_parameters": token_params, "trainable_parameters": trainable,
@@ -152,11 +160,21 @@ def run_child(config: str, args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- parent: all configurations
 
 
-def _spawn(config: str, args: argparse.Namespace) -> dict:
+def child_command(config: str, args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that measure one configuration in a fresh process (see the docstring)."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1")
     command = [sys.executable, __file__, "--child", config, "--tokens", str(args.tokens), "--steps", str(args.steps),
                "--batch", str(args.batch), "--seq", str(args.seq), "--supervised", str(args.supervised),
                "--threads", str(args.threads)]
+    if getattr(args, "model", None):
+        command += ["--model", str(args.model)]
+    if getattr(args, "head", None):
+        command += ["--head", args.head]
+    return command, env
+
+
+def _spawn(config: str, args: argparse.Namespace) -> dict:
+    command, env = child_command(config, args)
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{config} failed:\n{done.stderr[-4000:]}")
@@ -233,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     # its descheduled partner (measured: 4x the CPU time per step, 4x the wall time).
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default=None, help="MODEL spec (default: the built-in model)")
+    parser.add_argument("--head", choices=HEADS, default="supervised", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.child:
