@@ -30,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,12 +364,36 @@ def builtin_gguf_path(alias: str = BUILTIN_ALIAS) -> Path:
 # ----------------------------------------------------------------------------- loading
 
 
+# Files of a Hugging Face directory that transformers reads beside a GGUF and mixes into what it builds
+# from the GGUF (a sibling tokenizer_config.json left the SmolLM2 tokenizer without BOS/EOS and template).
+_HF_SIBLINGS = ("config.json", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
+                "generation_config.json", "chat_template.jinja")
+
+
+@contextmanager
+def gguf_alone(path: Path) -> Iterator[Path]:
+    """``path`` seen from a directory holding nothing else, when its own directory holds HF files.
+
+    transformers' ``from_pretrained(directory, gguf_file=name)`` also reads the directory's
+    tokenizer and config files (a converted built-in cache keeps its GGUF beside them); a
+    symlink in an empty temporary directory keeps the GGUF the only source.
+    """
+    if not any((path.parent / name).exists() for name in _HF_SIBLINGS):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="tokengraft-gguf-") as tmp:
+        view = Path(tmp) / path.name
+        view.symlink_to(path.resolve())
+        yield view
+
+
 def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+        with gguf_alone(path) as alone:
+            tokenizer = AutoTokenizer.from_pretrained(str(alone.parent), gguf_file=alone.name)
+            model = AutoModelForCausalLM.from_pretrained(str(alone.parent), gguf_file=alone.name, dtype=dtype)
     except Exception as exc:  # a corrupt file fails anywhere in the reader (struct.error, IndexError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokengraftError(f"cannot read GGUF file {path}: {first}") from None
@@ -483,7 +509,8 @@ def load_config(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -> A
     if spec.endswith(".gguf"):
         path = Path(spec).expanduser()
         try:
-            return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+            with gguf_alone(path) as alone:
+                return AutoConfig.from_pretrained(str(alone.parent), gguf_file=alone.name)
         except Exception as exc:  # a corrupt file fails anywhere in the reader (struct.error, IndexError, ...)
             raise TokengraftError(f"cannot read GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     source, options = _source(spec)
@@ -528,7 +555,8 @@ def load_tokenizer(spec: str = BUILTIN_ALIAS, trust_remote_code: bool = False) -
     if spec.endswith(".gguf"):
         path = Path(spec).expanduser()
         try:
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            with gguf_alone(path) as alone:
+                return AutoTokenizer.from_pretrained(str(alone.parent), gguf_file=alone.name)
         except Exception as exc:  # same reader as the config: any failure means an unreadable file
             raise TokengraftError(f"cannot read the tokenizer in GGUF file {spec}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     source, options = _source(spec)
