@@ -101,18 +101,6 @@ def test_converted_directory_keeps_the_logits_and_buffers(base_gguf: Path, tmp_p
     assert model.model.embed_tokens.embed_scale.device.type == "cpu" and tok.chat_template is None
 
 
-def test_a_gguf_beside_hugging_face_files_is_read_alone(base_gguf: Path, tmp_path: Path) -> None:
-    """A converted cache keeps its GGUF beside tokenizer files; transformers would mix them in (and drop BOS/EOS)."""
-    out = tmp_path / "hf"
-    models.convert_gguf_to_hf(base_gguf, out)
-    (out / base_gguf.name).symlink_to(base_gguf)
-    spec = str(out / base_gguf.name)
-    tok = models.load_tokenizer(spec)
-    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<bos>", "<eos>", "<pad>")
-    model, tok = models.load_model(spec, device="cpu")
-    assert tok.bos_token == "<bos>" and models.load_config(spec).model_type == "gemma3_text"
-
-
 def test_inspect_reads_gemma3(base_gguf: Path) -> None:
     model, tok = models.load_model(str(base_gguf), device="cpu")
     arch = describe(model, tok)
@@ -474,6 +462,15 @@ def test_demo_takes_a_model(monkeypatch) -> None:
 
 
 # ----------------------------------------------------------------------------- the real model (network)
+
+
+@pytest.mark.network
+def test_a_cached_gguf_is_read_alone_not_mixed_with_the_converted_files_beside_it() -> None:
+    """transformers reads a GGUF's sibling HF files too: SmolLM2's GGUF inside its cache came back without
+    BOS/EOS and chat template until it was read through a directory of its own (models.gguf_alone)."""
+    spec = str(models.builtin_gguf_path("smollm2-135m-instruct"))
+    tok = models.load_tokenizer(spec)
+    assert (tok.bos_token, tok.eos_token) == ("<|im_start|>", "<|im_end|>") and tok.chat_template
 
 
 @pytest.mark.network
