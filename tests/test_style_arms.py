@@ -200,12 +200,18 @@ def test_expand_gives_a_token_several_rows_and_leaves_untokened_prompts_alone():
     assert torch.equal(rows["input"][index[ids["<STYLE_VERBOSE_1>"]]], rows["input"][index[ids["<STYLE_VERBOSE>"]]])
 
 
-def test_expand_is_refused_without_a_chat_template_and_leaves_the_tokenizer_alone():
+def test_expand_works_in_the_plain_format_without_a_chat_template():
+    """A base model without a template trains in the plain format (data.py), whose template takes the expansion."""
+    from tokengraft.data import is_plain_template
+
     tok = tiny_tokenizer(with_chat_template=False)
-    size = len(tok)
-    with pytest.raises(TokengraftError, match="tokens.expand needs a chat template"):
-        graft(tiny_model("llama"), tok, TokenSettings(add=STYLES, expand={"<STYLE_TERSE>": 2}), [], verbose=False)
-    assert len(tok) == size
+    graft(tiny_model("llama"), tok, TokenSettings(add=STYLES, expand={"<STYLE_TERSE>": 2}), [], verbose=False)
+    assert is_plain_template(tok.chat_template) and ChatFormat(tok).kind == "plain"
+    rendered = tok.apply_chat_template([{"role": "user", "content": "<STYLE_TERSE>\nhi"}], add_generation_prompt=True,
+                                       tokenize=False)
+    assert rendered == "Question:<STYLE_TERSE><STYLE_TERSE_1><STYLE_TERSE_2>\nhi\nAnswer:"
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                   tokenize=False) == "Question: hi\nAnswer:"
 
 
 def test_expand_survives_save_and_load(tmp_path: Path):
