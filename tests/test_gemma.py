@@ -509,7 +509,7 @@ def test_real_gemma3_gguf_f32_export_equals_the_base_file(tmp_path: Path) -> Non
 @pytest.mark.network
 def test_real_gemma3_one_step_run_exports_merged(tmp_path: Path) -> None:
     from tokengraft.config import recipe_from_dict
-    from tokengraft.training.lm import train
+    from tokengraft.api import train
 
     rows = tmp_path / "train.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS * 2))
