@@ -165,7 +165,7 @@ def main() -> None:
         notes = ["fresh tokengraft cache: fetches and converts the built-in model, empty answers cache",
                  "the same command again: model and answers cached"]
     else:
-        subprocess.run([sys.executable, "-c", "from tokengraft.models import ensure_builtin; ensure_builtin()"],
+        subprocess.run([sys.executable, "-c", "from tokengraft.builtin import ensure_builtin; ensure_builtin()"],
                        env=env, check=True)  # a no-op when the model is cached: the timed runs never fetch
         notes = ["model cached, empty answers cache (a warm install's first demo)",
                  "the same command again: answers cached"]

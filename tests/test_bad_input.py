@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 import pytest
 
-from tokengraft import models
+from tokengraft import builtin, models
 from tokengraft.cli.main import main
 from tokengraft.constants import BUILTIN_ALIAS
 from tokengraft.core.graft import TokenSettings, graft
@@ -148,7 +148,7 @@ def fake_builtin_cache(cache: Path) -> Path:
     """A converted built-in model directory as a finished fetch leaves it (tiny weights, completion marker)."""
     target = cache / "models" / BUILTIN_ALIAS
     save_tiny(target)
-    (target / models.BUILTIN_COMPLETE_MARKER).write_text("ok\n")
+    (target / builtin.BUILTIN_COMPLETE_MARKER).write_text("ok\n")
     return target
 
 
@@ -159,7 +159,7 @@ def test_a_truncated_builtin_cache_is_not_trusted(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     target = tmp_path / "cache" / "models" / BUILTIN_ALIAS
     save_tiny(target)
-    (target / models.BUILTIN_COMPLETE_MARKER).write_text("ok\n")
+    (target / builtin.BUILTIN_COMPLETE_MARKER).write_text("ok\n")
     model, _ = models.load_model(BUILTIN_ALIAS, device="cpu")  # whole: used as it is, nothing fetched
     assert model.get_input_embeddings().weight.shape[0] == 256
     truncate(target / "model.safetensors", 0.9)

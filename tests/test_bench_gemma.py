@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tiny_gemma import tiny_gemma, write_gemma_gguf
-from tokengraft import models
+from tokengraft import builtin
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gemma_rows.py"
 
@@ -25,7 +25,7 @@ def _load_script():
 def test_bench_gemma_rows_runs_the_matrix_and_writes_json_and_markdown(tmp_path: Path) -> None:
     gguf_dir = tmp_path / "gguf"
     gguf_dir.mkdir()
-    models.convert_gguf_to_hf(write_gemma_gguf(tiny_gemma(), gguf_dir / "tiny.gguf"), tmp_path / "model")
+    builtin.convert_gguf_to_hf(write_gemma_gguf(tiny_gemma(), gguf_dir / "tiny.gguf"), tmp_path / "model")
     bench = _load_script()
     assert [r for r in bench.runs(bench.argparse.Namespace(heads=["supervised", "full"], configs=list(bench.CONFIGS),
                                                            tokens=[1, 20000]))][:5] == [

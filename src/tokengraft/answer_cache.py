@@ -38,10 +38,11 @@ import torch
 import transformers
 from filelock import FileLock
 
+from tokengraft.builtin import cache_dir
 from tokengraft.data import ChatFormat
 from tokengraft.files import write_json
 from tokengraft.generation import DEFAULT_BATCH_SIZE, GENERATION_VERSION, generate_batch, pad_id, stop_ids
-from tokengraft.models import cache_dir, fingerprint
+from tokengraft.models import fingerprint
 from tokengraft.timing import note
 
 CACHE_FORMAT = 1

@@ -15,7 +15,7 @@ BUILTIN_ALIAS = "smollm2-135m-instruct"
 """The default built-in model's MODEL spec: the default model everywhere (models.py fetches it)."""
 
 BUILTIN_ALIASES: tuple[str, ...] = (BUILTIN_ALIAS, "gemma3-270m")
-"""Every built-in MODEL alias (models.BUILTIN_MODELS says where each one comes from); the others are opt-in."""
+"""Every built-in MODEL alias (builtin.BUILTIN_MODELS says where each one comes from); the others are opt-in."""
 
 InitStrategy = Literal["mean", "hewitt", "text", "subwords", "spherical", "random"]
 INIT_STRATEGIES: tuple[str, ...] = typing.get_args(InitStrategy)
