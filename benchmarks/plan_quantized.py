@@ -27,16 +27,13 @@ style demo's base). The whole run takes a few minutes on the 2-core machine.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from plan_vs_measured import LORA, RESULTS, child_env, measure, mib, recipe_dict, write_data, write_small_model
+from plan_vs_measured import LORA, RESULTS, bench_parser, child_env, measure, mib, offline_env, recipe_dict, write_data, write_small_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -193,25 +190,18 @@ def measure_child(recipe_path: Path, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--only", default=None, help="comma-separated config names")
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tokengraft-plan-quantized")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not overwrite results/")
+    parser = bench_parser(__doc__, "tokengraft-plan-quantized")
     parser.add_argument("--reuse-measurements", action="store_true",
                         help="re-plan against measurements already in --workdir (no training)")
     args = parser.parse_args()
     if args.measure:
         measure_child(args.measure, args.out)
         return
-    os.environ.setdefault("TOKENGRAFT_CACHE", "/tmp/tgcache")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    env = offline_env()
     names = args.only.split(",") if args.only else None
     results = run(names, args.steps, args.workdir, reuse=args.reuse_measurements)
     if not args.no_write:
-        command = "TOKENGRAFT_CACHE=/tmp/tgcache HF_HUB_OFFLINE=1 python benchmarks/plan_quantized.py" + (
+        command = f"{env} python benchmarks/plan_quantized.py" + (
             f" --only '{args.only}'" if args.only else "") + (f" --steps {args.steps}" if args.steps != 3 else "") + (
             " --reuse-measurements" if args.reuse_measurements else "")
         write_results(results, command, args.steps)

@@ -326,26 +326,38 @@ def write_results(results: list[dict[str, Any]], command: str, steps: int) -> No
     (RESULTS / "plan_vs_measured.md").write_text("\n".join(lines) + "\n\n" + NOTES)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_parser(doc: str, workdir: str) -> argparse.ArgumentParser:
+    """The options every planner-vs-measured script shares (the child-process ones hidden)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="comma-separated config names")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tokengraft-plan-bench")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / workdir)
     parser.add_argument("--no-write", action="store_true", help="print only; do not overwrite results/")
+    return parser
+
+
+def offline_env() -> str:
+    """Run offline against a scratch model cache (unless set); returns the prefix that reproduces it."""
+    os.environ.setdefault("TOKENGRAFT_CACHE", "/tmp/tgcache")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return f"TOKENGRAFT_CACHE={os.environ['TOKENGRAFT_CACHE']} HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']}"
+
+
+def main() -> None:
+    parser = bench_parser(__doc__, "tokengraft-plan-bench")
     parser.add_argument("--reuse-measurements", action="store_true",
                         help="re-plan against measurements already in --workdir (no training; same recipes and data)")
     args = parser.parse_args()
     if args.measure:
         measure(args.measure, args.out)
         return
-    os.environ.setdefault("TOKENGRAFT_CACHE", "/tmp/tgcache")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    env = offline_env()
     names = args.only.split(",") if args.only else None
     results = run(names, args.steps, args.workdir, reuse=args.reuse_measurements)
     if not args.no_write:
-        command = "TOKENGRAFT_CACHE=/tmp/tgcache HF_HUB_OFFLINE=1 python benchmarks/plan_vs_measured.py" + (
+        command = f"{env} python benchmarks/plan_vs_measured.py" + (
             f" --only '{args.only}'" if args.only else "") + (f" --steps {args.steps}" if args.steps != 3 else "") + (
             " --reuse-measurements" if args.reuse_measurements else "")
         write_results(results, command, args.steps)

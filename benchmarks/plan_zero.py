@@ -25,18 +25,16 @@ every rank) is reported beside it, against the plan's loaded weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench_token_rows import process_memory
-from plan_vs_measured import LORA, child_env, mib, recipe_dict, write_data, write_small_model
+from plan_vs_measured import LORA, bench_parser, child_env, mib, offline_env, recipe_dict, write_data, write_small_model
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -203,27 +201,20 @@ def write_results(results: list[dict[str, Any]], command: str, steps: int, model
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser = bench_parser(__doc__, "tokengraft-plan-zero")
     parser.add_argument("--model", choices=["builtin", "small"], default="builtin")
-    parser.add_argument("--only", default=None, help="comma-separated config names: " + ",".join(CONFIGS))
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tokengraft-plan-zero")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not overwrite results/")
     args = parser.parse_args()
     if args.measure:
         measure(args.measure, args.out)
         return
-    os.environ.setdefault("TOKENGRAFT_CACHE", "/tmp/tgcache")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    env = offline_env()
     names = args.only.split(",") if args.only else list(CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown config {unknown[0]!r}; use {', '.join(CONFIGS)}")
     results = run(args.model, names, args.steps, args.workdir)
     if not args.no_write:
-        command = "TOKENGRAFT_CACHE=/tmp/tgcache HF_HUB_OFFLINE=1 python benchmarks/plan_zero.py" + (
+        command = f"{env} python benchmarks/plan_zero.py" + (
             f" --model {args.model}" if args.model != "builtin" else "") + (
             f" --only {args.only}" if args.only else "") + (f" --steps {args.steps}" if args.steps != 3 else "")
         write_results(results, command, args.steps, args.model)
