@@ -164,7 +164,8 @@ def training_arguments(recipe: Recipe, run: Path, device: torch.device, *, quiet
     return TrainingArguments(
         output_dir=str(run), seed=recipe.seed, data_seed=recipe.seed,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps,
+        gradient_accumulation_steps=cfg.grad_accum,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", num_train_epochs=float(cfg.epochs), max_steps=cfg.max_steps,
         lr_scheduler_type=cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
         warmup_steps=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm,
         logging_steps=cfg.logging_steps, logging_first_step=True,
