@@ -1,7 +1,6 @@
 """Where `tokengraft demo pass` spends its time: two runs, cold then warm answers cache.
 
     python benchmarks/demo_timing.py                      # the default demo (model already cached)
-    python benchmarks/demo_timing.py --full               # the full-size recipe (demo pass --full)
     python benchmarks/demo_timing.py --fetch              # first run also fetches + converts the model
 
 Run 1 starts with an empty answers cache (a fresh ``TOKENGRAFT_ANSWER_CACHE`` inside
@@ -58,8 +57,7 @@ def run_demo(args: argparse.Namespace, name: str, env: dict[str, str]) -> dict[s
     """One `tokengraft demo` process; returns its phases, metrics and process wall time."""
     out = args.workdir / name
     # The overrides follow the task directly (argparse reads them with it), the flags after them.
-    command = [sys.executable, "-m", "tokengraft", "demo", args.task, *args.overrides,
-               *(["--full"] if args.full else []), "--output", str(out)]
+    command = [sys.executable, "-m", "tokengraft", "demo", args.task, *args.overrides, "--output", str(out)]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"demo_timing: {name}: {shlex.join(command)}", file=sys.stderr, flush=True)
     log_path = args.workdir / f"{name}.log"
@@ -146,7 +144,6 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="pass", help="which demo (default pass)")
-    parser.add_argument("--full", action="store_true", help="the full-size recipe (tokengraft demo TASK --full)")
     parser.add_argument("--fetch", action="store_true",
                         help="a fresh TOKENGRAFT_CACHE: run 1 also downloads and converts the built-in model")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/demo-timing"),
@@ -170,13 +167,13 @@ def main() -> None:
         notes = ["model cached, empty answers cache (a warm install's first demo)",
                  "the same command again: answers cached"]
     runs = [run_demo(args, "cold", env), run_demo(args, "warm", env)]
-    command = "python benchmarks/demo_timing.py" + (" --full" if args.full else "") + (" --fetch" if args.fetch else "")
+    command = "python benchmarks/demo_timing.py" + (" --fetch" if args.fetch else "")
     command += "".join(f" {shlex.quote(o)}" for o in args.overrides)
     threads = os.environ.get("TOKENGRAFT_THREADS")
     if threads:
         command = f"TOKENGRAFT_THREADS={threads} {command}"
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    result = {"command": command, "task": args.task, "full": args.full, "fetch": args.fetch,
+    result = {"command": command, "task": args.task, "fetch": args.fetch,
               "machine": f"{platform.machine()}, {usable} usable cores, Python {platform.python_version()}",
               "run_notes": notes, "runs": runs,
               "time_targets": TIME_TARGETS if not args.fetch and args.task == "pass" else {}}

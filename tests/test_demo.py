@@ -56,15 +56,11 @@ def test_threads_come_from_the_environment_or_the_idle_cores(monkeypatch):
         choose_threads()
 
 
-def test_the_full_size_recipe_is_the_default_scaled_up():
-    quick, full = load_recipe(recipe_path("pass")), load_recipe(recipe_path("pass", full=True))
-    assert full.train.max_steps > quick.train.max_steps
-    assert full.data.generate_options["n_train"] > quick.data.generate_options["n_train"]
-    assert {k: v for k, v in full.data.generate_options.items() if k not in ("n_train", "read_rows")} == \
-        {k: v for k, v in quick.data.generate_options.items() if k not in ("n_train", "read_rows")}
-    assert (full.methods, full.tokens, full.eval) == (quick.methods, quick.tokens, quick.eval)
-    with pytest.raises(TokengraftError, match="one size only"):
-        recipe_path("style", full=True)
+def test_every_demo_has_one_packaged_recipe():
+    assert all(recipe_path(task).is_file() for task in ("pass", "style", "lexicon"))
+    assert load_recipe(recipe_path("pass")).train.group_by_length  # the demo's speed depends on it (docs/speed.md)
+    with pytest.raises(TokengraftError, match="no packaged recipe"):
+        recipe_path("classification")
 
 
 @pytest.fixture(scope="module")

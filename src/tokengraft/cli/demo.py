@@ -7,9 +7,7 @@ before/after generations (the task's ``demo_prompts`` in the task registry) and 
 table of where the time went (``phases.json`` in the run directory). The run directory
 is left in place for `tokengraft export RUN_DIR --merged OUT`.
 
-A task has a demo when the package ships a recipe for it (``configs/<task>.yaml``);
-``--full`` runs ``configs/<task>_full.yaml`` instead where the default is a shortened
-version of a larger run (the <PASS> demo: fewer questions and steps).
+A task has a demo when the package ships a recipe for it (``configs/<task>.yaml``).
 """
 
 from __future__ import annotations
@@ -30,20 +28,16 @@ def demo_tasks() -> list[str]:
     return [task for task in task_names() if _packaged(task).is_file()]
 
 
-def recipe_path(task: str, *, full: bool = False) -> Path:
-    """The packaged recipe of a demo; ``full`` = its full-size variant (``<task>_full.yaml``)."""
+def recipe_path(task: str) -> Path:
+    """The packaged recipe of a demo."""
     path = _packaged(task)
     if not path.is_file():
         raise TokengraftError(f"no packaged recipe for demo {task!r}")
-    if full:
-        path = _packaged(f"{task}_full")
-        if not path.is_file():
-            raise TokengraftError(f"demo {task} has one size only (its recipe is already the full run); drop --full")
     return path
 
 
 def run_demo(task: str, output: str, overrides: list[str] | None = None, *, resume: bool = False,
-             overwrite: bool = False, full: bool = False, threads: str = "") -> int:
+             overwrite: bool = False, threads: str = "") -> int:
     # Imported here, not at the top: `tokengraft --help` reads demo_tasks() and must not load torch.
     from tokengraft.answer_cache import base_answers
     from tokengraft.api import evaluate, load, train
@@ -53,7 +47,7 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None, *, resu
     from tokengraft.rundir import PHASES_FILE, load_base, read_graft_meta, write_phases
     from tokengraft.timing import phase, recording
 
-    path = recipe_path(task, full=full)
+    path = recipe_path(task)
     recipe = load_recipe(path, overrides or [])
     print(f"tokengraft demo {task}: recipe {path} -> {output}" + (f"   (torch threads: {threads})" if threads else ""))
     with recording() as log:
@@ -71,7 +65,7 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None, *, resu
             print("\nbefore -> after:")
             for prompt, b, a in zip(prompts, before, after):
                 print(f"  {prompt!r}\n    base : {b['text'][:120]!r}\n    tuned: {a['text'][:120]!r}")
-    phases = {"command": f"tokengraft demo {task}" + (" --full" if full else ""), "recipe": str(path),
+    phases = {"command": f"tokengraft demo {task}", "recipe": str(path),
               "overrides": list(overrides or []), "threads": threads, "steps": result.steps, **log.to_dict()}
     write_phases(output, phases)
     print(f"\nwhere the time went ({PHASES_FILE} in the run directory):")

@@ -362,8 +362,6 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
                              'the same as the override model.quantization=4bit; needs pip install -e ".[quant]"')
     parser.add_argument("--resume", action="store_true", help="continue the demo run in --output (same recipe)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in --output")
-    parser.add_argument("--full", action="store_true",
-                        help="the full-size recipe (configs/<task>_full.yaml: more questions and steps, slower)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides of the demo recipe")
 
 
@@ -376,7 +374,7 @@ def _demo(args: argparse.Namespace) -> int:
                  + ([f"model.quantization={args.quantization}"] if args.quantization else []))
     suffix = (f"-{Path(args.model).name}" if args.model else "") + (f"-{args.quantization}" if args.quantization else "")
     return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides, resume=args.resume,
-                    overwrite=args.overwrite, full=args.full, threads=threads)
+                    overwrite=args.overwrite, threads=threads)
 
 
 def _configure_compare(parser: argparse.ArgumentParser) -> None:
