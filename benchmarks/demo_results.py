@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from compare_results import _fmt  # benchmarks/ is on sys.path when this script runs
+from compare_results import fmt  # benchmarks/ is on sys.path when this script runs
 
 TARGETS = {
     "pass": {"pass_recall": ">= 0.90", "false_pass_rate": "<= 0.05", "clean_accuracy": ">= base",
@@ -78,7 +78,7 @@ def markdown(task: str, runs: list[dict[str, Any]], names: list[str], title: str
         values = [r["metrics"].get(key) for r in runs]
         if all(v is None for v in values):
             continue
-        lines.append(f"| {key} | " + " | ".join(_fmt(v) for v in values) + f" | {TARGETS.get(task, {}).get(key, '')} |")
+        lines.append(f"| {key} | " + " | ".join(fmt(v) for v in values) + f" | {TARGETS.get(task, {}).get(key, '')} |")
     first = runs[0]
     m = first["metrics"]
     if m.get("pass_recall_by_kind"):
@@ -96,7 +96,7 @@ def markdown(task: str, runs: list[dict[str, Any]], names: list[str], title: str
                   "| bias | PASS recall | false-PASS | coverage | selective accuracy | wrong answers |",
                   "|---:|---:|---:|---:|---:|---:|"]
         for row in run["metrics"]["sweep"]:
-            lines.append(f"| {row['bias']:+g} | " + " | ".join(_fmt(row.get(k)) for k in (
+            lines.append(f"| {row['bias']:+g} | " + " | ".join(fmt(row.get(k)) for k in (
                 "pass_recall", "false_pass_rate", "coverage", "selective_accuracy", "wrong_answer_rate")) + " |")
     if isinstance(m.get("read_probe"), dict):
         parts = [f"{k}: accuracy {v['accuracy']:.2f}, on the <PASS> half {v['pass_accuracy']:.2f}, "

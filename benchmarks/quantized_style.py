@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_token_rows import _status
+from bench_token_rows import process_memory
 from plan_vs_measured import child_env
 
 HERE = Path(__file__).resolve().parent
@@ -70,7 +70,7 @@ def run_variant(variant: str, run_dir: Path, out: Path, eval_limit: int | None) 
     from tokengraft.config import load_recipe
     from transformers import TrainerCallback
 
-    record: dict[str, Any] = {"variant": variant, "overrides": VARIANTS[variant], "pre_load_rss": _status()["VmRSS"]}
+    record: dict[str, Any] = {"variant": variant, "overrides": VARIANTS[variant], "pre_load_rss": process_memory()["VmRSS"]}
     original_load = lm_recipe.load_model
 
     def load_and_mark(*args: Any, **kwargs: Any):
@@ -82,7 +82,7 @@ def run_variant(variant: str, run_dir: Path, out: Path, eval_limit: int | None) 
                 p.sum()
         gc.collect()
         Path("/proc/self/clear_refs").write_text("5")
-        record["baseline_rss"] = _status()["VmRSS"]
+        record["baseline_rss"] = process_memory()["VmRSS"]
         return model, tokenizer
 
     class Steps(TrainerCallback):
@@ -97,7 +97,7 @@ def run_variant(variant: str, run_dir: Path, out: Path, eval_limit: int | None) 
             self.cpu.append(time.process_time() - self.start)
 
         def on_train_end(self, args, state, control, **kwargs):
-            record["peak_hwm"] = _status()["VmHWM"]
+            record["peak_hwm"] = process_memory()["VmHWM"]
 
     steps = Steps()
     lm_recipe.load_model = load_and_mark

@@ -228,3 +228,33 @@ def test_import_layers_contract_holds() -> None:
     report = proc.stdout[proc.stdout.find("Contracts"):] if "Contracts" in proc.stdout else proc.stdout
     assert proc.returncode == 0, f"lint-imports failed:\n{report}\n{proc.stderr[-2000:]}"
     assert "BROKEN" not in proc.stdout and "KEPT" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- benchmark scripts
+
+
+def top_level_names(path: Path) -> set[str]:
+    """Names a module defines or imports at its top level (what `from module import name` can take)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def test_benchmarks_import_only_what_their_siblings_define() -> None:
+    """The scripts import helpers from each other; a rename in one must not leave another unrunnable
+    (they run for an hour on the real model, so a failed import would surface only there)."""
+    scripts = {p.stem: p for p in sorted((ROOT / "benchmarks").glob("*.py"))}
+    missing = []
+    for path in scripts.values():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module in scripts:
+                defined = top_level_names(scripts[node.module])
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in defined]
+    assert not missing, "benchmark imports of names their sibling no longer defines:\n" + "\n".join(missing)
