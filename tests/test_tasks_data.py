@@ -142,7 +142,7 @@ def test_overlap_check_catches_a_leak(pass_splits):
 
 
 def test_unknown_kinds_are_refused():
-    with pytest.raises(ValueError, match="unknown corruption kinds"):
+    with pytest.raises(ValueError, match="unknown kinds"):
         P.generate_splits(n_train=10, train_kinds=("char_noise", "typo"))
 
 

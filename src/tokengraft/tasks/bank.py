@@ -25,18 +25,21 @@ from tokengraft.tasks.splits import SPLITS
 # ----------------------------------------------------------------------------- answer matching
 
 
-def normalize_answer(text: str) -> str:
-    """Lower-case, strip accents, turn punctuation into spaces, collapse whitespace.
+def normalize_answer(text: str, keep_case: bool = False) -> str:
+    """Lower-case (unless ``keep_case``), strip accents, turn punctuation into spaces, collapse whitespace.
 
     "N'Djaména" and "n djamena", "Washington, D.C." and "washington d c" compare
     equal, so aliases need not list every spelling variant.
     """
     text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text).split())
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    if keep_case:
+        return " ".join(re.sub(r"[^0-9A-Za-z]+", " ", text).split())
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
-def answer_matches(answer: str, gold: str, aliases: Sequence[str] = (), any_number: bool = False) -> bool:
+def answer_matches(answer: str, gold: str, aliases: Sequence[str] = (), any_number: bool = False,
+                   case_sensitive: bool = False) -> bool:
     """True when ``answer`` gives the gold answer.
 
     Text golds: the gold or an alias occurs in ``answer`` as whole words, so
@@ -45,8 +48,9 @@ def answer_matches(answer: str, gold: str, aliases: Sequence[str] = (), any_numb
     but not 4, and "18" is not 8); an answer with no digits is matched on the
     aliases as words ("eight legs"). ``any_number`` accepts the gold anywhere
     among the numbers instead: for years ("landed in July 1969 with Apollo 11").
+    ``case_sensitive`` keeps case on both sides: chemical symbols ("He" is helium, "he" a pronoun).
     """
-    norm_answer = normalize_answer(answer)
+    norm_answer = normalize_answer(answer, keep_case=case_sensitive)
     if gold.isdigit():
         numbers = re.findall(r"\d+", answer.replace(",", ""))
         if numbers:
@@ -56,7 +60,7 @@ def answer_matches(answer: str, gold: str, aliases: Sequence[str] = (), any_numb
         targets = (gold, *aliases)
     hay = f" {norm_answer} "
     for target in targets:
-        norm = normalize_answer(target)
+        norm = normalize_answer(target, keep_case=case_sensitive)
         if norm and f" {norm} " in hay:
             return True
     return False

@@ -18,6 +18,13 @@ completion exactly ``"<PASS>"``; every row says which ``kind`` it is:
 - ``shuffled_words``: word order scrambled;
 - ``truncated``: the question cut off inside or before its entity.
 
+Beside the corruptions, ``tasks.unanswerable`` makes well-formed questions that have
+no answer (``future_event``, ``private_fact``, ``false_premise``, ``category_error``,
+``missing_referent``); ``train_kinds`` / ``test_only_kinds`` take any of them, and
+``heldout_relations`` adds a split of answerable questions of relations no other
+split uses (``tasks.heldout_relations``, "test_heldout_relations"). Left unset, the
+rows are those of earlier versions.
+
 Held-out numbers come from data that never overlaps training: the question bank
 splits entities and templates (``tasks.bank.split_bank``), invented names are unique
 per split, and the test split additionally holds corruption kinds never seen in
@@ -33,6 +40,7 @@ tuned model *understand* `<PASS>` when it appears in its input?
 
 from __future__ import annotations
 
+import inspect
 import random
 import re
 import string
@@ -41,13 +49,18 @@ from typing import Any
 
 from tokengraft.errors import TokengraftError
 from tokengraft.tasks.bank import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, BankSplit, Question, answer_matches, load_countries, load_facts, question_meta, render, sample_questions, split_bank)
+from tokengraft.tasks.heldout_relations import (CASE_SENSITIVE_RELATIONS, HELDOUT_RELATIONS, HELDOUT_SPLIT,
+                                               heldout_relation_rows, resolve_heldout_relations)
 from tokengraft.tasks.registry import Generated, Task, register_task
 from tokengraft.tasks.splits import SPLITS, check_disjoint
+from tokengraft.tasks.unanswerable import UNANSWERABLE_KINDS, kind_rows
 
 PASS_TOKEN = "<PASS>"
 TRAIN_KINDS: tuple[str, ...] = ("char_noise", "dropped_words", "missing_operand", "fictional_entity")
 TEST_ONLY_KINDS: tuple[str, ...] = ("shuffled_words", "truncated")
-ALL_KINDS: tuple[str, ...] = TRAIN_KINDS + TEST_ONLY_KINDS
+ALL_KINDS: tuple[str, ...] = TRAIN_KINDS + TEST_ONLY_KINDS  # the corruption kinds
+# Every kind an option may name: the corruptions and the unanswerable-but-well-formed kinds (tasks/unanswerable.py).
+KINDS: tuple[str, ...] = ALL_KINDS + UNANSWERABLE_KINDS
 
 # Real countries deliberately missing from countries.tsv (disputed or several capitals, the
 # answer inside the question, an ambiguous name) plus former and informal names: invented
@@ -251,12 +264,20 @@ def _pass_row(q: Question, kind: str, text: str, split: str, name: str | None) -
 
 def _split_rows(bank_split: BankSplit, split: str, n: int, pass_fraction: float, kinds: Sequence[str],
                 rng: random.Random, taken_names: set[str], seen: set[str],
-                relations: Sequence[str] = BASIC_RELATIONS) -> list[dict[str, Any]]:
+                relations: Sequence[str] = BASIC_RELATIONS,
+                made_elsewhere: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Rows of one split; ``seen`` holds every prompt made so far in ANY split (corruptions of
-    different templates can collapse to the same garbled text, which must not straddle splits)."""
-    n_pass = round(n * pass_fraction)
+    different templates can collapse to the same garbled text, which must not straddle splits).
+
+    ``kinds`` are corruption kinds; ``made_elsewhere`` are `<PASS>` rows of this split made
+    already (the unanswerable kinds'): the corruptions make the rest of the `<PASS>` share."""
+    n_answerable = n - round(n * pass_fraction)
+    n_pass = round(n * pass_fraction) - len(made_elsewhere)
+    if n_pass > 0 and not kinds:
+        raise ValueError(f"{split}: the unanswerable kinds made only {len(made_elsewhere)} distinct questions for "
+                         f"{n_pass + len(made_elsewhere)} <PASS> rows; add a corruption kind or ask for fewer rows")
     rows = [_answerable_row(q, split)
-            for q in sample_questions(bank_split, n - n_pass, rng, relations=relations, exclude=seen)]
+            for q in sample_questions(bank_split, n_answerable, rng, relations=relations, exclude=seen)]
     seen |= {r["prompt"] for r in rows}
     # Corruptions collapse (every "What is the capital of ?" is the same text), so draw spare
     # sources and, in small splits, corrupt the same question more than once.
@@ -283,31 +304,60 @@ def _split_rows(bank_split: BankSplit, split: str, n: int, pass_fraction: float,
         made += 1
     if made < n_pass:
         raise ValueError(f"{split}: only {made} distinct corrupted questions for {n_pass} requested; ask for fewer rows")
+    rows += made_elsewhere
     rng.shuffle(rows)
     return rows
+
+
+def _kind_list(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{name} must be a list of kinds, got {value!r}")
+    unknown = sorted(set(value) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown kinds {unknown} in {name}; choose from {list(KINDS)}")
+    return tuple(value)
+
+
+def _check_sizes(sizes: Mapping[str, Any], pass_fraction: Any) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "n_train" else 0):
+            raise ValueError(f"{name} must be a whole number >= {1 if name == 'n_train' else 0}, got {value!r}")
+    if isinstance(pass_fraction, bool) or not isinstance(pass_fraction, (int, float)) or not 0 <= pass_fraction <= 1:
+        raise ValueError(f"pass_fraction must be a number from 0 to 1, got {pass_fraction!r}")
 
 
 def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, n_test: int = 200,
                     pass_fraction: float = 0.5, train_kinds: Sequence[str] = TRAIN_KINDS,
                     test_only_kinds: Sequence[str] = TEST_ONLY_KINDS, relations: str | Sequence[str] = "basic",
-                    read_rows: int = 0) -> dict[str, list[dict[str, Any]]]:
+                    read_rows: int = 0, heldout_relations: str | Sequence[str] | None = None,
+                    ) -> dict[str, list[dict[str, Any]]]:
     """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
 
     Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
     Train and validation use ``train_kinds``; test uses those plus ``test_only_kinds``.
+    Kinds are the corruptions (``ALL_KINDS``) and the unanswerable-but-well-formed kinds
+    (``UNANSWERABLE_KINDS``: future events, private facts, false premises, category
+    errors, missing referents); the `<PASS>` rows of a split are shared evenly among
+    its kinds, and a kind whose pool runs short leaves the rest to the corruptions.
     ``relations``: "basic" (capitals, small arithmetic, everyday facts), "all" (adds
     two-digit sums, bigger times tables and dates: the know-check pool), or a list.
     ``read_rows`` adds that many READ rows to train (``read_training_rows``).
+    ``heldout_relations`` ("all" or a list of ``HELDOUT_RELATIONS``) adds the split
+    ``test_heldout_relations``: answerable questions of relations no other split uses.
     """
-    unknown = (set(train_kinds) | set(test_only_kinds)) - set(ALL_KINDS)
-    if unknown:
-        raise ValueError(f"unknown corruption kinds {sorted(unknown)}; choose from {ALL_KINDS}")
+    train_kinds = _kind_list("train_kinds", train_kinds)
+    test_only_kinds = _kind_list("test_only_kinds", test_only_kinds)
     if set(train_kinds) & set(test_only_kinds):
         raise ValueError("test_only_kinds must not also be training kinds")
-    relations = {"basic": BASIC_RELATIONS, "all": ALL_RELATIONS}.get(relations, relations) \
-        if isinstance(relations, str) else tuple(relations)
-    if isinstance(relations, str) or set(relations) - set(ALL_RELATIONS):
+    _check_sizes({"n_train": n_train, "n_validation": n_validation, "n_test": n_test, "read_rows": read_rows},
+                 pass_fraction)
+    if isinstance(relations, str):
+        relations = {"basic": BASIC_RELATIONS, "all": ALL_RELATIONS}.get(relations, relations)
+    elif isinstance(relations, Sequence):
+        relations = tuple(relations)
+    if isinstance(relations, str) or not isinstance(relations, tuple) or set(relations) - set(ALL_RELATIONS):
         raise ValueError(f"relations must be 'basic', 'all' or a list drawn from {ALL_RELATIONS}, got {relations!r}")
+    held_relations = resolve_heldout_relations(heldout_relations)
     bank = split_bank(seed)
     taken: set[str] = set()
     seen: set[str] = set()
@@ -315,19 +365,33 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     out = {}
     for split in SPLITS:
         kinds = tuple(train_kinds) + (tuple(test_only_kinds) if split == "test" else ())
+        n_pass = round(sizes[split] * pass_fraction)
+        # The unanswerable kinds take their even share of the <PASS> rows first, each from its own seeded pool.
+        made = [row for i, kind in enumerate(kinds) if kind in UNANSWERABLE_KINDS
+                for row in kind_rows(kind, split, len(range(i, n_pass, len(kinds))), seed, bank, seen,
+                                     whole=kind in test_only_kinds)]
         rng = random.Random(f"tokengraft-pass:{seed}:{split}")
-        out[split] = _split_rows(bank[split], split, sizes[split], pass_fraction, kinds, rng, taken, seen, relations)
+        out[split] = _split_rows(bank[split], split, sizes[split], pass_fraction,
+                                 [k for k in kinds if k not in UNANSWERABLE_KINDS], rng, taken, seen, relations, made)
     if read_rows:
         out["train"] += read_training_rows(bank["train"], read_rows, random.Random(f"tokengraft-read-train:{seed}"))
+    if held_relations:
+        out[HELDOUT_SPLIT] = heldout_relation_rows(seed, held_relations)
     return out
 
 
 def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-    """Assert no entity / template / prompt overlap, and test kinds that training never saw."""
-    check_disjoint(splits)
+    """Assert no entity / template / prompt overlap, test kinds that training never saw, and held-out
+    relations (``test_heldout_relations``) that no other split asks about."""
+    check_disjoint(splits, held_out=("validation", "test", HELDOUT_SPLIT))
     train_kinds = {r["kind"] for r in splits["train"]}
     assert {r["kind"] for r in splits["validation"]} <= train_kinds, "validation has a kind training lacks"
     assert {r["kind"] for r in splits["test"]} - train_kinds, "test has no corruption kind unseen in training"
+    for split in SPLITS:
+        stray = {r.get("relation") for r in splits[split]} & set(HELDOUT_RELATIONS)
+        assert not stray, f"{split} asks about the held-out relation {sorted(stray)[0]!r}"
+    assert all(r["relation"] in HELDOUT_RELATIONS for r in splits.get(HELDOUT_SPLIT, ())), \
+        f"{HELDOUT_SPLIT} holds a relation that is not held out"
 
 
 # ----------------------------------------------------------------------------- know-check
@@ -335,10 +399,11 @@ def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
 
 def is_correct(answer: str, row: Mapping[str, Any]) -> bool:
     """Does ``answer`` answer the row's question? `<PASS>` never does; otherwise the gold or an alias
-    must occur as whole words (case, accents and punctuation ignored)."""
+    must occur as whole words (accents and punctuation ignored; case too, except for chemical symbols)."""
     if answer.strip().startswith(PASS_TOKEN) or not row.get("gold"):
         return False
-    return answer_matches(answer, row["gold"], row.get("aliases", ()), any_number=row.get("relation") == "year")
+    return answer_matches(answer, row["gold"], row.get("aliases", ()), any_number=row.get("relation") == "year",
+                          case_sensitive=row.get("relation") in CASE_SENSITIVE_RELATIONS)
 
 
 def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callable[[list[str]], list[str]], *,
@@ -463,12 +528,23 @@ def score_read_probe(rows: Sequence[Mapping[str, Any]], generated: Sequence[str]
 # ----------------------------------------------------------------------------- the task
 
 
+# The options `generate_splits` takes from data.generate_options (the seed comes from the recipe).
+GENERATE_OPTIONS: tuple[str, ...] = tuple(p for p in inspect.signature(generate_splits).parameters if p != "seed")
+
+
 def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_start: bool = False) -> Generated:
     """The registry's generator: `generate_splits` with ``data.generate_options``."""
     for moved in ("know_check", "self_answers"):
         if moved in options:
             raise TokengraftError(f"data.generate_options.{moved} moved to data.{moved} (it labels given files too)")
-    return Generated(generate_splits(seed=seed, **options))
+    unknown = sorted(set(options) - set(GENERATE_OPTIONS))
+    if unknown:
+        raise TokengraftError(f"data.generate_options has {unknown[0]!r}, which the pass task does not know; use "
+                              f"{', '.join(GENERATE_OPTIONS)}")
+    try:
+        return Generated(generate_splits(seed=seed, **options))
+    except ValueError as exc:
+        raise TokengraftError(f"data.generate_options: {exc}") from None
 
 
 register_task(Task(

@@ -1,0 +1,208 @@
+"""`<PASS>` data beyond corrupted questions (issue 19): unanswerable kinds, held-out kinds and relations.
+
+No model: the generators, their splits, the grading of held-out relations and the option errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tokengraft.config import load_recipe
+from tokengraft.errors import TokengraftError
+from tokengraft.tasks import get_task
+from tokengraft.tasks import pass_data as P
+from tokengraft.tasks.bank import ALL_RELATIONS, bank_entities, split_bank
+from tokengraft.tasks.heldout_relations import (HELDOUT_RELATIONS, HELDOUT_SPLIT, heldout_entities,
+                                                load_heldout_facts)
+from tokengraft.tasks.metrics import pass_metrics
+from tokengraft.tasks.splits import SPLITS, check_disjoint
+from tokengraft.tasks.unanswerable import FAMILIES, UNANSWERABLE_KINDS, load_deeds, split_families
+
+TRAINED_NEW = ("future_event", "private_fact", "category_error")
+HELD_NEW = ("false_premise", "missing_referent")
+OPTIONS = dict(n_train=240, n_validation=80, n_test=200, pass_fraction=0.5,
+               train_kinds=P.TRAIN_KINDS + TRAINED_NEW, test_only_kinds=P.TEST_ONLY_KINDS + HELD_NEW,
+               heldout_relations="all")
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return P.generate_splits(seed=7, **OPTIONS)
+
+
+def _digest(rows) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+# sha256 of the rows generated before the new kinds existed (main at b217732): the demo's results depend on them.
+BEFORE = {
+    "defaults@0": "d34ba0e7c35c8c1e3fea04eb2fbe89bee286eb9f4843313d5ff43c6a2439cc78",
+    "pass.yaml@42": "0da72deaf977d1ca4c3b3abde2539af1454118333fec3a7eb8d725d5a5933982",
+}
+
+
+def test_default_rows_are_unchanged_by_the_new_options():
+    assert _digest(P.generate_splits(seed=0)) == BEFORE["defaults@0"]
+    pass_yaml = dict(n_train=700, n_validation=150, n_test=300, pass_fraction=0.3, relations="all", read_rows=84)
+    assert _digest(P.generate_splits(seed=42, **pass_yaml)) == BEFORE["pass.yaml@42"]
+
+
+def test_every_kind_is_generated_where_it_belongs(splits):
+    P.check_splits(splits)
+    kinds = {s: {r["kind"] for r in rows} for s, rows in splits.items()}
+    assert kinds["train"] == kinds["validation"] == {"answerable", *P.TRAIN_KINDS, *TRAINED_NEW}
+    assert kinds["test"] - kinds["train"] == {*P.TEST_ONLY_KINDS, *HELD_NEW}
+    for kind in HELD_NEW:  # a held-out kind never reaches training or calibration
+        assert not any(r["kind"] == kind for s in ("train", "validation") for r in splits[s])
+    for split in SPLITS:
+        n_pass = sum(not r["answerable"] for r in splits[split])
+        assert n_pass == round(OPTIONS[f"n_{split}"] * 0.5) and len(splits[split]) == OPTIONS[f"n_{split}"]
+        for r in splits[split]:
+            if r["kind"] in UNANSWERABLE_KINDS:
+                assert r["completion"] == P.PASS_TOKEN and not r["answerable"] and r["gold"] is None
+                assert r["split"] == split and r["template"].startswith(r["kind"] + ":")
+                assert r["prompt"].endswith(("?", ".")) and "{" not in r["prompt"], r["prompt"]
+    # The <PASS> share is spread evenly: every kind of the test split has its turn.
+    per_kind = {k: sum(r["kind"] == k for r in splits["test"]) for k in kinds["test"] - {"answerable"}}
+    assert min(per_kind.values()) >= 8, per_kind
+    prompts = [r["prompt"] for rows in splits.values() for r in rows]
+    assert len(prompts) == len(set(prompts))
+
+
+def test_the_unanswerable_families_split_by_subject_and_template():
+    bank = split_bank(3)
+    for kind in UNANSWERABLE_KINDS:
+        parts = {s: split_families(3, kind, s, bank) for s in SPLITS}
+        whole = split_families(3, kind, "test", bank, whole=True)
+        for i, family in enumerate(f for f in FAMILIES if f.kind == kind):
+            subjects = [{x.key for x in parts[s][i].subjects} for s in SPLITS]
+            templates = [set(parts[s][i].templates) for s in SPLITS]
+            for a in range(3):
+                assert subjects[a] and templates[a], (kind, family.name)
+                for b in range(a + 1, 3):
+                    assert not subjects[a] & subjects[b] and not templates[a] & templates[b], (kind, family.name)
+            assert set().union(*templates) == set(range(len(family.templates))) == set(whole[i].templates)
+            if family.bank_relation is None:
+                assert set().union(*subjects) == {x.key for x in family.subjects} == {x.key for x in whole[i].subjects}
+            else:  # bank-built false premises keep to the bank's split: a test country stays in test
+                for s, keys in zip(SPLITS, subjects):
+                    assert keys == {e.key for e in bank[s].entities[family.bank_relation]}
+                assert {x.key for x in whole[i].subjects} == subjects[2]
+
+
+def test_false_premises_pair_a_real_subject_with_an_attribute_it_lacks(splits):
+    rows = [r for r in splits["test"] if r["kind"] == "false_premise"]
+    assert {r["family"] for r in rows} == {"deed", "capital", "count", "year"}
+    deeds = dict(load_deeds())
+    golds = {e.key: e for rel in ("capital", "count", "year") for e in bank_entities(rel)}
+    for r in rows:
+        if r["family"] == "deed":
+            person = r["entity"].split(":", 2)[2]
+            assert person in r["prompt"] and deeds[person] not in r["prompt"]
+            assert any(d in r["prompt"] for p, d in deeds.items() if p != person)
+        else:
+            entity = golds[r["entity"]]
+            if r["family"] == "capital":
+                assert not re.search(rf"\b{re.escape(entity.gold)}\b", r["prompt"]), r["prompt"]
+            else:
+                assert entity.gold not in re.findall(r"\d+", r["prompt"]), r["prompt"]
+
+
+def test_generation_is_deterministic_for_a_seed(splits):
+    assert P.generate_splits(seed=7, **OPTIONS) == splits
+    other = P.generate_splits(seed=8, **OPTIONS)
+    new = lambda s: [r["prompt"] for r in s["train"] if r["kind"] in UNANSWERABLE_KINDS]  # noqa: E731
+    assert new(other) != new(splits)
+
+
+def test_held_out_relations_are_a_split_of_their_own(splits):
+    rows = splits[HELDOUT_SPLIT]
+    assert {r["relation"] for r in rows} == set(HELDOUT_RELATIONS) and not set(HELDOUT_RELATIONS) & set(ALL_RELATIONS)
+    assert len(rows) == len(load_heldout_facts()) and all(15 <= len(heldout_entities(r)) <= 30 for r in HELDOUT_RELATIONS)
+    for r in rows:
+        assert r["answerable"] and r["kind"] == "answerable" and r["split"] == HELDOUT_SPLIT
+        assert P.is_correct(r["completion"], r), r
+    check_disjoint(splits, held_out=("validation", "test", HELDOUT_SPLIT))
+    # No training or validation text names a book or an element the held-out split asks about.
+    trained = " ".join(r.get("source_question") or r["prompt"] for s in ("train", "validation") for r in splits[s])
+    for fact in load_heldout_facts():
+        if fact["relation"] in ("author", "chemical_symbol"):
+            assert not re.search(rf"\b{re.escape(fact['slot'])}\b", trained, re.I), fact
+    # Only the held-out split: without the option there is none, and a subset asks only those relations.
+    assert HELDOUT_SPLIT not in P.generate_splits(seed=7, n_train=20, n_validation=10, n_test=10)
+    subset = P.generate_splits(seed=7, n_train=20, n_validation=10, n_test=10, heldout_relations=["author", "shape"])
+    assert {r["relation"] for r in subset[HELDOUT_SPLIT]} == {"author", "shape"}
+    assert sorted(map(json.dumps, subset[HELDOUT_SPLIT])) == \
+        sorted(json.dumps(r) for r in rows if r["relation"] in ("author", "shape"))
+
+
+def test_held_out_answers_are_graded_with_aliases_and_case_for_symbols(splits):
+    by_key = {r["entity"]: r for r in splits[HELDOUT_SPLIT]}
+    gold, helium = by_key["chemical_symbol:gold"], by_key["chemical_symbol:helium"]
+    assert P.is_correct("Au", gold) and P.is_correct("The chemical symbol for gold is Au.", gold)
+    assert not P.is_correct("Ag.", gold) and not P.is_correct("gold", gold) and not P.is_correct("AU", gold)
+    assert P.is_correct("He.", helium) and not P.is_correct("I think he knows.", helium)
+    assert P.is_correct("Shakespeare.", by_key["author:Hamlet"])
+    assert not P.is_correct("Christopher Marlowe.", by_key["author:Hamlet"])
+    assert P.is_correct("It uses pounds.", by_key["currency:the United Kingdom"])
+    assert P.is_correct("Water boils at 100 degrees Celsius.", by_key["science:the boiling point of water in degrees Celsius"])
+    assert P.is_correct("Kenya is in Africa.", by_key["continent:Kenya"])
+    assert not P.is_correct("Kenya.", by_key["continent:Kenya"])  # the issue's lost answer
+    assert not P.is_correct("South America", by_key["continent:Canada"])
+    assert P.is_correct("The Eiffel Tower is in France.", by_key["landmark:the Eiffel Tower"])
+    assert P.is_correct("A hexagon.", by_key["shape:six sides"])
+    assert P.is_correct("German", by_key["language:Austria"]) and not P.is_correct("<PASS>", by_key["language:Austria"])
+
+
+def test_a_split_of_new_kinds_only_and_its_limit():
+    only = P.generate_splits(seed=1, n_train=40, n_validation=10, n_test=20, train_kinds=("private_fact",),
+                             test_only_kinds=("category_error",))
+    assert {r["kind"] for r in only["train"]} == {"answerable", "private_fact"}
+    assert {r["kind"] for r in only["test"]} == {"answerable", "private_fact", "category_error"}
+    with pytest.raises(ValueError, match="add a corruption kind or ask for fewer rows"):
+        P.generate_splits(seed=1, n_train=40, n_validation=400, n_test=20, train_kinds=("private_fact",),
+                          test_only_kinds=())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"train_kinds": ["char_noise", "typo"]}, "unknown kinds ['typo'] in train_kinds"),
+    ({"test_only_kinds": "false_premise"}, "test_only_kinds must be a list of kinds"),
+    ({"train_kinds": ["future_event"], "test_only_kinds": ["future_event"]}, "must not also be training kinds"),
+    ({"heldout_relations": "chemistry"}, "heldout_relations must be 'all', 'none' or a list"),
+    ({"heldout_relations": ["author", "planets"]}, "heldout_relations must be"),
+    ({"relations": ["author"]}, "relations must be 'basic', 'all' or a list"),
+    ({"n_train": "many"}, "n_train must be a whole number"),
+    ({"pass_fraction": 2}, "pass_fraction must be a number from 0 to 1"),
+    ({"unanswerable_kinds": ["future_event"]}, "'unanswerable_kinds', which the pass task does not know"),
+])
+def test_bad_options_are_one_clear_error(options, message):
+    with pytest.raises(TokengraftError) as err:
+        get_task("pass").generate(seed=0, options={"n_train": 20, "n_validation": 10, "n_test": 10, **options})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_generalise_recipe_trains_new_kinds_and_holds_others_out():
+    recipe = load_recipe(CONFIGS / "pass_generalise.yaml")
+    options = recipe.data.generate_options
+    trained, held = set(options["train_kinds"]), set(options["test_only_kinds"])
+    assert trained & set(UNANSWERABLE_KINDS) and held & set(UNANSWERABLE_KINDS) and not trained & held
+    assert trained | held >= set(UNANSWERABLE_KINDS) and options["heldout_relations"] == "all"
+    small = {**options, "n_train": 60, "n_validation": 20, "n_test": 60, "read_rows": 4}
+    generated = get_task("pass").generate(seed=recipe.seed, options=small).splits
+    P.check_splits(generated)
+    assert set(generated) == {*SPLITS, HELDOUT_SPLIT}
+
+
+def test_recall_is_reported_for_every_kind_of_the_test_split(splits):
+    """`pass_recall_by_kind` (tokengraft eval --json) needs nothing more than the rows' ``kind``."""
+    passed = ("future_event", "missing_referent", "char_noise")
+    records = [{**r, "generated": P.PASS_TOKEN if r["kind"] in passed else "Paris."} for r in splits["test"]]
+    by_kind = pass_metrics(records)["pass_recall_by_kind"]
+    assert set(by_kind) == {r["kind"] for r in splits["test"]} - {"answerable"}
+    assert {k for k, v in by_kind.items() if v == 1.0} == set(passed) and all(v in (0.0, 1.0) for v in by_kind.values())
