@@ -128,6 +128,8 @@ def test_held_out_relations_are_a_split_of_their_own(splits):
     for r in rows:
         assert r["answerable"] and r["kind"] == "answerable" and r["split"] == HELDOUT_SPLIT
         assert P.is_correct(r["completion"], r), r
+        # Echoing the question never answers it ("On which continent is Kenya?" -> "Kenya.").
+        assert not P.is_correct(r["prompt"], r), r
     check_disjoint(splits, held_out=("validation", "test", HELDOUT_SPLIT))
     # No training or validation text names a book or an element the held-out split asks about.
     trained = " ".join(r.get("source_question") or r["prompt"] for s in ("train", "validation") for r in splits[s])
@@ -156,6 +158,7 @@ def test_held_out_answers_are_graded_with_aliases_and_case_for_symbols(splits):
     assert not P.is_correct("Kenya.", by_key["continent:Kenya"])  # the lost answer
     assert not P.is_correct("South America", by_key["continent:Canada"])
     assert P.is_correct("The Eiffel Tower is in France.", by_key["landmark:the Eiffel Tower"])
+    assert P.is_correct("It is in San Francisco, California, United States.", by_key["landmark:the Golden Gate Bridge"])
     assert P.is_correct("A hexagon.", by_key["shape:six sides"])
     assert P.is_correct("German", by_key["language:Austria"]) and not P.is_correct("<PASS>", by_key["language:Austria"])
 

@@ -99,9 +99,14 @@ def heldout_entities(relation: str) -> list[Entity]:
     """Every fact of one held-out relation as a bank `Entity` (key ``relation:slot``), in table order."""
     if relation not in HELDOUT_TEMPLATES:
         raise ValueError(f"unknown held-out relation {relation!r}; choose from {HELDOUT_RELATIONS}")
-    return [Entity(relation, f"{relation}:{f['slot']}", [{"slot": f["slot"]}], f["gold"],
-                   gold_aliases(f["gold"], f["aliases"]), {"slot": f["slot"]})
-            for f in load_heldout_facts() if f["relation"] == relation]
+    out = []
+    for f in load_heldout_facts():
+        if f["relation"] == relation:
+            # "the United States": an answer without the article ("... in California, United States") is right too.
+            bare = [f["gold"][4:]] if f["gold"].lower().startswith("the ") else []
+            out.append(Entity(relation, f"{relation}:{f['slot']}", [{"slot": f["slot"]}], f["gold"],
+                              gold_aliases(f["gold"], list(dict.fromkeys(bare + f["aliases"]))), {"slot": f["slot"]}))
+    return out
 
 
 def resolve_heldout_relations(value: Any) -> tuple[str, ...]:
