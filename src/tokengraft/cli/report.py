@@ -6,6 +6,8 @@ from typing import Any
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
@@ -27,6 +29,19 @@ def metrics_table(result: dict[str, Any]) -> str:
     if result.get("pass_recall_by_kind"):
         lines += ["", "PASS recall by corruption kind:"]
         lines += [f"  {k:<20} {_fmt(v)}" for k, v in result["pass_recall_by_kind"].items()]
+    splits = result.get("splits") or {}
+    if len(splits) > 1:
+        keys = ("n_answerable", "clean_accuracy", "base_clean_accuracy", "false_pass_rate", "pass_recall")
+        lines += ["", "held-out splits: " + " / ".join(keys)]
+        lines += [f"  {name:<20} " + " / ".join(_fmt(m.get(k)) for k in keys)
+                  for name, m in splits.items()]
+    if result.get("error_detection"):
+        lines += ["", "finding the base model's wrong answers (answerable rows): AUROC (higher is better) / "
+                  "AURC (lower is better)"]
+        for name, d in result["error_detection"].items():
+            scores = " | ".join(f"{score} {_fmt(v['auroc'])} / {_fmt(v['aurc'])}"
+                                for score, v in d.items() if isinstance(v, dict))
+            lines.append(f"  {name} ({d['base_errors']}/{d['n']} wrong): {scores}")
     if result.get("examples"):
         lines += ["", "examples:"]
         for ex in result["examples"]:

@@ -19,10 +19,10 @@ from tokengraft.answer_cache import base_answers
 from tokengraft.config import Recipe
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.errors import TokengraftError
-from tokengraft.generation import generate_batch, uses_generate
+from tokengraft.generation import answer_probabilities, generate_batch, uses_generate
 from tokengraft.models import load_tokenizer
-from tokengraft.rundir import (load_base, load_graft, read_graft_meta, read_run_recipe, split_file, update_graft_meta,
-                               write_metrics)
+from tokengraft.rundir import (data_dir, load_base, load_graft, read_graft_meta, read_run_recipe, split_file,
+                               update_graft_meta, write_metrics)
 from tokengraft.tasks import metrics, read_jsonl
 from tokengraft.tasks.pass_data import is_correct, read_probe_rows, score_read_probe
 from tokengraft.timing import phase
@@ -94,12 +94,42 @@ def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe:
     return records
 
 
+def base_greedy_answers(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> list[dict[str, Any]]:
+    """The base model's greedy answers (``text``, ``ids``) with the decoding its training answers used (cached)."""
+    return base_answers(base_model, tokenizer, [r["prompt"] for r in rows],
+                        max_new_tokens=max(48, recipe.eval.max_new_tokens), system=recipe.data.system,
+                        batch_size=recipe.eval.batch_size, desc="base model: answers")
+
+
 def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe) -> list[bool]:
     """Whether the base model answers each row right, with the decoding its training answers used (cached)."""
-    answers = base_answers(base_model, tokenizer, [r["prompt"] for r in rows],
-                           max_new_tokens=max(48, recipe.eval.max_new_tokens), system=recipe.data.system,
-                           batch_size=recipe.eval.batch_size, desc="base model: answers")
-    return [is_correct(a["text"], r) for a, r in zip(answers, rows)]
+    return [is_correct(a["text"], r) for a, r in zip(base_greedy_answers(base_model, tokenizer, rows, recipe), rows)]
+
+
+def add_base_answers(records: list[dict[str, Any]], base_model: Any, tokenizer: Any, recipe: Recipe) -> None:
+    """Give each answerable record the base model's greedy answer, whether it is right (``base_correct``) and how
+    sure the base model was of it (``base_first_max``, ``base_token_probs``: metrics.error_scores).
+
+    The answers come from the answers cache; their probabilities from one forward of the base
+    model over prompt + answer (generation.answer_probabilities), so the cache keeps storing text."""
+    rows = [r for r in records if r["answerable"]]
+    if not rows:
+        return
+    answers = base_greedy_answers(base_model, tokenizer, rows, recipe)
+    with phase("base model: answer probabilities"):
+        probs = answer_probabilities(base_model, tokenizer, [r["prompt"] for r in rows], [a["ids"] for a in answers],
+                                     system=recipe.data.system, batch_size=recipe.eval.batch_size)
+    for record, answer, p in zip(rows, answers, probs):
+        record.update(base_answer=answer["text"], base_correct=is_correct(answer["text"], record),
+                      base_first_max=p["first_max"], base_token_probs=p["token_probs"])
+
+
+def eval_splits(run: Path) -> list[str]:
+    """The held-out splits a pass run is scored on: ``test`` first, then every other split file of the
+    run's data (e.g. a split of relations never trained on), by name; never train or validation
+    (validation calibrates the <PASS> bias)."""
+    names = sorted(p.stem for p in data_dir(run).glob("*.jsonl") if p.stem not in ("train", "validation", "test"))
+    return ["test", *names]
 
 
 def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe) -> float:
@@ -122,20 +152,56 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
     return bias
 
 
+SPLIT_KEYS = ("n_answerable", "n_unanswerable", "clean_accuracy", "base_clean_accuracy", "pass_recall",
+              "pass_recall_by_kind", "false_pass_rate", "coverage", "selective_accuracy", "wrong_answer_rate", "aurc")
+"""What each held-out split reports (``result["splits"][name]``) beside its error detection."""
+
+
+def score_pass_split(model: Any, tokenizer: Any, base_model: Any, rows: list[dict[str, Any]], recipe: Recipe, *,
+                     pass_bias: float | None, name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One split's records (tuned model, and the base model's answers when it is loaded) and metrics:
+    pass_metrics, ``base_clean_accuracy`` and ``error_detection`` (metrics.error_detection)."""
+    with phase(f"tuned model: {name}"):
+        records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias, desc=f"tuned model ({name})")
+    result: dict[str, Any] = {}
+    answerable = [r for r in records if r["answerable"]]
+    if base_model is not None and answerable:
+        with phase(f"base model: {name}"):
+            add_base_answers(records, base_model, tokenizer, recipe)
+        result["base_clean_accuracy"] = sum(r["base_correct"] for r in answerable) / len(answerable)
+    result.update(metrics.pass_metrics(records))
+    if base_model is not None and answerable:
+        result["error_detection"] = metrics.error_detection(records)
+    return records, result
+
+
+def _scoreable(rows: list[dict[str, Any]]) -> bool:
+    return bool(rows) and all("prompt" in r and isinstance(r.get("answerable"), bool) for r in rows)
+
+
 def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe, *,
                   limit: int | None = None, pass_bias: float | None = None) -> dict[str, Any]:
+    """The test split's metrics at the top level (as always), every held-out split's (``eval_splits``) under
+    ``splits``, and the error detection of each split under ``error_detection`` (by split name)."""
     rows = _split_rows(run, "test")[:limit]
-    with phase("tuned model: test"):
-        records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias)
-    answerable = [r for r in records if r["answerable"]]
-    result: dict[str, Any] = {}
-    if base_model is not None and answerable:
-        with phase("base model: test"):
-            for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
-                record["base_correct"] = right
-        result["base_clean_accuracy"] = sum(r["base_correct"] for r in answerable) / len(answerable)
-    result.update({k: v for k, v in metrics.pass_metrics(records).items()})
-    result["aurc"] = metrics.aurc(records)
+    records, result = score_pass_split(model, tokenizer, base_model, rows, recipe, pass_bias=pass_bias, name="test")
+    splits: dict[str, Any] = {"test": {k: result.get(k) for k in SPLIT_KEYS}}
+    detection: dict[str, Any] = {}
+    if "error_detection" in result:
+        detection["test"] = result.pop("error_detection")
+    for name in eval_splits(run)[1:]:
+        extra = read_jsonl(split_file(run, name))[:limit]
+        if not _scoreable(extra):
+            continue  # not <PASS> question rows (another tool's file in data/)
+        _, split_result = score_pass_split(model, tokenizer, base_model, extra, recipe, pass_bias=pass_bias, name=name)
+        if "error_detection" in split_result:
+            detection[name] = split_result.pop("error_detection")
+        splits[name] = {k: split_result.get(k) for k in SPLIT_KEYS}
+    result["splits"] = splits
+    if detection:
+        result["error_detection"] = detection
+        for score in metrics.ERROR_SCORES:  # flat keys for the test split: compare's and the report's columns
+            result[f"error_auroc_{score}"] = detection.get("test", {}).get(score, {}).get("auroc")
     result["pass_bias"] = pass_bias or 0.0
     result["sweep"] = bias_sweep(records)
     probe_rows = read_probe_rows(seed=recipe.seed)

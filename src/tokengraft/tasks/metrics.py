@@ -139,6 +139,105 @@ def aurc_optimal(records: Sequence[Record]) -> float | None:
     return _aurc_from(-err.astype(float), err)
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values`` in ascending order; tied values share the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j < len(values) and sorted_values[j] == sorted_values[i]:
+            j += 1
+        ranks[order[i:j]] = (i + j + 1) / 2  # mean of the ranks i+1 .. j
+        i = j
+    return ranks
+
+
+def _scored(scores: Sequence[float], labels: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise TokengraftError(f"need one score per label; got {s.shape} scores and {y.shape} labels")
+    if not np.all(np.isfinite(s)):
+        raise TokengraftError("error-detection scores must be finite numbers")
+    return s, y
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve of ``scores`` (higher = more likely positive) for the boolean ``labels``.
+
+    The Mann-Whitney form: the chance that a random positive scores above a random
+    negative, a tie counting one half (average ranks), so it does not depend on the
+    order of the rows. None when either class is empty (the area is undefined).
+    """
+    s, y = _scored(scores, labels)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = average_ranks(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def risk_coverage_area(scores: Sequence[float], errors: Sequence[bool]) -> float | None:
+    """AURC when rows are kept least-suspect first: ``scores`` say how likely each row is an error
+    (higher = dropped first), ``errors`` whether it is one. Mean selective risk over coverages
+    1/n..n/n, ties split evenly; lower is better, the error rate is what a random order gets on
+    average, and ``aurc_optimal`` style oracles the floor. None without rows."""
+    s, y = _scored(scores, errors)
+    if len(s) == 0:
+        return None
+    return _aurc_from(-s, y)
+
+
+ERROR_SCORES: dict[str, str] = {
+    "p_pass": "p(<PASS>) of the tuned model at the first answer position (raw: before any calibrated bias)",
+    "max_softmax": "1 - the base model's max softmax probability at its first answer token",
+    "min_token_prob": "1 - the base model's smallest token probability over its greedy answer",
+}
+"""The error-detection scores ``error_detection`` compares: the tuned model's <PASS> against the base
+model's own confidence (higher = more likely the base model's greedy answer is wrong)."""
+
+
+def error_scores(record: Record) -> dict[str, float | None]:
+    """One record's ``ERROR_SCORES`` from ``p_pass``, ``base_first_max`` and ``base_token_probs``.
+
+    An empty base answer (the model stopped at once) has no token probabilities: its
+    minimum falls back to the first-position maximum, the probability of stopping."""
+    first = record.get("base_first_max")
+    probs = record.get("base_token_probs") or ([first] if first is not None else [])
+    p_pass = record.get("p_pass")
+    return {"p_pass": None if p_pass is None else float(p_pass),
+            "max_softmax": None if first is None else 1.0 - float(first),
+            "min_token_prob": 1.0 - float(min(probs)) if probs else None}
+
+
+def error_detection(records: Sequence[Record]) -> dict[str, Any]:
+    """How well each of ``ERROR_SCORES`` finds the answerable rows the base model answers wrong.
+
+    Label: ``base_correct`` is False (rows where the base model was not asked are left
+    out). Per score: ``auroc`` (0.5 = chance, higher is better) and ``aurc`` (risk of
+    the base model's answers kept least-suspect first; lower is better) over the rows that
+    carry the score, beside ``error_rate`` (a random order's expected AURC) and
+    ``aurc_optimal`` (every error dropped first). The calibrated <PASS> bias adds a
+    constant to the <PASS> logit, which keeps the order of p(<PASS>): both areas are
+    the same with or without it.
+    """
+    rows = [r for r in records if r.get("answerable") and r.get("base_correct") is not None]
+    errors = [not r["base_correct"] for r in rows]
+    out: dict[str, Any] = {"n": len(rows), "base_errors": sum(errors),
+                           "error_rate": _rate(sum(errors), len(rows))}
+    out["aurc_optimal"] = risk_coverage_area([float(e) for e in errors], errors) if rows else None
+    scored = [error_scores(r) for r in rows]
+    for name in ERROR_SCORES:
+        pairs = [(s[name], e) for s, e in zip(scored, errors) if s[name] is not None]
+        values, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+        out[name] = {"n": len(pairs), "auroc": auroc(values, labels) if pairs else None,
+                     "aurc": risk_coverage_area(values, labels) if pairs else None}
+    return out
+
+
 def threshold_sweep(records: Sequence[Record], thresholds: Sequence[float]) -> list[dict[str, float | None]]:
     """Metrics when a row is passed iff ``p_pass >= threshold`` (instead of greedy decoding)."""
     ans = [r for r in records if r["answerable"]]
