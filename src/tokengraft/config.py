@@ -163,6 +163,11 @@ class DataConfig:
     gold; task style, a terse completion becomes the sentence of the base model's answer that gives the right answer."""
     know_check: bool = False
     """Task pass (R-Tuning): answerable training questions the base model answers wrong become <PASS> targets."""
+    drop_unknown: bool = False
+    """Task pass: answerable training questions the base model answers wrong are left out (neither their gold answer
+    nor <PASS>), so answerable rows teach nothing the model does not already know (fine-tuning on unknown facts
+    teaches a model to make answers up: Gekhman et al., 2024). With self_answers, what remains replays the base
+    model's own right answers. Excludes know_check, which turns those questions into <PASS> instead."""
 
 
 @dataclass
@@ -216,8 +221,10 @@ class TrainConfig:
     """ce: cross-entropy; idk: uncertainty-aware loss that moves mass to <PASS> (task pass only)."""
     kl_untokened: float = option(0.0, lo=0)
     """Weight of a KL(base || tuned) term at the completion tokens of training rows whose input holds none of the
-    grafted tokens (the style task's plain rows, data.generate_options.n_plain); the base distribution is the same
-    model with its LoRA switched off. Keeps untokened prompts answering like the base model. 0 = off."""
+    grafted tokens (the style task's plain rows, data.generate_options.n_plain; the pass task's answerable questions);
+    the base distribution is the same model with its LoRA switched off, and a task's answer tokens (<PASS>) are left
+    out of both sides. Keeps prompts without the new tokens answering like the base model, also on questions training
+    never asks. Needs a lora method. 0 = off."""
 
 
 @dataclass
@@ -639,6 +646,12 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if d.know_check and not task.know_check:
         raise TokengraftError("data.know_check turns questions the base model gets wrong into <PASS> rows; "
                               "it needs task: pass")
+    if d.drop_unknown and not task.know_check:
+        raise TokengraftError("data.drop_unknown leaves out answerable questions the base model gets wrong; "
+                              f"it needs task: pass (task is {recipe.task})")
+    if d.drop_unknown and d.know_check:
+        raise TokengraftError("data.drop_unknown and data.know_check both decide what the questions the base model "
+                              "gets wrong train on (left out, or <PASS>); set one of them")
     if d.self_answers and task.labeller is None:
         able = ", ".join(name for name in task_names() if get_task(name).labeller is not None)
         raise TokengraftError(f"data.self_answers relabels training rows by the base model's own answers; "

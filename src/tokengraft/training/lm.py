@@ -31,6 +31,7 @@ from tokengraft.methods.spec import unwrap_peft
 from tokengraft.models import load_model
 from tokengraft.quantization import quantized_modules, trainer_accepts
 from tokengraft.rundir import data_dir
+from tokengraft.tasks import get_task
 from tokengraft.timing import phase
 from tokengraft.training.engine import (ListDataset, LossFn, TrainResult, build_optimizer, enable_gradient_checkpointing,
                                         engine_callbacks, method_configs, quant_spec, run_and_save, start_run,
@@ -166,7 +167,9 @@ def lm_loss(g: Graft, recipe: Recipe) -> LossFn:
     objective = IdkObjective.for_graft(g) if recipe.train.objective == "idk" else None
     kl = None
     if recipe.train.kl_untokened > 0:
-        kl = UntokenedKL(recipe.train.kl_untokened, torch.tensor(sorted(g.trainable_ids), dtype=torch.long))
+        answer_ids = [g.report.ids[t] for t in get_task(recipe.task).answer_tokens if t in g.report.ids]
+        kl = UntokenedKL(recipe.train.kl_untokened, torch.tensor(sorted(g.trainable_ids), dtype=torch.long),
+                         torch.tensor(answer_ids, dtype=torch.long))
     return LMLoss(recipe.train.supervised_head_only and not uses_prefix(g), objective, kl)
 
 
@@ -175,7 +178,8 @@ def check_plain_rows(items: list[dict[str, Any]], g: Graft) -> None:
     grafted = set(g.trainable_ids)
     if not any(grafted.isdisjoint(item["input_ids"]) for item in items):
         raise TokengraftError("train.kl_untokened: every training row holds a grafted token, so the KL term would "
-                              "never apply; add rows without them (task style: data.generate_options.n_plain)")
+                              "never apply; add rows without them (task style: data.generate_options.n_plain; "
+                              "task pass: answerable questions, not all turned into <PASS> by data.know_check)")
 
 
 # ----------------------------------------------------------------------------- the recipe

@@ -63,17 +63,24 @@ class IdkObjective:
 class UntokenedKL:
     """``weight * KL(base || tuned)`` at the supervised positions of rows that hold none of ``token_ids``.
 
-    A prompt without a grafted token (no style token) should be answered as the base
-    model answers it. Cross-entropy on the base model's own greedy answer (the style
-    task's plain rows) pins only its top token; this term pulls the tuned model's whole
-    next-token distribution toward the base model's at those positions. ``reference``
-    gives the base logits at the same positions, with no gradient (lm.py: the same model
-    with its LoRA switched off). Summed over the positions and divided like the
-    cross-entropy (``num_items``), so ``weight`` is per supervised token.
+    A prompt without a grafted token should be answered as the base model answers it: the
+    style task's plain rows (no style token), the pass task's answerable rows (no <PASS> in the
+    prompt or the completion). Cross-entropy on the base model's own greedy answer pins only
+    its top token; this term pulls the tuned model's whole next-token distribution toward the
+    base model's at those positions, which keeps what LoRA changes from spreading to questions
+    training never asks. ``reference`` gives the base logits at the same positions, with no
+    gradient (lm.py: the same model with its LoRA switched off). Summed over the positions and
+    divided like the cross-entropy (``num_items``), so ``weight`` is per supervised token.
+
+    ``excluded_ids`` (the task's answer tokens, <PASS>) are left out of both distributions,
+    each renormalised over the rest: the term is about WHAT the model answers when it answers,
+    and whether to answer stays with the task's loss and the calibrated bias. Either way the
+    term is exactly 0 while the LoRA is the base function (switched off, or B = 0 at the start).
     """
 
     weight: float
     token_ids: torch.Tensor  # [k] the grafted ids (tokens.add and train_existing)
+    excluded_ids: torch.Tensor | None = None  # [j] ids outside both distributions (Task.answer_tokens)
 
     def plain_rows(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``[B]`` True where a row holds none of the grafted tokens."""
@@ -83,7 +90,12 @@ class UntokenedKL:
                  n_supervised: int) -> torch.Tensor:
         """``logits`` / ``reference``: ``[n, V]`` tuned and base logits at the same plain-row positions;
         ``n_supervised``: the batch's supervised positions (the divisor when ``num_items`` is None)."""
-        log_tuned = torch.log_softmax(logits.float(), dim=-1)
-        log_base = torch.log_softmax(reference.float(), dim=-1)
+        logits, reference = logits.float(), reference.float()
+        if self.excluded_ids is not None and self.excluded_ids.numel():
+            kept = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            kept[self.excluded_ids.to(logits.device)] = False
+            logits, reference = logits[:, kept], reference[:, kept]
+        log_tuned = torch.log_softmax(logits, dim=-1)
+        log_base = torch.log_softmax(reference, dim=-1)
         kl = (log_base.exp() * (log_base - log_tuned)).sum()
         return self.weight * kl / (num_items if num_items else max(1, n_supervised))

@@ -35,7 +35,8 @@ class PreparedData:
 
 
 def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
-    """``data.self_answers`` / ``data.know_check``: the task's labeller relabels rows by the base model's greedy answers."""
+    """``data.self_answers`` / ``data.know_check`` / ``data.drop_unknown``: the task's labeller relabels rows by the base
+    model's greedy answers (and ``drop_unknown`` leaves out those it answers wrong)."""
     labeller = get_task(recipe.task).labeller
     if labeller is None:  # config refuses this; kept for recipes built without validation
         raise TokengraftError(f"data.self_answers / data.know_check: task {recipe.task} has no rows to relabel")
@@ -48,9 +49,20 @@ def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: An
                                                     desc="base model answers the training questions")]
 
     try:
-        return labeller(rows, answer, self_answers=recipe.data.self_answers, know_check=recipe.data.know_check)
+        labelled = labeller(rows, answer, self_answers=recipe.data.self_answers, know_check=recipe.data.know_check)
     except ValueError as exc:
         raise TokengraftError(f"data.know_check / data.self_answers: {exc}") from None
+    return drop_unknown(labelled) if recipe.data.drop_unknown else labelled
+
+
+def drop_unknown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``data.drop_unknown``: the labelled rows without the answerable questions the base model answered wrong
+    (``know_check: "wrong"``); refuses to leave no answerable question at all."""
+    kept = [r for r in rows if r.get("know_check") != "wrong"]
+    if any(r.get("answerable") for r in rows) and not any(r.get("answerable") for r in kept):
+        raise TokengraftError("data.drop_unknown: the base model answers none of the answerable training questions "
+                              "right, so none would be left; turn drop_unknown off")
+    return kept
 
 
 def _complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any,
@@ -79,7 +91,7 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
             generated = get_task(recipe.task).generate(recipe.seed, recipe.data.generate_options, tokenizer,
                                                        recipe.tokens.word_start)
         splits = dict(generated.splits)
-        if recipe.data.know_check or recipe.data.self_answers:
+        if recipe.data.know_check or recipe.data.self_answers or recipe.data.drop_unknown:
             splits["train"] = _label(recipe, splits["train"], tokenizer, model)
         splits["train"] = _complete_with_base_answers(recipe, splits["train"], tokenizer, model)
         generated = dataclasses.replace(generated, splits=splits)
@@ -92,7 +104,7 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
         raise TokengraftError("data.train is not set; give a JSONL file or set data.generate: true for a built-in task")
     train_rows: list[Any] = load_examples(recipe.data.train)  # errors name file and line
     train_file = Path(recipe.data.train)
-    if recipe.data.know_check or recipe.data.self_answers:
+    if recipe.data.know_check or recipe.data.self_answers or recipe.data.drop_unknown:
         require_prompt_rows(train_rows)
         train_rows = _label(
             recipe, [{"prompt": e.prompt, "completion": e.completion, **e.meta} for e in train_rows], tokenizer, model)
