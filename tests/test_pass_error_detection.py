@@ -1,0 +1,285 @@
+"""Issue 19, the evaluation and recipe half: <PASS> against the base model's own confidence, and keeping
+general answering.
+
+- AUROC / AURC computed by hand (ties included) and the error-detection scores of pass records;
+- the base model's answer probabilities from one teacher-forced forward (generation.answer_probabilities);
+- `tokengraft eval` on a tiny pass run scores every held-out split file of the run, with error detection;
+- ``train.kl_untokened`` on the pass task (answerable rows, <PASS> left out of both sides): zero while the
+  LoRA is the base function, in the loss otherwise, and it changes what training learns;
+- ``data.drop_unknown``: checked against the recipe and leaves out what the base model answers wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny import tiny_model, tiny_tokenizer
+from tokengraft.api import load_graft, train
+from tokengraft.cli.report import metrics_table
+from tokengraft.config import recipe_from_dict, validate_recipe
+from tokengraft.core.graft import TokenSettings, graft
+from tokengraft.data import ChatFormat, Collator, encode_examples
+from tokengraft.errors import TokengraftError
+from tokengraft.evaluation.generative import eval_splits, evaluate_run
+from tokengraft.generation import answer_probabilities, generate_batch
+from tokengraft.models import load_model
+from tokengraft.tasks import metrics, read_jsonl, write_jsonl
+from tokengraft.tasks.bank import normalize_answer
+from tokengraft.training.lm import LMLoss, lm_loss
+from tokengraft.training.objectives import UntokenedKL
+from tokengraft.training.prepare import drop_unknown
+
+LORA = {"type": "lora", "targets": "attention_mlp", "r": 4, "alpha": 8, "dropout": 0.0}
+
+# ----------------------------------------------------------------------------- AUROC / AURC by hand
+
+
+def test_auroc_by_hand_with_ties_and_degenerate_cases():
+    # positives 0.9, 0.7 against negatives 0.8, 0.6: 3 of the 4 pairs ordered right
+    assert metrics.auroc([0.9, 0.8, 0.7, 0.6], [True, False, True, False]) == pytest.approx(0.75)
+    # positives 0.5, 0.1 against negatives 0.5, 0.5: two ties (1/2 each), two losses -> 1/4
+    scores, labels = [0.5, 0.5, 0.5, 0.1], [True, False, False, True]
+    assert metrics.auroc(scores, labels) == pytest.approx(0.25)
+    for seed in range(5):  # ties are split evenly: the order of the rows does not matter
+        order = list(range(4))
+        random.Random(seed).shuffle(order)
+        assert metrics.auroc([scores[i] for i in order], [labels[i] for i in order]) == pytest.approx(0.25)
+    assert metrics.auroc([0.3] * 4, [True, False, True, False]) == 0.5
+    assert metrics.auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
+    assert metrics.auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0
+    assert metrics.auroc([1, 2], [True, True]) is None and metrics.auroc([], []) is None
+    assert metrics.average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0]).numpy()).tolist() == [3.5, 1.0, 3.5, 2.0]
+    with pytest.raises(TokengraftError, match="one score per label"):
+        metrics.auroc([0.1, 0.2], [True])
+    with pytest.raises(TokengraftError, match="finite"):
+        metrics.auroc([0.1, float("nan")], [True, False])
+
+
+def test_risk_coverage_area_by_hand():
+    # kept least suspect first: 0.1 (right), 0.3 (wrong), 0.5 (right), 0.9 (wrong)
+    # risks at coverage 1..4: 0, 1/2, 1/3, 2/4
+    area = metrics.risk_coverage_area([0.9, 0.1, 0.5, 0.3], [True, False, False, True])
+    assert area == pytest.approx((0 + 1 / 2 + 1 / 3 + 2 / 4) / 4)
+    assert metrics.risk_coverage_area([0.2, 0.2], [True, False]) == pytest.approx(0.5)  # a tie: half an error each
+    assert metrics.risk_coverage_area([0.0, 1.0], [False, True]) == 0.0  # the error dropped first
+    assert metrics.risk_coverage_area([], []) is None
+
+
+def _record(right: bool | None, p_pass: float, first: float, probs: list[float], answerable: bool = True) -> dict:
+    return {"answerable": answerable, "base_correct": right, "p_pass": p_pass, "base_first_max": first,
+            "base_token_probs": probs}
+
+
+def test_error_detection_compares_p_pass_with_the_base_models_confidence():
+    records = [
+        _record(False, 0.9, 0.3, [0.3, 0.9]),    # wrong: p_pass high, the base model unsure
+        _record(False, 0.2, 0.8, [0.8, 0.1]),    # wrong: only its minimum token says so
+        _record(True, 0.4, 0.9, [0.9, 0.95]),
+        _record(True, 0.1, 0.6, []),             # an empty answer: the minimum is the first-position max
+        _record(None, 0.99, 0.1, [0.1]),         # the base model was not asked: left out
+        _record(None, 0.5, 0.5, [0.5], answerable=False),
+    ]
+    d = metrics.error_detection(records)
+    assert (d["n"], d["base_errors"], d["error_rate"]) == (4, 2, 0.5)
+    assert d["aurc_optimal"] == pytest.approx((0 + 0 + 1 / 3 + 2 / 4) / 4)
+    # p_pass: errors 0.9, 0.2 vs rights 0.4, 0.1 -> 3/4
+    assert d["p_pass"]["auroc"] == pytest.approx(0.75)
+    # max softmax: 1 - first = errors 0.7, 0.2 vs rights 0.1, 0.4 -> 3/4
+    assert d["max_softmax"]["auroc"] == pytest.approx(0.75)
+    # min token prob: 1 - min = errors 0.7, 0.9 vs rights 0.1, 0.4 -> 1
+    assert d["min_token_prob"]["auroc"] == 1.0
+    assert d["min_token_prob"]["aurc"] == pytest.approx(d["aurc_optimal"])
+    assert metrics.error_scores(records[3])["min_token_prob"] == pytest.approx(0.4)
+    assert set(d) >= set(metrics.ERROR_SCORES)
+    assert metrics.error_detection([_record(True, 0.1, 0.9, [0.9])])["p_pass"]["auroc"] is None  # one class only
+
+
+# ----------------------------------------------------------------------------- the base model's answer probabilities
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_answer_probabilities_match_a_forward_per_prompt(family):
+    model, tok = tiny_model(family), tiny_tokenizer()
+    prompts = ["What is the capital of France?", "Hi", "How many legs does a spider have?"]
+    answers = [o["ids"] for o in generate_batch(model, tok, prompts, max_new_tokens=5, batch_size=3)]
+    answers[1] = []  # no answer: only the first position is read
+    got = answer_probabilities(model, tok, prompts, answers, batch_size=2)
+    fmt = ChatFormat(tok)
+    for prompt, answer, out in zip(prompts, answers, got):
+        ids = fmt.encode_prompt(prompt)
+        with torch.no_grad():
+            probs = torch.softmax(model(input_ids=torch.tensor([ids + answer])).logits[0].float(), dim=-1)
+        expected = [float(probs[len(ids) - 1 + k, t]) for k, t in enumerate(answer)]
+        assert out["token_probs"] == pytest.approx(expected, abs=1e-5)
+        assert out["first_max"] == pytest.approx(float(probs[len(ids) - 1].max()), abs=1e-5)
+        if answer:  # greedy: the first answer token IS the most probable one
+            assert out["token_probs"][0] == pytest.approx(out["first_max"], abs=1e-5)
+    with pytest.raises(TokengraftError, match="2 answers for 3 prompts"):
+        answer_probabilities(model, tok, prompts, answers[:2])
+
+
+# ----------------------------------------------------------------------------- KL to the base on answerable rows
+
+
+def _pass_graft():
+    return graft(tiny_model("llama"), tiny_tokenizer(), TokenSettings(add=["<PASS>"], special=True), [LORA],
+                 verbose=False)
+
+
+def test_kl_on_answerable_rows_is_zero_with_the_base_function_and_leaves_pass_out():
+    g = _pass_graft()
+    pass_id = g.tokenizer.convert_tokens_to_ids("<PASS>")
+    kl = UntokenedKL(3.0, torch.tensor(sorted(g.trainable_ids)), torch.tensor([pass_id]))
+    rows = [{"prompt": "What is 2 + 2?", "completion": "4."}, {"prompt": "Wht s 2 + ?", "completion": "<PASS>"}]
+    batch = Collator(g.tokenizer)(encode_examples(rows, g.tokenizer, 128)[0])
+    assert kl.plain_rows(batch["input_ids"]).tolist() == [True, False]  # the answerable row only
+    g.model.train()
+    with_kl, without = LMLoss(True, kl=kl), LMLoss(True)
+    assert torch.equal(with_kl(g.model, batch, None)[0], without(g.model, batch, None)[0])  # LoRA B = 0
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in g.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    term = with_kl(g.model, batch, None)[0] - without(g.model, batch, None)[0]
+    assert term.item() > 0
+    with g.model.disable_adapter():  # the adapter off: the tuned model IS the reference
+        assert torch.equal(with_kl(g.model, batch, None)[0], without(g.model, batch, None)[0])
+    # <PASS> is outside both distributions: its logits change nothing
+    logits, reference = torch.randn(3, 260), torch.randn(3, 260)
+    moved = logits.clone()
+    moved[:, pass_id] += 7.0
+    assert torch.equal(kl(logits, reference, None, 3), kl(moved, reference, None, 3))
+    keep = torch.arange(260) != pass_id
+    log_t, log_b = torch.log_softmax(logits[:, keep], -1), torch.log_softmax(reference[:, keep], -1)
+    torch.testing.assert_close(kl(logits, reference, None, 3), 3.0 * (log_b.exp() * (log_b - log_t)).sum() / 3)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("pass-base")
+    tiny_model("llama", max_position_embeddings=1024).save_pretrained(directory)
+    tiny_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def _pass_recipe(model_dir: Path, *, data: dict | None = None, **train_settings):
+    raw = {"seed": 3, "task": "pass", "model": {"name": str(model_dir), "device": "cpu"},
+           "tokens": {"add": ["<PASS>"], "special": True}, "methods": [LORA],
+           "data": {"generate": True, "max_length": 128,
+                    "generate_options": {"n_train": 24, "n_validation": 10, "n_test": 12}, **(data or {})},
+           "train": {"max_steps": 3, "batch_size": 4, "save_steps": 0, "eval_steps": 0, "logging_steps": 1,
+                     "warmup_ratio": 0.0, "lr": 1e-2, **train_settings},
+           "eval": {"max_new_tokens": 4, "batch_size": 8}}
+    recipe = recipe_from_dict(raw)
+    validate_recipe(recipe)
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def pass_runs(model_dir: Path, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pass-runs")
+    for name, weight in (("plain", 0.0), ("kl", 5.0)):
+        train(_pass_recipe(model_dir, kl_untokened=weight), root / name, quiet=True)
+    return {"plain": root / "plain", "kl": root / "kl"}
+
+
+def _untrained_graft(model_dir: Path):
+    model, tok = load_model(str(model_dir), device="cpu")
+    return graft(model, tok, TokenSettings(add=["<PASS>"], special=True), [LORA], verbose=False)
+
+
+def test_the_pass_recipe_builds_the_kl_term_without_pass(model_dir: Path):
+    g = _untrained_graft(model_dir)
+    loss = lm_loss(g, _pass_recipe(model_dir, kl_untokened=1.0))
+    assert loss.kl is not None and loss.kl.weight == 1.0
+    assert loss.kl.excluded_ids.tolist() == [g.tokenizer.convert_tokens_to_ids("<PASS>")]  # the task's answer token
+    assert lm_loss(g, _pass_recipe(model_dir)).kl is None
+
+
+def test_kl_changes_what_training_learns(pass_runs):
+    def lora(run: Path) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in load_graft(run, device="cpu").model.named_parameters() if "lora_" in n}
+
+    plain, kl = lora(pass_runs["plain"]), lora(pass_runs["kl"])
+    assert plain.keys() == kl.keys() and plain
+    assert any(not torch.equal(plain[n], kl[n]) for n in plain)
+
+
+# ----------------------------------------------------------------------------- eval: every held-out split
+
+
+def _known_rows(run: Path, rows: list[dict]) -> list[dict]:
+    """Copies of ``rows`` whose gold is, for every other row, a word of the base model's own greedy answer:
+    so the base model is right on some rows and wrong on others (a random tiny model knows nothing)."""
+    meta = json.loads((run / "graft.json").read_text())
+    model, tok = load_model(meta["base_model"], device="cpu")
+    answers = generate_batch(model, tok, [r["prompt"] for r in rows], max_new_tokens=48, batch_size=8)
+    out = []
+    for i, (row, answer) in enumerate(zip(rows, answers)):
+        words = normalize_answer(answer["text"]).split()
+        gold = words[0] if (i % 2 == 0 and words) else "zzqx"
+        out.append({**row, "gold": gold, "aliases": [], "relation": "held_out_relation", "kind": "answerable",
+                    "answerable": True, "completion": gold + "."})
+    return out
+
+
+def test_eval_scores_every_held_out_split_with_error_detection(pass_runs, capsys):
+    run = pass_runs["kl"]
+    test_rows = read_jsonl(run / "data" / "test.jsonl")
+    extra = _known_rows(run, [r for r in test_rows if r["answerable"]] * 2)
+    write_jsonl(extra, run / "data" / "test_heldout_relations.jsonl")
+    write_jsonl([{"text": "not a question row"}], run / "data" / "notes.jsonl")
+    assert eval_splits(run) == ["test", "notes", "test_heldout_relations"]
+    result = evaluate_run(run, limit=8)
+    assert set(result["splits"]) == {"test", "test_heldout_relations"}  # notes.jsonl holds no question rows: skipped
+    held_out = result["splits"]["test_heldout_relations"]
+    assert held_out["n_answerable"] == 8 and held_out["pass_recall"] is None
+    assert isinstance(held_out["clean_accuracy"], float) and isinstance(held_out["base_clean_accuracy"], float)
+    assert result["splits"]["test"]["clean_accuracy"] == result["clean_accuracy"]
+    detection = result["error_detection"]["test_heldout_relations"]
+    assert 0 < detection["base_errors"] < detection["n"] == 8
+    for score in metrics.ERROR_SCORES:
+        assert 0.0 <= detection[score]["auroc"] <= 1.0 and detection[score]["aurc"] >= detection["aurc_optimal"]
+    assert "error_auroc_p_pass" in result
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["error_detection"] == result["error_detection"]
+    table = metrics_table(result)
+    assert "test_heldout_relations" in table and "finding the base model's wrong answers" in table
+
+
+# ----------------------------------------------------------------------------- data.drop_unknown
+
+
+def test_drop_unknown_leaves_out_what_the_base_model_gets_wrong():
+    rows = [{"prompt": "a", "answerable": True, "know_check": "right"},
+            {"prompt": "b", "answerable": True, "know_check": "wrong"},
+            {"prompt": "c", "answerable": False, "completion": "<PASS>"}]
+    assert [r["prompt"] for r in drop_unknown(rows)] == ["a", "c"]
+    with pytest.raises(TokengraftError, match="none would be left"):
+        drop_unknown(rows[1:])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"task": "style", "tokens": {"add": ["<STYLE_TERSE>", "<STYLE_VERBOSE>"]}}, "drop_unknown .* needs task: pass"),
+    ({"data": {"generate": True, "drop_unknown": True, "know_check": True}}, "set one of them"),
+    ({"methods": [{"type": "adapter"}], "train": {"kl_untokened": 1.0}}, "train.kl_untokened compares with"),
+])
+def test_recipe_checks_for_the_generalisation_settings(change: dict, message: str):
+    raw = {"task": "pass", "tokens": {"add": ["<PASS>"]}, "data": {"generate": True, "drop_unknown": True}}
+    raw.update(change)
+    with pytest.raises(TokengraftError, match=message):
+        validate_recipe(recipe_from_dict(raw))
+    validate_recipe(recipe_from_dict({"task": "pass", "tokens": {"add": ["<PASS>"]}, "train": {"kl_untokened": 1.0},
+                                      "data": {"generate": True, "drop_unknown": True, "self_answers": True}}))
+
+
+def test_drop_unknown_on_a_model_that_knows_nothing_says_what_to_do(model_dir: Path, tmp_path: Path):
+    recipe = _pass_recipe(model_dir, data={"drop_unknown": True})
+    with pytest.raises(TokengraftError, match="none would be left; turn drop_unknown off"):
+        train(recipe, tmp_path / "run", quiet=True)
