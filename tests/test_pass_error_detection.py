@@ -66,7 +66,7 @@ def test_risk_coverage_area_by_hand():
     area = metrics.risk_coverage_area([0.9, 0.1, 0.5, 0.3], [True, False, False, True])
     assert area == pytest.approx((0 + 1 / 2 + 1 / 3 + 2 / 4) / 4)
     assert metrics.risk_coverage_area([0.2, 0.2], [True, False]) == pytest.approx(0.5)  # a tie: half an error each
-    assert metrics.risk_coverage_area([0.0, 1.0], [False, True]) == 0.0  # the error dropped first
+    assert metrics.risk_coverage_area([0.0, 1.0], [False, True]) == 0.25  # the error kept last: risks 0, 1/2
     assert metrics.risk_coverage_area([], []) is None
 
 
