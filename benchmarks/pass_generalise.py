@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         # `python -m tokengraft` is the `tokengraft` command of this interpreter's environment
         subprocess.run([sys.executable, "-m", *command], check=True, cwd=ROOT)
     data = output / args.arms[0] / "data"
-    notes = ["Every arm trains on the first arm's generated data and seed (configs/pass_generalise.yaml's: "
-             "700 training questions, 30 % unanswerable over seven kinds, 84 READ rows; the test split adds four kinds "
-             "held out whole; a split of eight relations no other split asks; 100 steps); the base model's answers label the "
+    notes = ["Every arm trains on the first arm's generated data and seed (the default recipe's: 1000 "
+             "training questions, 30 % unanswerable over seven kinds, 120 READ rows, 150 steps in length-grouped "
+             "batches; the test split adds four kinds held out whole; a split of eight relations no other split asks); the base model's answers label the "
              "answerable training questions (self_answers) and are shared through the answers cache.",
              "Each run is evaluated by `tokengraft eval` with its own <PASS> bias calibrated on the validation split "
              "(false-PASS target 0.05); every held-out split file of the run is scored.",
