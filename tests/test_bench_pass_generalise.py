@@ -35,6 +35,11 @@ def test_the_arms_validate_and_differ_only_in_their_knob():
     assert (default.train.kl_untokened, kl.train.kl_untokened, known.train.kl_untokened) == (0.0, 1.0, 1.0)
     assert not default.data.drop_unknown and not kl.data.drop_unknown and known.data.drop_unknown
     assert default.data == kl.data and default.methods == kl.methods == known.methods
+    # the data is the issue-19 example recipe's (held-out kinds and relations), the training the demo's
+    example = load_recipe(BENCHMARKS.parent / "configs" / "pass_generalise.yaml")
+    assert default.data.generate_options == example.data.generate_options
+    assert (default.train.max_steps, default.train.group_by_length) == (example.train.max_steps,
+                                                                        example.train.group_by_length)
 
 
 def _metrics(p_pass: float, clean: float) -> dict:
