@@ -279,6 +279,22 @@ def test_cli_json_lists_every_item_and_the_exit_code_follows_the_verdict(tmp_pat
     assert "--budget 'lots' is not a size" in capsys.readouterr().err
 
 
+def test_cli_overrides_may_follow_the_flags(tmp_path: Path, capsys) -> None:
+    """`plan CONFIG --json train.batch_size=4` plans the same as `plan CONFIG train.batch_size=4 --json`."""
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": str(_tiny_dir(tmp_path)), "device": "cpu"},
+                                      "tokens": {"add": ["<A>"]}, "methods": [], "data": {"max_length": 32}}))
+    reports = []
+    for argv in (["plan", str(config), "train.batch_size=4", "--json"], ["plan", str(config), "--json", "train.batch_size=4"],
+                 ["plan", str(config), "--json"]):
+        assert main(argv) == 0
+        reports.append(json.loads(capsys.readouterr().out)["total_bytes"])
+    assert reports[0] == reports[1] != reports[2]
+    with pytest.raises(SystemExit) as stop:  # a word that is neither a flag nor key=value: argparse's own refusal
+        main(["plan", str(config), "--json", "oops"])
+    assert stop.value.code == 2 and "unrecognized arguments: oops" in capsys.readouterr().err
+
+
 def test_parse_size() -> None:
     assert parse_size("15GB") == 15 * GiB == parse_size("15GiB") == parse_size("15")
     assert parse_size("800MB") == 800 * 1024**2

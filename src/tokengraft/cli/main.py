@@ -413,7 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a command's positional overrides at its first --flag, so `train CONFIG --output RUN
+    # train.lr=1e-4` would be refused; key=value words after the flags are overrides too.
+    if extra and hasattr(args, "overrides") and all("=" in word and not word.startswith("-") for word in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        parser.parse_args(argv)  # argparse's own message for what it does not know (exits 2)
     args.argv = list(argv if argv is not None else sys.argv[1:])  # a report names the command that made it
     try:
         return int(args.handler(args) or 0)
