@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"checkpoint {_size(r['checkpoint_weights_bytes'])}", file=sys.stderr)
     given = sys.argv[1:] if argv is None else argv
     payload = {
-        "command": "TOKENGRAFT_CACHE=/tmp/tgcache python benchmarks/bench_gemma_rows.py" + "".join(f" {a}" for a in given),
+        "command": f"TOKENGRAFT_CACHE={os.environ.get('TOKENGRAFT_CACHE', '~/.cache/tokengraft')} "
+                   "python benchmarks/bench_gemma_rows.py" + "".join(f" {a}" for a in given),
         "settings": {"model": args.model, "new_tokens": args.tokens, "configs": args.configs, "heads": args.heads,
                      "steps": args.steps, "batch": args.batch, "seq": args.seq, "supervised": args.supervised,
                      "quick": args.quick, "lora": LORA, "optimizer": "AdamW (training.engine.build_optimizer)"},
