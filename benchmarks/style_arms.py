@@ -22,7 +22,7 @@ from compare_results import fmt, table, write_results  # benchmarks/ is on sys.p
 
 ROOT = Path(__file__).resolve().parent.parent
 # The first arm generates the data every arm trains on; the control (today's recipe) comes last.
-ARMS = ("style_alora", "style_rows_expand", "style_lora_kl", "style_lora_self_answers", "style_lora")
+ARMS = ("style_alora", "style_alora_self_answers", "style_rows_expand", "style_lora_kl", "style_lora_self_answers", "style_lora")
 # The targets (held-out questions, the same greedy decoding for every style).
 TARGETS: tuple[tuple[str, str, Any], ...] = (
     ("untokened_identical_rate", ">=", 0.99),
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="/tmp/style-arms", help="compare's output directory (one run per arm)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS, help="arms to run (first one "
-                        "generates the data); default: all five")
+                        "generates the data); default: all six")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "style_arms"),
                         help="results path without extension")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test pairs")

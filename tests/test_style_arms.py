@@ -365,11 +365,12 @@ def style_model_dir(tmp_path_factory) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("arm", ["alora", "rows_expand", "lora_kl_self_answers"])
+@pytest.mark.parametrize("arm", ["alora", "alora_self_answers", "rows_expand", "lora_kl_self_answers"])
 def test_style_arms_train_and_evaluate(tmp_path: Path, style_model_dir: Path, arm: str):
     lora = {"type": "lora", "targets": "attention", "r": 4, "dropout": 0.0}
     recipe = {
         "alora": lambda: _style_recipe(style_model_dir, [ALORA]),
+        "alora_self_answers": lambda: _style_recipe(style_model_dir, [ALORA], data={"self_answers": True}),
         "rows_expand": lambda: _style_recipe(style_model_dir, [], tokens={"expand": {"<STYLE_VERBOSE>": 2}}),
         "lora_kl_self_answers": lambda: _style_recipe(style_model_dir, [lora], data={"self_answers": True},
                                                       kl_untokened=1.0),
@@ -382,7 +383,7 @@ def test_style_arms_train_and_evaluate(tmp_path: Path, style_model_dir: Path, ar
     assert set(result["accuracy_by_relation"]) == {r["relation"] for r in _test_pairs(tmp_path / arm)}
     if arm != "lora_kl_self_answers":  # the base model by construction: the same greedy output, every prompt
         assert result["untokened_identical_rate"] == 1.0
-    else:
+    if arm.endswith("self_answers"):
         train_rows = [json.loads(line) for line in (tmp_path / arm / "data" / "train.jsonl").read_text().splitlines()]
         assert all("base_answer" in r for r in train_rows if r["style"] == "terse")
 
