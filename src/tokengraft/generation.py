@@ -416,7 +416,6 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
                                               system=system, desc=desc, batch_size=batch_size)]
 
 
-@torch.no_grad()
 def first_answer_states(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system: str | None = None,
                         batch_size: int = 16) -> torch.Tensor:
     """``[n, hidden]``: what the output head reads at the first answer position of each prompt.
@@ -424,21 +423,60 @@ def first_answer_states(model: Any, tokenizer: Any, prompts: Sequence[Any], *, s
     Captured by a pre-hook on the head, so it is the final-normalised hidden state in any
     family (no assumption about where the final norm lives).
     """
+    return first_answer_hidden_states(model, tokenizer, prompts, system=system, batch_size=batch_size)["final"]
+
+
+@torch.no_grad()
+def first_answer_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Any], *, layers: Sequence[int] = (),
+                               system: str | None = None, batch_size: int = 16,
+                               desc: str | None = None) -> dict[str, torch.Tensor]:
+    """Hidden states ``[n, hidden]`` (float32, CPU) at the first answer position of each prompt: the last
+    position of the prompt as generation renders it (``ChatFormat.encode_prompt``), where the model
+    chooses its first answer token.
+
+    ``"final"`` is what the output head reads (a pre-hook on the head: the final-normalised state in
+    any family), so a linear read-out of it is an output row; ``"layer_<k>"`` for each of ``layers``
+    is the residual stream after ``k`` blocks (``output_hidden_states[k]``, 1 <= k < the number of
+    blocks). Prompts are sorted by length and left-padded in batches (little padding), positions
+    follow the mask as in generation; results come back in the order of ``prompts``.
+    """
     fmt = ChatFormat(tokenizer, system=system)
     pad = pad_id(tokenizer)
     device = next(model.parameters()).device
-    captured: list[torch.Tensor] = []
+    params = inspect.signature(unwrap_peft(model).forward).parameters
+    encoded = [fmt.encode_prompt(p) for p in prompts]
+    check_prompt_lengths(model, encoded, 0)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    captured: dict[str, list[torch.Tensor]] = {"final": [], **{f"layer_{k}": [] for k in layers}}
     hook = model.get_output_embeddings().register_forward_pre_hook(
-        lambda module, args: captured.append(args[0][:, -1].float().cpu()))
+        lambda module, args: captured["final"].append(args[0][:, -1].float().cpu()))
+    size = max(1, batch_size)
     try:
-        encoded = [fmt.encode_prompt(p) for p in prompts]
-        check_prompt_lengths(model, encoded, 0)
-        for start in range(0, len(encoded), batch_size):
-            ids, mask = _left_pad(encoded[start:start + batch_size], pad)
-            model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        with tqdm(total=len(encoded), desc=desc, disable=desc is None, leave=False) as bar:
+            for start in range(0, len(encoded), size):
+                ids, mask = _left_pad([encoded[i] for i in order[start:start + size]], pad)
+                kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+                                          "use_cache": False}
+                if "position_ids" in params:  # left padding does not count, as in generation
+                    kwargs["position_ids"] = ((mask.cumsum(-1) - 1).clamp(min=0)).to(device)
+                if "logits_to_keep" in params:
+                    kwargs["logits_to_keep"] = 1
+                if layers:
+                    kwargs["output_hidden_states"] = True
+                out = model(**kwargs)
+                for k in layers:
+                    states = out.hidden_states
+                    if not 1 <= k < len(states) - 1:
+                        raise TokengraftError(f"layer {k}: this model has {len(states) - 1} blocks; "
+                                              f"choose layers from 1 to {len(states) - 2}")
+                    captured[f"layer_{k}"].append(states[k][:, -1].float().cpu())
+                bar.update(ids.shape[0])
     finally:
         hook.remove()
-    return torch.cat(captured)
+    if not encoded:
+        return {name: torch.empty(0) for name in captured}
+    back = torch.argsort(torch.tensor(order))  # sorted position of each prompt
+    return {name: torch.cat(parts)[back] for name, parts in captured.items()}
 
 
 @torch.no_grad()

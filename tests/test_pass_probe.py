@@ -1,0 +1,130 @@
+"""benchmarks/pass_probe.py: the logistic probe, its exact form as an output row, and the script end to end on a
+tiny saved model (the real run is the lead's: the built-in model on issue 19's recipe)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny import tiny_model, tiny_tokenizer
+from tokengraft.answer_cache import answer_keys
+from tokengraft.config import load_recipe
+from tokengraft.generation import first_answer_hidden_states, first_answer_states
+from tokengraft.models import fingerprint, load_model
+from tokengraft.tasks import get_task
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SIZES = ["data.generate_options.n_train=60", "data.generate_options.n_validation=30",
+         "data.generate_options.n_test=30", "data.generate_options.read_rows=0", "eval.batch_size=16"]
+
+
+def _load_script():
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports compare_results beside it
+    spec = importlib.util.spec_from_file_location("pass_probe", BENCHMARKS / "pass_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_probe_fits_and_is_exactly_an_output_row():
+    bench = _load_script()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)) * np.arange(1, 9) + 3.0  # unstandardised, off-centre features
+    y = (x[:, 0] - 3.0 + rng.normal(size=200) > 0)
+    weight, bias = bench.fit_logistic((x - x.mean(0)) / x.std(0), y, lam=0.01)
+    z = (x - x.mean(0)) / x.std(0)
+    p = 1 / (1 + np.exp(-(z @ weight + bias)))
+    assert np.abs(z.T @ (p - y) / len(y) + 0.01 * weight).max() < 1e-8  # the optimum: the gradient vanishes
+    assert abs(float(np.mean(p - y))) < 1e-8  # the unpenalised intercept
+    probe = bench.fit_probe(x[:150], y[:150], x[150:], y[150:])
+    assert set(probe.validation_auroc) == {f"{lam:g}" for lam in bench.LAMBDAS} and probe.train_auroc > 0.8
+    row, row_bias = bench.probe_as_row(probe)
+    assert np.allclose(x @ row + row_bias, probe.logits(x), rtol=0, atol=1e-9)
+    with pytest.raises(Exception, match="one class"):
+        bench.fit_probe(x, np.ones(200, dtype=bool), x, y)
+
+
+def test_hidden_states_are_what_the_head_reads_and_the_residual_stream():
+    model, tok = tiny_model("llama", seed=1, num_hidden_layers=3), tiny_tokenizer()
+    prompts = ["What is the capital of France?", "2 + 2?", "Who wrote Hamlet, the play?"]
+    states = first_answer_hidden_states(model, tok, prompts, layers=[1, 2], batch_size=2)
+    assert set(states) == {"final", "layer_1", "layer_2"} and states["final"].shape == (3, 64)
+    assert torch.equal(states["final"], first_answer_states(model, tok, prompts, batch_size=2))
+    for i, prompt in enumerate(prompts):  # one prompt alone, no padding: the same states
+        alone = first_answer_hidden_states(model, tok, [prompt], layers=[1, 2])
+        for name in states:
+            assert torch.allclose(states[name][i], alone[name][0], atol=1e-5)
+        ids = torch.tensor([tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                                    add_generation_prompt=True, return_dict=True)["input_ids"]])
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True)
+        assert torch.allclose(out.hidden_states[1][0, -1], alone["layer_1"][0], atol=1e-5)
+        head = model.get_output_embeddings()
+        assert torch.allclose(out.logits[0, -1], head(alone["final"][0]), atol=1e-4)  # "final" is what the head reads
+    with pytest.raises(Exception, match="choose layers from 1 to 2"):
+        first_answer_hidden_states(model, tok, prompts, layers=[3])
+
+
+def _seed_answers(model_dir: Path, cache: Path, recipe_overrides: list[str]) -> int:
+    """The answers cache as an earlier eval would leave it, for every other answerable question with its gold
+    answer: a random tiny model answers none right, and a probe needs both classes. The rest the tiny model
+    generates itself during the run."""
+    recipe = load_recipe(BENCHMARKS.parent / "configs" / "pass_generalise.yaml", recipe_overrides)
+    splits = get_task("pass").generate(recipe.seed, recipe.data.generate_options).splits
+    rows = [r for name in ("train", "validation", "test", "test_heldout_relations")
+            for r in [r for r in splits[name] if r["answerable"]][:30]][::2]
+    model, tok = load_model(str(model_dir), device="cpu")
+    fp = fingerprint(model)
+    keys = answer_keys(model, tok, [r["prompt"] for r in rows], max_new_tokens=max(48, recipe.eval.max_new_tokens),
+                       system=recipe.data.system, model_fingerprint=fp)
+    entries = {k: {"text": r["completion"], "ids": tok(r["completion"], add_special_tokens=False)["input_ids"]}
+               for k, r in zip(keys, rows)}
+    digest = hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / f"{fp}.json").write_text(json.dumps({"format": 1, "model": fp, "sha256": digest,
+                                                      "entries": entries}))
+    return len(entries)
+
+
+def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    model_dir = tmp_path / "model"
+    tiny_model("llama", max_position_embeddings=1024, num_hidden_layers=4).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    overrides = [*SIZES, f"model.name={model_dir}"]
+    monkeypatch.setenv("TOKENGRAFT_ANSWER_CACHE", str(tmp_path / "answers"))
+    seeded = _seed_answers(model_dir, tmp_path / "answers", overrides)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"error_detection": {"test": {
+        "n": 21, "base_errors": 10, "p_pass": {"n": 21, "auroc": 0.61, "aurc": 0.33}}}}))
+    bench = _load_script()
+    results = tmp_path / "results" / "pass_probe"
+    args = ["--model", str(model_dir), "--limit", "30", "--results", str(results), "--run", str(run),
+            *[x for o in SIZES for x in ("--set", o)]]
+    assert bench.main(args) == 0
+    saved = json.loads(results.with_suffix(".json").read_text())
+    assert saved["layers"] == [2] and set(saved["probes"]) == {"probe_final", "probe_layer2"}
+    assert set(saved["splits"]) == {"train", "validation", "test", "test_heldout_relations"}
+    for split in saved["splits"].values():  # the seeded half is right, the tiny model's own answers are wrong
+        assert 0 < split["base_errors"] < split["n"]
+    for split in ("test", "test_heldout_relations"):
+        scores = saved["scores"][split]
+        assert {"probe_final", "probe_layer2", "probe_final_row", "max_softmax", "min_token_prob"} <= set(scores)
+        assert all(0 <= s["auroc"] <= 1 and s["n"] == saved["splits"][split]["n"]
+                   for name, s in scores.items() if name != "p_pass (run)")
+    assert saved["scores"]["test"]["p_pass (run)"]["auroc"] == 0.61
+    check = saved["row_check"]  # the probe is an output row: exactly in float64, and through the model's own head
+    assert check["max_abs_logit_difference"] < 1e-9
+    assert check["max_abs_p_difference"] < 1e-5 and check["max_abs_margin_difference"] < 1e-3
+    assert sum(p.get("detail", {}).get("cached", 0) for p in saved["phases"]) == seeded
+    text = results.with_suffix(".md").read_text()
+    assert saved["command"] in text and "probe_final_row" in text and "test_heldout_relations (n=30)" in text
+    assert "| p_pass (run) | 0.610 / 0.330 | n/a / n/a |" in text
