@@ -61,6 +61,12 @@ def test_every_demo_has_one_packaged_recipe():
     assert load_recipe(recipe_path("pass")).train.group_by_length  # the demo's speed depends on it (docs/speed.md)
     with pytest.raises(TokengraftError, match="no packaged recipe"):
         recipe_path("classification")
+    # --model picks the model's own packaged recipe when there is one, else the task's.
+    gemma = load_recipe(recipe_path("pass", "gemma3-270m"))
+    default = load_recipe(recipe_path("pass"))
+    assert gemma.model.name == "gemma3-270m" and gemma.train.max_steps == 2 * default.train.max_steps
+    assert recipe_path("pass", "/some/local/model") == recipe_path("pass")
+    assert recipe_path("style", "gemma3-270m") == recipe_path("style")
 
 
 @pytest.fixture(scope="module")

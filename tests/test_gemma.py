@@ -455,11 +455,12 @@ def test_demo_takes_a_model(monkeypatch) -> None:
 
     seen = []
     monkeypatch.setattr(demo, "run_demo",
-                        lambda task, output, overrides, **kwargs: seen.append((task, output, overrides)) or 0)
+                        lambda task, output, overrides, **kwargs: seen.append((task, output, overrides,
+                                                                              kwargs["model"])) or 0)
     assert main(["demo", "pass", "--model", "gemma3-270m"]) == 0
     assert main(["demo", "style", "train.max_steps=5", "--model", "gemma3-270m", "-o", "runs/x"]) == 0
-    assert seen == [("pass", "runs/demo-pass-gemma3-270m", ["model.name=gemma3-270m"]),
-                    ("style", "runs/x", ["model.name=gemma3-270m", "train.max_steps=5"])]
+    assert seen == [("pass", "runs/demo-pass-gemma3-270m", [], "gemma3-270m"),
+                    ("style", "runs/x", ["train.max_steps=5"], "gemma3-270m")]
 
 
 # ----------------------------------------------------------------------------- the real model (network)

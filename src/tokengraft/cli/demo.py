@@ -28,16 +28,21 @@ def demo_tasks() -> list[str]:
     return [task for task in task_names() if _packaged(task).is_file()]
 
 
-def recipe_path(task: str) -> Path:
-    """The packaged recipe of a demo."""
+def recipe_path(task: str, model: str | None = None) -> Path:
+    """The packaged recipe of a demo: the model's own (``configs/<task>-<model>.yaml``, e.g. pass-gemma3-270m.yaml)
+    when the package ships one for ``model``, else the task's."""
+    if model:
+        own = _packaged(f"{task}-{model}")
+        if own.is_file():
+            return own
     path = _packaged(task)
     if not path.is_file():
         raise TokengraftError(f"no packaged recipe for demo {task!r}")
     return path
 
 
-def run_demo(task: str, output: str, overrides: list[str] | None = None, *, resume: bool = False,
-             overwrite: bool = False, threads: str = "") -> int:
+def run_demo(task: str, output: str, overrides: list[str] | None = None, *, model: str | None = None,
+             resume: bool = False, overwrite: bool = False, threads: str = "") -> int:
     # Imported here, not at the top: `tokengraft --help` reads demo_tasks() and must not load torch.
     from tokengraft.answer_cache import base_answers
     from tokengraft.api import evaluate, load, train
@@ -47,8 +52,9 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None, *, resu
     from tokengraft.rundir import PHASES_FILE, load_base, read_graft_meta, write_phases
     from tokengraft.timing import phase, recording
 
-    path = recipe_path(task)
-    recipe = load_recipe(path, overrides or [])
+    path = recipe_path(task, model)
+    overrides = ([f"model.name={model}"] if model else []) + list(overrides or [])
+    recipe = load_recipe(path, overrides)
     print(f"tokengraft demo {task}: recipe {path} -> {output}" + (f"   (torch threads: {threads})" if threads else ""))
     with recording() as log:
         result = train(recipe, output, resume=resume, overwrite=overwrite)

@@ -370,11 +370,10 @@ def _demo(args: argparse.Namespace) -> int:
     from tokengraft.cli.demo import run_demo
 
     threads = _threads()
-    overrides = (([f"model.name={args.model}"] if args.model else []) + list(args.overrides)
-                 + ([f"model.quantization={args.quantization}"] if args.quantization else []))
+    overrides = list(args.overrides) + ([f"model.quantization={args.quantization}"] if args.quantization else [])
     suffix = (f"-{Path(args.model).name}" if args.model else "") + (f"-{args.quantization}" if args.quantization else "")
-    return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides, resume=args.resume,
-                    overwrite=args.overwrite, threads=threads)
+    return run_demo(args.task, args.output or f"runs/demo-{args.task}{suffix}", overrides, model=args.model,
+                    resume=args.resume, overwrite=args.overwrite, threads=threads)
 
 
 def _configure_compare(parser: argparse.ArgumentParser) -> None:
