@@ -35,6 +35,7 @@ from tokengraft.rundir import save_graft
 from tokengraft.tasks import metrics
 from tokengraft.tasks.style_data import generate_splits, label_with_base_answers, own_words_answer
 from tokengraft.training.lm import LMLoss, check_plain_rows
+from tokengraft.training.prepare import drop_unknown
 from tokengraft.training.objectives import UntokenedKL
 
 STYLES = ["<STYLE_TERSE>", "<STYLE_VERBOSE>"]
@@ -305,6 +306,11 @@ def test_style_self_answers_relabel_terse_rows_only():
     assert asked == [] and again == out
     with pytest.raises(ValueError, match="know_check"):
         label_with_base_answers(rows, answer, self_answers=False, know_check=True)
+    # data.drop_unknown: the terse rows of questions the base model gets wrong go; verbose and plain rows stay.
+    kept = drop_unknown(label_with_base_answers(rows, answer, self_answers=False, know_check=False))
+    assert [r for r in kept if r["style"] != "terse"] == [r for r in rows if r["style"] != "terse"]
+    assert [r["question"] for r in kept if r["style"] == "terse"] == [r["question"] for r in terse if r["base_right"]]
+    assert all(r["completion"] == r["gold_completion"] for r in kept if r["style"] == "terse")
 
 
 def test_style_metrics_identical_rate_and_accuracy_by_relation():

@@ -164,10 +164,11 @@ class DataConfig:
     know_check: bool = False
     """Task pass (R-Tuning): answerable training questions the base model answers wrong become <PASS> targets."""
     drop_unknown: bool = False
-    """Task pass: answerable training questions the base model answers wrong are left out (neither their gold answer
-    nor <PASS>), so answerable rows teach nothing the model does not already know (fine-tuning on unknown facts
-    teaches a model to make answers up: Gekhman et al., 2024). With self_answers, what remains replays the base
-    model's own right answers. Excludes know_check, which turns those questions into <PASS> instead."""
+    """Training questions the base model answers wrong are left out, so the rows teach nothing the model does not
+    already know (fine-tuning on unknown facts teaches a model to make answers up: Gekhman et al., 2024). Task pass:
+    answerable questions (neither their gold answer nor <PASS>); task style: terse rows (their verbose partner stays).
+    With self_answers, what remains replays the base model's own right answers. Excludes know_check, which turns
+    those questions into <PASS> instead."""
 
 
 @dataclass
@@ -646,9 +647,9 @@ def validate_recipe(recipe: Recipe) -> list[str]:
     if d.know_check and not task.know_check:
         raise TokengraftError("data.know_check turns questions the base model gets wrong into <PASS> rows; "
                               "it needs task: pass")
-    if d.drop_unknown and not task.know_check:
-        raise TokengraftError("data.drop_unknown leaves out answerable questions the base model gets wrong; "
-                              f"it needs task: pass (task is {recipe.task})")
+    if d.drop_unknown and task.labeller is None:
+        raise TokengraftError("data.drop_unknown leaves out training questions the base model gets wrong; "
+                              f"task {recipe.task} has no such questions")
     if d.drop_unknown and d.know_check:
         raise TokengraftError("data.drop_unknown and data.know_check both decide what the questions the base model "
                               "gets wrong train on (left out, or <PASS>); set one of them")

@@ -240,8 +240,9 @@ def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callab
     asked each terse row's question WITHOUT a style token (``answer_fn``: prompts ->
     greedy answers; rows that already carry a ``base_answer`` are not asked again); where
     one sentence of its answer is right and short (`own_words_answer`), that sentence
-    becomes the terse completion. Every terse row records ``base_answer``, ``base_right``
-    and ``gold_completion``; verbose and plain rows come back as unchanged copies.
+    becomes the terse completion. Every terse row records ``base_answer``, ``base_right``,
+    ``gold_completion`` and ``know_check`` ("right" / "wrong": ``data.drop_unknown`` leaves
+    the wrong ones out); verbose and plain rows come back as unchanged copies.
     """
     if know_check:
         raise ValueError("know_check turns wrong answers into <PASS> rows, which the style task has none of")
@@ -262,6 +263,7 @@ def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callab
         own = own_words_answer(row["base_answer"], row) if self_answers and row["base_right"] else None
         row["completion"] = own or row["gold_completion"]
         row["completion_from"] = "base_model" if own else "template"
+        row["know_check"] = "right" if row["base_right"] else "wrong"  # what data.drop_unknown reads
     return out
 
 

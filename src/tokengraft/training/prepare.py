@@ -56,11 +56,11 @@ def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: An
 
 
 def drop_unknown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``data.drop_unknown``: the labelled rows without the answerable questions the base model answered wrong
-    (``know_check: "wrong"``); refuses to leave no answerable question at all."""
+    """``data.drop_unknown``: the labelled rows without the questions the base model answered wrong
+    (``know_check: "wrong"``); refuses to leave none of the questions it checked."""
     kept = [r for r in rows if r.get("know_check") != "wrong"]
-    if any(r.get("answerable") for r in rows) and not any(r.get("answerable") for r in kept):
-        raise TokengraftError("data.drop_unknown: the base model answers none of the answerable training questions "
+    if any("know_check" in r for r in rows) and not any("know_check" in r for r in kept):
+        raise TokengraftError("data.drop_unknown: the base model answers none of the training questions it was asked "
                               "right, so none would be left; turn drop_unknown off")
     return kept
 
