@@ -93,6 +93,42 @@ def details(task: str, metrics: dict[str, dict[str, Any]], counts: dict[str, int
     return lines
 
 
+def run_row(run: Path, metric_keys: tuple[str, ...]) -> dict[str, Any]:
+    """compare's row for an arm measured from its run directory alone (trained outside `tokengraft compare`, or by a
+    compare that was stopped before it wrote compare.json): steps and training time from graft.json, eval losses from
+    log_history.json, trainable = the elements of the saved row and method tensors; peak RSS was not measured."""
+    from safetensors import safe_open
+
+    meta = json.loads((run / "graft.json").read_text())
+    history = json.loads((run / "log_history.json").read_text())
+    trainable = 0
+    for name in ("rows.safetensors", "methods.safetensors"):
+        if (run / name).is_file():
+            with safe_open(str(run / name), "np") as handle:
+                trainable += sum(handle.get_tensor(key).size for key in handle.keys() if key != "ids")
+    curve = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    steps = meta.get("steps") or 0
+    metrics = run_metrics(run.parent, run.name)
+    return {"recipe": run.name, "trainable": trainable, "steps": steps, "train_seconds": meta.get("train_seconds"),
+            "peak_rss_mb": None, "final_eval_loss": curve[-1][1] if curve else None, "eval_curve": curve,
+            "seconds_per_step": (meta.get("train_seconds") or 0.0) / max(1, steps),
+            **{k: metrics.get(k) for k in metric_keys}}
+
+
+def complete_compare(out: Path, names: list[str], task: str) -> None:
+    """Rewrite compare.json / compare.md for the arms ``names`` (in order): compare's own rows where it wrote them,
+    `run_row` for the others (so the table says which figures compare did not measure: peak RSS n/a)."""
+    from tokengraft.cli.compare import markdown_table
+    from tokengraft.tasks import get_task
+
+    path = out / "compare.json"
+    measured = {row["recipe"]: row for row in json.loads(path.read_text())["rows"]} if path.is_file() else {}
+    result = {"task": task, "recipes": names, "rows": [measured.get(n) or run_row(out / n, get_task(task).metric_keys)
+                                                        for n in names]}
+    path.write_text(json.dumps(result, indent=2))
+    (out / "compare.md").write_text(markdown_table(result))
+
+
 def write_results(out: Path, prefix: Path, command: str, notes: list[str],
                   extra: Callable[[dict[str, dict[str, Any]]], list[str]] | None = None) -> dict[str, Any]:
     """``prefix``.md / .json (+ the eval-loss PNG) from the compare directory ``out``; ``extra`` adds markdown lines

@@ -18,11 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compare_results import fmt, table, write_results  # benchmarks/ is on sys.path when this script runs
+from compare_results import complete_compare, fmt, table, write_results  # benchmarks/ is on sys.path when this script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 # The first arm generates the data every arm trains on; the control (today's recipe) comes last.
 ARMS = ("style_alora", "style_alora_self_answers", "style_rows_expand", "style_lora_kl", "style_lora_self_answers", "style_lora")
+EXTRA_ARMS = ("style_alora_known",)
+"""Arms measured after the comparison (`--extra`): trained with `tokengraft train` on the first arm's data files,
+evaluated with `tokengraft eval`, in the same output directory (see benchmarks/style_arms.md)."""
 # The issue's targets (held-out questions, the same greedy decoding for every style).
 TARGETS: tuple[tuple[str, str, Any], ...] = (
     ("untokened_identical_rate", ">=", 0.99),
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="results path without extension")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test pairs")
     parser.add_argument("--report-only", action="store_true", help="write the results from an existing --output")
+    parser.add_argument("--extra", nargs="*", default=[], choices=EXTRA_ARMS,
+                        help="with --report-only: also report these arms, trained in --output outside compare")
     args = parser.parse_args(argv)
     recipes = [str(Path("configs") / "compare" / f"{arm}.yaml") for arm in args.arms]
     output = Path(args.output).resolve()
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         print("running: " + shlex.join(command), file=sys.stderr)
         subprocess.run(command, check=True, cwd=ROOT)
+    else:  # a compare stopped early, or arms trained beside it: rows measured from their run directories
+        complete_compare(output, args.arms + args.extra, "style")
     notes = ["Every arm trains 120 steps on the first arm's generated data (400 styled rows + 100 plain rows "
              "answered by the base model), same seed; 60 held-out question pairs, both styles decoded greedily with "
              "max_new_tokens 120, no min_new_tokens; the untokened check runs the first 50 test questions without a "

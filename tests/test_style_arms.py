@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tiny import tiny_config, tiny_model, tiny_tokenizer
 from tokengraft.api import evaluate, load_graft, train
 from tokengraft.config import TokenInit, TokensConfig, expansion_tokens, recipe_from_dict, validate_recipe
 from tokengraft.core.arch import describe
+from tokengraft.core.guard import audit
 from tokengraft.core.graft import TokenSettings, graft, listed_tokens, token_settings
 from tokengraft.data import ChatFormat, Collator, encode_examples
 from tokengraft.errors import TokengraftError
@@ -381,8 +383,15 @@ def test_style_arms_train_and_evaluate(tmp_path: Path, style_model_dir: Path, ar
         "lora_kl_self_answers": lambda: _style_recipe(style_model_dir, [lora], data={"self_answers": True},
                                                       kl_untokened=1.0),
     }[arm]()
-    train(recipe, tmp_path / arm, quiet=True)
+    trained = train(recipe, tmp_path / arm, quiet=True)
     result = evaluate(tmp_path / arm)
+    # benchmarks/compare_results.run_row (an arm reported from its run directory) counts what training counted.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from compare_results import run_row
+
+    row = run_row(tmp_path / arm, ("length_ratio",))
+    assert row["trainable"] == audit(trained.graft).trainable and row["steps"] == trained.steps
+    assert row["length_ratio"] == result["length_ratio"] and row["peak_rss_mb"] is None
     for key in ("length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy", "base_accuracy",
                 "untokened_identical_rate"):
         assert isinstance(result[key], float), key
