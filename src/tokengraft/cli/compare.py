@@ -67,6 +67,7 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
     if len(set(names)) != len(names):
         raise TokengraftError("compare: recipe file names must differ (they name the run directories)")
     rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
     shared: list[str] = []
     for index, (path, recipe, name) in enumerate(zip(recipes, loaded, names)):
         run = out / name
@@ -83,10 +84,10 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
             metrics = api.evaluate(run, limit=eval_limit)
             row.update({k: metrics.get(k) for k in metric_keys})
         rows.append(row)
-    task = loaded[0].task
-    result = {"task": task, "recipes": recipes, "rows": rows}
-    (out / "compare.json").write_text(json.dumps(result, indent=2))
-    (out / "compare.md").write_text(markdown_table(result))
+        # After every arm, not only at the end: a comparison of hours that stops early keeps what it measured.
+        result = {"task": loaded[0].task, "recipes": recipes, "rows": rows}
+        (out / "compare.json").write_text(json.dumps(result, indent=2))
+        (out / "compare.md").write_text(markdown_table(result))
     _plot_curves(rows, out / "compare_eval_loss.png")
     return result
 
