@@ -3,10 +3,10 @@
     TOKENGRAFT_CACHE=~/.cache/tokengraft HF_HUB_OFFLINE=1 python benchmarks/quantized_style.py --workdir /tmp/qstyle
     (options: --variants nf4,fp32  --eval-limit N  --no-write)
 
-Each variant is `tokengraft demo style`'s packaged recipe (src/tokengraft/configs/style.yaml),
-the nf4 one with ``model.quantization=4bit`` (NF4, double quantisation, compute dtype auto =
-float32 on CPU): the same data, seed and hyperparameters, i.e. what
-``tokengraft demo style --quantization 4bit`` runs. Each trains in a fresh process
+Each variant is the LoRA style recipe (configs/style_lora.yaml: `tokengraft demo style`'s packaged
+recipe until issue 20 made activated LoRA the demo's default; LoRA merges, which the merged-export
+check below needs), the nf4 one with ``model.quantization=4bit`` (NF4, double quantisation, compute
+dtype auto = float32 on CPU): the same data, seed and hyperparameters. Each trains in a fresh process
 (``MALLOC_MMAP_THRESHOLD_=65536``, one thread, as in plan_vs_measured.py), then `tokengraft
 eval` scores it on the held-out test split with the SAME greedy decoding for both styles.
 
@@ -42,6 +42,7 @@ from plan_vs_measured import child_env
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+RECIPE = HERE.parent / "configs" / "style_lora.yaml"  # the style demo's recipe when quantized_style.md was measured
 VARIANTS = {"fp32": [], "nf4": ["model.quantization=4bit", "model.quant_type=nf4", "model.double_quant=true"]}
 PLAIN_PAIRS = 20  # test pairs the plain-transformers check decodes
 
@@ -66,7 +67,6 @@ def run_variant(variant: str, run_dir: Path, out: Path, eval_limit: int | None) 
         import deepspeed  # noqa: F401  (accelerate imports it while building the Trainer)
     import tokengraft.training.lm as lm_recipe
     from tokengraft.api import evaluate, export_merged, train
-    from tokengraft.cli.demo import recipe_path
     from tokengraft.config import load_recipe
     from transformers import TrainerCallback
 
@@ -101,7 +101,7 @@ def run_variant(variant: str, run_dir: Path, out: Path, eval_limit: int | None) 
 
     steps = Steps()
     lm_recipe.load_model = load_and_mark
-    recipe = load_recipe(recipe_path("style"), VARIANTS[variant])
+    recipe = load_recipe(RECIPE, VARIANTS[variant])
     result = train(recipe, run_dir, quiet=True, callbacks=[steps])
     lm_recipe.load_model = original_load
     record.update({
@@ -197,7 +197,8 @@ def write_results(records: dict[str, dict[str, Any]], plain: dict[str, Any] | No
     names = [v for v in ("fp32", "nf4") if v in records]
     lines = ["# Style tokens on a 4-bit NF4 base vs the full-precision base (built-in model, CPU)", "",
              f"Produced by: `{command}`", "",
-             "Both runs: `tokengraft demo style`'s recipe; nf4 = the same with `model.quantization=4bit` (NF4 + double "
+             "Both runs: the LoRA style recipe (configs/style_lora.yaml, the style demo's until issue 20); "
+             "nf4 = the same with `model.quantization=4bit` (NF4 + double "
              "quantisation, float32 compute on CPU). Held-out test split, both styles with the same greedy decoding "
              "(no min_new_tokens). Step time = median CPU seconds per optimizer step (first dropped), one thread; "
              "memory = RSS (glibc mmap threshold 64 KiB). Target: length ratio >= 10 on the 4-bit base.", "",
@@ -286,10 +287,9 @@ def main() -> None:
               f"peak {mib(records[variant]['peak_total'])} MiB", flush=True)
     plain = None
     if "nf4" in records and records["nf4"].get("merged_dir"):
-        from tokengraft.cli.demo import recipe_path
         from tokengraft.config import load_recipe
 
-        max_new = load_recipe(recipe_path("style"), VARIANTS["nf4"]).eval.max_new_tokens
+        max_new = load_recipe(RECIPE, VARIANTS["nf4"]).eval.max_new_tokens
         plain = plain_transformers_check(Path(records["nf4"]["merged_dir"]), args.workdir / "style-nf4", max_new)
         print(f"[nf4 merged, plain transformers] {plain}", flush=True)
     command = ("TOKENGRAFT_CACHE=~/.cache/tokengraft HF_HUB_OFFLINE=1 python benchmarks/quantized_style.py "

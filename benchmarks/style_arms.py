@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="results path without extension")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test pairs")
     parser.add_argument("--report-only", action="store_true", help="write the results from an existing --output")
+    parser.add_argument("--note", action="append", default=[], help="a line of context for the results (repeat)")
     parser.add_argument("--extra", nargs="*", default=[], choices=EXTRA_ARMS,
                         help="with --report-only: also report these arms, trained in --output outside compare")
     args = parser.parse_args(argv)
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
              "max_new_tokens 120, no min_new_tokens; the untokened check runs the first 50 test questions without a "
              "style token on the tuned and the base model in the same batches.",
              "base_accuracy: the base model asked the same held-out questions without a style token, same decoding."]
-    write_results(output, Path(args.results), shlex.join(command), notes, target_lines)
+    write_results(output, Path(args.results), shlex.join(command), args.note + notes, target_lines)
     print(f"wrote {args.results}.md and .json", file=sys.stderr)
     return 0
 

@@ -78,5 +78,9 @@ def run_demo(task: str, output: str, overrides: list[str] | None = None, *, mode
     print(phase_table(phases))
     print(f"\ntrained {result.steps} steps in {result.train_seconds / 60:.1f} min; "
           f"whole demo {(log.seconds or 0.0) / 60:.1f} min")
-    print(f"run directory: {output}   (export: tokengraft export {output} --merged {output}-merged)")
+    if any(spec.type == "alora" for spec in recipe.methods):  # an activated LoRA cannot be merged (PEFT cannot either)
+        print(f"run directory: {output}   (activated LoRA: serve it from here, e.g. tokengraft generate {output} $"
+              "'<STYLE_TERSE>\\nWhat is the capital of Italy?'; docs/tasks.md, \"Exporting an aLoRA run\")")
+    else:
+        print(f"run directory: {output}   (export: tokengraft export {output} --merged {output}-merged)")
     return 0
