@@ -445,7 +445,7 @@ def test_llama_cpp_runs_the_pass_graft(tmp_path: Path) -> None:
         assert m["llama_cpp_pass_rate_unanswerable"] >= m["llama_cpp_pass_rate_answerable"] + 0.3
 
 
-if __name__ == "__main__":  # python tests/test_gguf_export.py RUN_DIR [N_PER_KIND]
+if __name__ == "__main__":  # python tests/test_gguf_export.py RUN_DIR [N_PER_KIND] [KIND,KIND...]
     import json
     import sys
     import tempfile
@@ -454,7 +454,7 @@ if __name__ == "__main__":  # python tests/test_gguf_export.py RUN_DIR [N_PER_KI
     per = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     with tempfile.TemporaryDirectory() as tmp:
         report = {}
-        for kind in ("f32", "f16", "q8_0"):
+        for kind in (sys.argv[3].split(",") if len(sys.argv) > 3 else ("f32", "f16", "q8_0")):
             path = export_gguf(run_dir, Path(tmp) / f"pass-{kind}.gguf", tensor_type=kind)
             report[kind] = measure_llama_cpp(run_dir, path, per_kind=per)
             report[kind]["file_mb"] = round(path.stat().st_size / 2**20, 1)
