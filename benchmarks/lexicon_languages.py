@@ -369,8 +369,9 @@ def report() -> None:
                   "|---|---:|---:|---|---|---:|---:|---:|---|---|"]
         for name, r in runs.items():
             m = r["metrics"]
+            shown = f"{name} ({' '.join(r['overrides'])})" if r.get("overrides") else name
             lines.append(
-                f"| {name} | {r['new_tokens']:,} | {r['steps']} | {m['tokens_per_byte']:.4f} "
+                f"| {shown} | {r['new_tokens']:,} | {r['steps']} | {m['tokens_per_byte']:.4f} "
                 f"({m.get('base_tokens_per_byte', float('nan')):.4f}) | {m['bits_per_byte']:.4f} "
                 f"({m.get('base_bits_per_byte', float('nan')):.4f}) | {m['generated_new_token_rate']:.3f} | "
                 f"{r['speed']['speedup']:.2f}x | {100 * r['english_control']['pydoc_change']:+.2f} % | "
