@@ -284,8 +284,7 @@ class _Decoder:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(batch)
             mask = torch.cat([torch.ones((batch, prefix_len), dtype=torch.long, device=self.device), mask], dim=1)
-        # Positions follow the mask (left padding does not count), as `generate` computes them.
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -ids.shape[1]:]
+        positions = mask_positions(mask)[:, -ids.shape[1]:]
         logits, cache = self.forward(ids, mask, positions, cache)
         rows = _Rows(ids=[[] for _ in range(batch)])
         if self.score_token_id is not None:
@@ -416,6 +415,11 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
                                               system=system, desc=desc, batch_size=batch_size)]
 
 
+def mask_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that follow the attention mask (left padding does not count), as `generate` computes them."""
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
 def first_answer_states(model: Any, tokenizer: Any, prompts: Sequence[Any], *, system: str | None = None,
                         batch_size: int = 16) -> torch.Tensor:
     """``[n, hidden]``: what the output head reads at the first answer position of each prompt.
@@ -458,7 +462,7 @@ def first_answer_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Any
                 kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
                                           "use_cache": False}
                 if "position_ids" in params:  # left padding does not count, as in generation
-                    kwargs["position_ids"] = ((mask.cumsum(-1) - 1).clamp(min=0)).to(device)
+                    kwargs["position_ids"] = mask_positions(mask).to(device)
                 if "logits_to_keep" in params:
                     kwargs["logits_to_keep"] = 1
                 if layers:
