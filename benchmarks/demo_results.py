@@ -32,7 +32,8 @@ TARGETS = {
               "base_untokened_median_tokens": "reference"},
     "lexicon": {"tokens_per_byte": "", "base_tokens_per_byte": "reference",
                 "tokens_per_byte_reduction": ">= 0.15", "bits_per_byte": "<= base", "base_bits_per_byte": "reference",
-                "generated_new_token_rate": ""},
+                "generated_new_token_rate": "", "continuation_new_token_rate": "",
+                "test_text_new_token_rate": "reference"},
 }
 PLOTS = ("loss.png", "pass_sweep.png", "style_lengths.png", "row_drift.png")
 

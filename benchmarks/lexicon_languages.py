@@ -275,7 +275,7 @@ def english_control(run_dir: Path) -> dict[str, float]:
     return {"pydoc_base_bits_per_byte": base_bpb, "pydoc_bits_per_byte": bpb, "pydoc_change": bpb / base_bpb - 1}
 
 
-def train_part(configs: list[Path], workdir: Path, overrides: list[str]) -> None:
+def train_part(configs: list[Path], workdir: Path, overrides: list[str], name: str | None = None) -> None:
     from tokengraft.config import load_recipe
     from tokengraft.api import evaluate
     from tokengraft.models import load_tokenizer
@@ -285,8 +285,10 @@ def train_part(configs: list[Path], workdir: Path, overrides: list[str]) -> None
 
     results = read_part("runs") or {}
     workdir.mkdir(parents=True, exist_ok=True)
+    if name is not None and len(configs) != 1:
+        raise SystemExit("--name names one run: pass one config with it")
     for config in configs:
-        name = config.stem
+        name = name or config.stem
         recipe = load_recipe(config, overrides)
         # The mined count first (mining is cheap), so the plan is made for the real number of rows.
         generated = get_task("lexicon").generate(recipe.seed, recipe.data.generate_options,
@@ -316,7 +318,27 @@ def train_part(configs: list[Path], workdir: Path, overrides: list[str]) -> None
         write_part("runs", results)
 
 
+def reeval_part(names: list[str], workdir: Path) -> None:
+    """Replace the saved metrics of trained runs with a fresh `tokengraft eval` of their run directories."""
+    from tokengraft.api import evaluate
+
+    results = read_part("runs") or {}
+    for name in names:
+        if name not in results:
+            raise SystemExit(f"no trained run {name!r} in lexicon_languages_runs.json (have: {', '.join(results)})")
+        if not (workdir / name / "graft.json").is_file():
+            raise SystemExit(f"{workdir / name} is not a run directory: pass the --workdir it was trained in")
+        results[name]["metrics"] = evaluate(workdir / name)
+        write_part("runs", results)
+
+
 # ----------------------------------------------------------------------------- the markdown
+
+
+def new_token_rates(m: dict[str, Any]) -> str:
+    """Chat reply / raw continuation / held-out text; a run evaluated before the last two existed shows n/a."""
+    keys = ("generated_new_token_rate", "continuation_new_token_rate", "test_text_new_token_rate")
+    return " / ".join(f"{m[k]:.3f}" if k in m else "n/a" for k in keys)
 
 
 def report() -> None:
@@ -364,7 +386,8 @@ def report() -> None:
     runs = read_part("runs")
     if runs:
         lines += ["## Trained recipes", "",
-                  "| run | new tokens | steps | tokens/byte (base) | bits/byte (base) | new-token rate in generation | "
+                  "| run | new tokens | steps | tokens/byte (base) | bits/byte (base) | new-token rate: chat reply / "
+                  "raw continuation / held-out text | "
                   "held-out scoring speed-up | pydoc bits/byte change | planned / measured growth MiB | verdict |",
                   "|---|---:|---:|---|---|---:|---:|---:|---|---|"]
         for name, r in runs.items():
@@ -373,7 +396,7 @@ def report() -> None:
             lines.append(
                 f"| {shown} | {r['new_tokens']:,} | {r['steps']} | {m['tokens_per_byte']:.4f} "
                 f"({m.get('base_tokens_per_byte', float('nan')):.4f}) | {m['bits_per_byte']:.4f} "
-                f"({m.get('base_bits_per_byte', float('nan')):.4f}) | {m['generated_new_token_rate']:.3f} | "
+                f"({m.get('base_bits_per_byte', float('nan')):.4f}) | {new_token_rates(m)} | "
                 f"{r['speed']['speedup']:.2f}x | {100 * r['english_control']['pydoc_change']:+.2f} % | "
                 f"{r['planned_growth_mib']} / {r['measured_growth_mib']} | {r['verdict']} |")
         lines.append("")
@@ -400,6 +423,11 @@ def main() -> None:
     p.add_argument("configs", nargs="+", type=Path)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lexicon-languages")
     p.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. train.max_steps=2")
+    p.add_argument("--name", default=None, help="the run's name (default: the config's stem), e.g. for a run "
+                   "with overrides kept beside the recipe's own")
+    p = sub.add_parser("reeval", help="evaluate trained runs again with today's metrics (no training)")
+    p.add_argument("names", nargs="+", help="run names (recipe stems) in the runs part")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "lexicon-languages")
     sub.add_parser("report", help="rebuild the markdown from the JSON parts")
     args = parser.parse_args()
     if args.part == "tokenizer":
@@ -407,7 +435,9 @@ def main() -> None:
     elif args.part == "inits":
         inits_part(args.langs, args.budget, args.limit, args.model, args.distill_tokens)
     elif args.part == "train":
-        train_part(args.configs, args.workdir, args.set)
+        train_part(args.configs, args.workdir, args.set, args.name)
+    elif args.part == "reeval":
+        reeval_part(args.names, args.workdir)
     else:
         report()
 

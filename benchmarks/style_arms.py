@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=2 python benchmarks/style_arms.py --output /tmp/style-arms
     # later, report again from the same runs without training:  ... --report-only
+    # the trained arms on a bigger held-out split (copies the runs, regenerates test, re-evaluates):
+    #   ... --report-only --retest 240 --results benchmarks/results/style_arms_test240
 
 Trains every arm on the first arm's generated data (same questions, split and seed), evaluates
 each on the same held-out questions, and writes ``benchmarks/results/style_arms.{md,json}``:
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +26,7 @@ from compare_results import complete_compare, fmt, table, write_results  # bench
 ROOT = Path(__file__).resolve().parent.parent
 # The first arm generates the data every arm trains on; the control (today's recipe) comes last.
 ARMS = ("style_alora", "style_alora_self_answers", "style_rows_expand", "style_lora_kl", "style_lora_self_answers", "style_lora")
-EXTRA_ARMS = ("style_alora_known",)
+EXTRA_ARMS = ("style_alora_known", "style_alora_sentence")
 """Arms measured after the comparison (`--extra`): trained with `tokengraft train` on the first arm's data files,
 evaluated with `tokengraft eval`, in the same output directory (see benchmarks/style_arms.md)."""
 # The issue's targets (held-out questions, the same greedy decoding for every style).
@@ -61,6 +64,32 @@ def target_lines(metrics: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def retest(output: Path, names: list[str], n_test: int) -> Path:
+    """Copy each arm's run to ``output``-test``n_test`` with its held-out split regenerated at ``n_test`` rows (same
+    seed and generator: the same held-out entities, more of them) and run `tokengraft eval` on the copy.
+
+    One question is 1/60 of the default split; a bigger one tells arms within a question or two of a target apart.
+    Training data and weights are the originals'; the base model's answers come from the answers cache."""
+    from tokengraft.config import load_recipe
+    from tokengraft.tasks.splits import write_jsonl
+    from tokengraft.tasks.style_data import generate_splits
+
+    target = output.with_name(f"{output.name}-test{n_test}")
+    for name in names:
+        copy = target / name
+        if not (copy / "metrics.json").is_file():  # a finished re-evaluation is kept (the command resumes)
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(output / name, copy, ignore=shutil.ignore_patterns("checkpoint-*", "snapshots"))
+            (copy / "metrics.json").unlink(missing_ok=True)
+            recipe = load_recipe(copy / "config.yaml")
+            options = {**recipe.data.generate_options, "n_test": n_test}
+            splits = generate_splits(seed=recipe.seed, **options)
+            for split in ("test", "test_untokened"):
+                write_jsonl(splits[split], copy / "data" / f"{split}.jsonl")
+            subprocess.run(["tokengraft", "eval", str(copy)], check=True, cwd=ROOT)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="/tmp/style-arms", help="compare's output directory (one run per arm)")
@@ -73,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", action="append", default=[], help="a line of context for the results (repeat)")
     parser.add_argument("--extra", nargs="*", default=[], choices=EXTRA_ARMS,
                         help="with --report-only: also report these arms, trained in --output outside compare")
+    parser.add_argument("--retest", type=int, default=None, metavar="N_TEST",
+                        help="with --report-only: re-evaluate the trained arms on a held-out split of N_TEST rows "
+                             "(copies under OUTPUT-testN_TEST) and report those")
     args = parser.parse_args(argv)
+    if args.retest is not None and not args.report_only:
+        parser.error("--retest re-evaluates trained arms: use it with --report-only")
     recipes = [str(Path("configs") / "compare" / f"{arm}.yaml") for arm in args.arms]
     output = Path(args.output).resolve()
     command = ["tokengraft", "compare", *recipes, "--output", str(output)]
@@ -83,9 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         print("running: " + shlex.join(command), file=sys.stderr)
         subprocess.run(command, check=True, cwd=ROOT)
     else:  # a compare stopped early, or arms trained beside it: rows measured from their run directories
+        if args.retest is not None:
+            output = retest(output, args.arms + args.extra, args.retest)
+            command = ["python", "benchmarks/style_arms.py", *(argv if argv is not None else sys.argv[1:])]
         complete_compare(output, args.arms + args.extra, "style")
-    notes = ["Every arm trains 120 steps on the first arm's generated data (400 styled rows + 100 plain rows "
-             "answered by the base model), same seed; 60 held-out question pairs, both styles decoded greedily with "
+    pairs = (args.retest or 120) // 2
+    notes = [f"Every arm trains 120 steps on the first arm's generated data (400 styled rows + 100 plain rows "
+             f"answered by the base model), same seed; {pairs} held-out question pairs, both styles decoded greedily with "
              "max_new_tokens 120, no min_new_tokens; the untokened check runs the first 50 test questions without a "
              "style token on the tuned and the base model in the same batches.",
              "base_accuracy: the base model asked the same held-out questions without a style token, same decoding."]

@@ -122,3 +122,22 @@ def test_shared_prefix_length():
     assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6]]) == 4  # one token of each prompt is left
     assert shared_prefix_length([[1, 2, 3], [1, 2, 4]]) == 0  # too short to be worth a cache
     assert shared_prefix_length([[1, 2, 3, 4, 5, 6]]) == 0  # one prompt shares nothing
+
+
+@torch.no_grad()
+def test_raw_text_continues_the_text_without_a_chat_template():
+    model, tokenizer = tiny_model("llama"), tiny_tokenizer()
+    texts = ["the cat sat on the", "a much longer piece of text that goes on", "the cat sat on the"]
+    outs = generate_batch(model, tokenizer, texts, max_new_tokens=6, batch_size=2, raw_text=True)
+    first_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    for text, got in zip(texts, outs):
+        ids, want = [first_id] + tokenizer(text, add_special_tokens=False)["input_ids"], []
+        for _ in range(6):  # greedy on the bare text, one prompt at a time
+            token = int(model(input_ids=torch.tensor([ids + want])).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            want.append(token)
+        assert got["ids"] == want
+    chat = generate_batch(model, tokenizer, texts[:1], max_new_tokens=6)
+    assert len(ChatFormat(tokenizer).encode_prompt(texts[0])) > len(tokenizer(texts[0])["input_ids"]) + 1
+    assert outs[0] == outs[2] and "ids" in chat[0]

@@ -74,6 +74,21 @@ def test_bank_split_partitions_entities_and_templates():
         assert all(tmpl)
 
 
+def test_more_validation_templates_grow_validation_and_leave_test_alone():
+    one, two = split_bank(3), split_bank(3, validation_templates=2)
+    for rel in TEMPLATES:
+        assert two["test"].templates[rel] == one["test"].templates[rel]
+        assert two["test"].entities[rel] == one["test"].entities[rel]
+        assert set(one["validation"].templates[rel]) < set(two["validation"].templates[rel])
+        assert set(two["train"].templates[rel]) < set(one["train"].templates[rel]) and two["train"].templates[rel]
+    small = P.generate_splits(seed=3, n_train=50, n_validation=40, n_test=60, relations="all")
+    grown = P.generate_splits(seed=3, n_train=50, n_validation=40, n_test=60, relations="all", validation_templates=2)
+    assert grown["test"] == small["test"]
+    for bad in (0, 4, True, 1.5):
+        with pytest.raises(ValueError, match="validation_templates must be a whole number from 1 to 3"):
+            split_bank(3, validation_templates=bad)
+
+
 def test_answer_matching_is_whole_word_and_accent_blind():
     assert answer_matches("The capital of France is Paris.", "Paris")
     assert answer_matches("It is BOGOTÁ", "Bogota")
@@ -352,6 +367,24 @@ def test_style_plain_rows_have_no_token_and_leave_the_pairs_unchanged(style_spli
     assert all(r["prompt"] == r["question"] and not r["prompt"].startswith("<STYLE") for r in plain)
     assert not {r["question"] for r in plain} & {r["question"] for r in style_splits["train"]}
     S.check_splits(with_plain)
+
+
+def test_style_sentence_form_rewords_only_terse_capital_answers(style_splits):
+    sentence = S.generate_splits(seed=0, terse_form="sentence")
+    changed = 0
+    for split in ("train", "validation", "test"):
+        for bare, worded in zip(style_splits[split], sentence[split]):
+            assert {k: v for k, v in bare.items() if k != "completion"} == \
+                {k: v for k, v in worded.items() if k != "completion"}
+            if bare["style"] == "terse" and bare["relation"] == "capital":
+                assert worded["completion"].startswith("The capital of ") and bare["completion"] == bare["gold"] + "."
+                assert worded["completion"].endswith(f" is {bare['gold']}.") and len(worded["completion"].split()) <= 12
+                changed += 1
+            else:
+                assert worded["completion"] == bare["completion"]
+    assert changed
+    with pytest.raises(ValueError, match="terse_form must be one of bare, sentence"):
+        S.generate_splits(seed=0, terse_form="short")
 
 
 def test_word_counts_after_a_space_only_count_what_a_space_led_token_can_match():

@@ -24,7 +24,8 @@ KEYS = {
     "style": ["length_ratio", "verbose_longer_rate", "terse_accuracy", "verbose_accuracy", "base_accuracy",
               "untokened_identical_rate"],
     "lexicon": ["bits_per_byte", "base_bits_per_byte", "tokens_per_byte", "base_tokens_per_byte",
-                "step0_bits_per_byte_subwords", "step0_bits_per_byte_spherical"],
+                "step0_bits_per_byte_subwords", "step0_bits_per_byte_spherical", "generated_new_token_rate",
+                "continuation_new_token_rate", "test_text_new_token_rate"],
 }
 OPTIONS = {
     "pass": ["data.generate_options={n_train: 40, n_validation: 12, n_test: 16, relations: all, read_rows: 4}",
@@ -46,6 +47,8 @@ def test_task_end_to_end(task, tmp_path):
         assert isinstance(metrics[key], (int, float)), (key, metrics[key])
     assert json.loads((run / "metrics.json").read_text())["task"] == task
     assert (run / "loss.png").is_file()
+    if task == "lexicon":  # the mined words occur in the held-out text, so its tokenization uses new tokens
+        assert metrics["test_text_new_token_rate"] > 0 and metrics["continuation_examples"]
     if task == "pass":  # know-check labelled the answerable training rows with the base model's own answers
         rows = [json.loads(line) for line in (run / "data" / "train.jsonl").read_text().splitlines()]
         labelled = [r for r in rows if r.get("answerable")]

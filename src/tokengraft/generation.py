@@ -128,8 +128,8 @@ def until_stop(ids: list[int], stops: list[int]) -> list[int]:
     return ids
 
 
-def _clean(text: str, fmt: ChatFormat, tokenizer: Any) -> str:
-    for stop in filter(None, (fmt.end_of_turn, tokenizer.eos_token, *fmt.stop_strings)):
+def _clean(text: str, tokenizer: Any, stops: Sequence[str]) -> str:
+    for stop in filter(None, (tokenizer.eos_token, *stops)):
         text = text.split(stop, 1)[0]
     return text.strip()
 
@@ -362,7 +362,7 @@ def _decode_with_generate(model: Any, suffixes: list[list[int]], pad: int, stops
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                    system: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, desc: str | None = None,
                    score_token_id: int | None = None, logit_bias: dict[int, float] | None = None,
-                   through_generate: bool | None = None) -> list[dict[str, Any]]:
+                   through_generate: bool | None = None, raw_text: bool = False) -> list[dict[str, Any]]:
     """Greedy continuations, in the order of ``prompts``; each result has ``text`` and ``ids`` and,
     with ``score_token_id``, ``p_token`` = the probability of that token at the first generated
     position and ``margin`` = its logit minus the best other logit there, both measured on the
@@ -371,17 +371,26 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     ``logit_bias`` adds a constant to chosen token logits at every step (a calibrated
     ``<PASS>`` bias, or -1e4 to ban a token), the same thing an export folds into the weights.
     ``through_generate`` chooses the decoding path (default: ``uses_generate(model)``).
+    ``raw_text``: the prompts are plain text to continue, as a language model reads a document
+    (BOS, or EOS when there is none, then the text; no chat template, stop only at EOS).
     """
     fmt = ChatFormat(tokenizer, system=system)
     pad, stops = pad_id(tokenizer), stop_ids(tokenizer, fmt)
-    encoded = [fmt.encode_prompt(p) for p in prompts]
+    if raw_text:
+        first_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        encoded = [[first_id] + tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        stops = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        stop_strings: list[str] = []
+    else:
+        encoded = [fmt.encode_prompt(p) for p in prompts]
+        stop_strings = list(fmt.stop_strings)
     if not encoded:
         return []
     check_prompt_lengths(model, encoded, max_new_tokens)
     use_loop = not (uses_generate(model) if through_generate is None else through_generate)
     # Sorted by length (stable) for the own loop; `generate` keeps the caller's order and batches.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if use_loop else list(range(len(encoded)))
-    decoder = (_Decoder(model, pad, stops, max_new_tokens, score_token_id, logit_bias, fmt.stop_strings, tokenizer)
+    decoder = (_Decoder(model, pad, stops, max_new_tokens, score_token_id, logit_bias, stop_strings, tokenizer)
                if use_loop else None)
     longest = max(len(e) for e in encoded) + max_new_tokens
     prefix_len = shared_prefix_length(encoded) if use_loop and _prefix_is_exact(model, longest) else 0
@@ -396,11 +405,12 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
                 rows = decoder.decode(suffixes, prefix_cache, prefix_len)
             else:
                 rows = _decode_with_generate(model, suffixes, pad, stops, max_new_tokens, score_token_id, logit_bias,
-                                             fmt.stop_strings, tokenizer)
+                                             stop_strings, tokenizer)
             for j, index in enumerate(chunk):
-                ids = before_stop_string(rows.ids[j], tokenizer, fmt.stop_strings)
+                ids = before_stop_string(rows.ids[j], tokenizer, stop_strings)
                 text = tokenizer.decode(ids, skip_special_tokens=False)
-                item: dict[str, Any] = {"text": _clean(text, fmt, tokenizer), "ids": ids}
+                ends = [] if raw_text else [fmt.end_of_turn, *stop_strings]
+                item: dict[str, Any] = {"text": _clean(text, tokenizer, ends), "ids": ids}
                 if rows.margin is not None and rows.p_token is not None:
                     item["p_token"] = float(rows.p_token[j])
                     item["margin"] = float(rows.margin[j])

@@ -410,9 +410,24 @@ def evaluate_lexicon(model: Any, tokenizer: Any, base_model: Any, run: Path, rec
         for init, value in step0_bits_per_byte(run, recipe, texts, prefix).items():
             result[f"step0_bits_per_byte_{init}"] = value
     new_ids = set(read_graft_meta(run)["trainable_ids"])
-    prompts = [t[:200] for t in texts[:16]]
-    outs = generate_batch(model, tokenizer, prompts, max_new_tokens=48, system=recipe.data.system, batch_size=recipe.eval.batch_size,
-                          desc="generation")
-    generated = sum(len(o["ids"]) for o in outs)
-    result["generated_new_token_rate"] = sum(i in new_ids for o in outs for i in o["ids"]) / max(1, generated)
+    excerpts = [t[:200] for t in texts[:16]]
+    # Asked through the chat template (the instruct model replying to an excerpt) and, what a language
+    # lexicon is for, continuing the excerpt as raw text the way training read it; beside them, how often
+    # the new tokens occur in the held-out text itself (what writing like the held-out text would give).
+    for key, raw_text in (("generated_new_token_rate", False), ("continuation_new_token_rate", True)):
+        outs = generate_batch(model, tokenizer, excerpts, max_new_tokens=48, system=recipe.data.system,
+                              batch_size=recipe.eval.batch_size, raw_text=raw_text,
+                              desc="generation (raw text)" if raw_text else "generation (chat)")
+        result[key] = new_token_rate([o["ids"] for o in outs], new_ids)
+        if raw_text:
+            result["continuation_examples"] = [{"excerpt": e[-60:], "continuation": o["text"][:160]}
+                                               for e, o in zip(excerpts[:3], outs)]
+    result["test_text_new_token_rate"] = new_token_rate(
+        [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], new_ids)
     return result
+
+
+def new_token_rate(sequences: list[list[int]], new_ids: set[int]) -> float:
+    """The share of all token ids in ``sequences`` that are new tokens (0.0 for no tokens)."""
+    total = sum(len(ids) for ids in sequences)
+    return sum(i in new_ids for ids in sequences for i in ids) / max(1, total)

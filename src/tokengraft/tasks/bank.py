@@ -334,12 +334,21 @@ class BankSplit:
 
 
 def split_bank(seed: int, fractions: tuple[float, float, float] = (0.6, 0.15, 0.25),
-               relations: Sequence[str] = tuple(TEMPLATES)) -> dict[str, BankSplit]:
-    """Split every relation's entities by ``fractions`` and its templates 1 test / 1 validation / rest train.
+               relations: Sequence[str] = tuple(TEMPLATES), validation_templates: int = 1) -> dict[str, BankSplit]:
+    """Split every relation's entities by ``fractions`` and its templates 1 test /
+    ``validation_templates`` validation / rest train.
 
     Deterministic for a seed. Splitting templates too means a held-out score
     measures generalisation to new phrasings, not recall of trained strings.
+    ``validation_templates`` > 1 grows the validation split (more phrasings of the
+    validation entities) at the cost of training phrasings; the test split stays the
+    same for every value, so runs with different values are compared on one test set.
     """
+    fewest = min(len(TEMPLATES[rel]) for rel in relations)
+    if isinstance(validation_templates, bool) or not isinstance(validation_templates, int) \
+            or not 1 <= validation_templates <= fewest - 2:
+        raise ValueError(f"validation_templates must be a whole number from 1 to {fewest - 2} (one template stays "
+                         f"for test and one for training), got {validation_templates!r}")
     out = {s: BankSplit({}, {}) for s in SPLITS}
     for rel in relations:
         rng = random.Random(f"tokengraft-bank:{seed}:{rel}")
@@ -350,7 +359,8 @@ def split_bank(seed: int, fractions: tuple[float, float, float] = (0.6, 0.15, 0.
         parts = {"test": ents[:n_test], "validation": ents[n_test:n_test + n_val], "train": ents[n_test + n_val:]}
         tmpl = list(range(len(TEMPLATES[rel])))
         rng.shuffle(tmpl)
-        tparts = {"test": tmpl[:1], "validation": tmpl[1:2], "train": tmpl[2:]}
+        end_val = 1 + validation_templates
+        tparts = {"test": tmpl[:1], "validation": tmpl[1:end_val], "train": tmpl[end_val:]}
         for s in SPLITS:
             out[s].entities[rel] = parts[s]
             out[s].templates[rel] = sorted(tparts[s])

@@ -330,7 +330,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
                     pass_fraction: float = 0.5, train_kinds: Sequence[str] = TRAIN_KINDS,
                     test_only_kinds: Sequence[str] = TEST_ONLY_KINDS, relations: str | Sequence[str] = "basic",
                     read_rows: int = 0, heldout_relations: str | Sequence[str] | None = None,
-                    ) -> dict[str, list[dict[str, Any]]]:
+                    validation_templates: int = 1) -> dict[str, list[dict[str, Any]]]:
     """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
 
     Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
@@ -344,6 +344,9 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     ``read_rows`` adds that many READ rows to train (``read_training_rows``).
     ``heldout_relations`` ("all" or a list of ``HELDOUT_RELATIONS``) adds the split
     ``test_heldout_relations``: answerable questions of relations no other split uses.
+    ``validation_templates`` (`split_bank`): phrasings per relation given to validation
+    instead of training; more of them let the `<PASS>` calibration certify its false-PASS
+    bound on a model that answers few questions right. The test split does not change.
     """
     train_kinds = _kind_list("train_kinds", train_kinds)
     test_only_kinds = _kind_list("test_only_kinds", test_only_kinds)
@@ -358,7 +361,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     if isinstance(relations, str) or not isinstance(relations, tuple) or set(relations) - set(ALL_RELATIONS):
         raise ValueError(f"relations must be 'basic', 'all' or a list drawn from {ALL_RELATIONS}, got {relations!r}")
     held_relations = resolve_heldout_relations(heldout_relations)
-    bank = split_bank(seed)
+    bank = split_bank(seed, validation_templates=validation_templates)
     taken: set[str] = set()
     seen: set[str] = set()
     sizes = {"train": n_train, "validation": n_validation, "test": n_test}

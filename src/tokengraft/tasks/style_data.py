@@ -2,11 +2,11 @@
 
 The prompt is the style token, a newline, then the question (the format of
 reference 003: ``"<STYLE_TERSE>\\nWhat is 2+2?"``). Terse completions are the bare
-answer (``"Paris."``); verbose ones are 40-80 words built from committed
-templates and facts (a capital with its continent, arithmetic with an
-explanation of the operation and a check, a fact with an elaboration), so every
-sentence is true and the only systematic difference between the pair is length
-and register.
+answer (``"Paris."``; with ``terse_form="sentence"`` a capital is one short sentence);
+verbose ones are 40-80 words built from committed templates and facts (a capital with
+its continent, arithmetic with an explanation of the operation and a check, a fact with
+an elaboration), so every sentence is true and the only systematic difference
+between the pair is length and register.
 
 Every question appears in both styles in the same split (pairs share a
 ``pair_id``), so length ratios are paired by question. A prompt without a style
@@ -116,8 +116,19 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def terse_answer(q: Question) -> str:
-    """The bare answer with a full stop: ``"Paris."``, ``"12."``, ``"Blue."``."""
+TERSE_FORMS = ("bare", "sentence")
+
+
+def terse_answer(q: Question, form: str = "bare") -> str:
+    """The bare answer with a full stop: ``"Paris."``, ``"12."``, ``"Blue."``.
+
+    ``form="sentence"`` names a capital in one short sentence that keeps its subject
+    ("The capital of France is Paris."), the way the base model and the verbose answers
+    begin: a bare city name makes a small model pick the city in its first token, with
+    nothing that leads to it, and it then names the wrong one far more often.
+    """
+    if form == "sentence" and q.relation == "capital":
+        return f"The capital of {q.entity.info['country']} is {q.entity.info['capital']}."
     return _cap(q.entity.gold) + "."
 
 
@@ -148,10 +159,10 @@ def style_prompt(style: str, question: str) -> str:
     return STYLE_TOKENS[style] + "\n" + question
 
 
-def _pair_rows(q: Question, split: str, index: int, rng: random.Random) -> list[dict[str, Any]]:
+def _pair_rows(q: Question, split: str, index: int, rng: random.Random, terse_form: str) -> list[dict[str, Any]]:
     meta = question_meta(q, split)
     pair_id = f"{split}-{index}"
-    return [{"prompt": style_prompt("terse", q.text), "completion": terse_answer(q), "style": "terse",
+    return [{"prompt": style_prompt("terse", q.text), "completion": terse_answer(q, terse_form), "style": "terse",
              "pair_id": pair_id, **meta},
             {"prompt": style_prompt("verbose", q.text), "completion": verbose_answer(q, rng), "style": "verbose",
              "pair_id": pair_id, **meta}]
@@ -159,7 +170,7 @@ def _pair_rows(q: Question, split: str, index: int, rng: random.Random) -> list[
 
 def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, n_test: int = 200,
                     n_untokened: int = 50, n_plain: int = 0, plain_relations: str = "basic",
-                    ) -> dict[str, list[dict[str, Any]]]:
+                    terse_form: str = "bare") -> dict[str, list[dict[str, Any]]]:
     """Rows for style-token training, deterministic for ``seed``; sizes count rows (two per question).
 
     Keys: ``train``, ``validation``, ``test`` (pairs, terse then verbose per question)
@@ -170,16 +181,19 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     a message without a style token keeps behaving like the base model. ``plain_relations``
     "all" draws them from every relation of the bank (dates, harder arithmetic too), whose
     base answers vary more in length than the basic relations' short ones.
+    ``terse_form`` "sentence" words terse capital answers as a short sentence (`terse_answer`).
     """
     if plain_relations not in ("basic", "all"):
         raise ValueError(f"plain_relations must be 'basic' or 'all', got {plain_relations!r}")
+    if terse_form not in TERSE_FORMS:
+        raise ValueError(f"terse_form must be one of {', '.join(TERSE_FORMS)}, got {terse_form!r}")
     bank = split_bank(seed)
     sizes = {"train": n_train, "validation": n_validation, "test": n_test}
     out: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
         rng = random.Random(f"tokengraft-style:{seed}:{split}")
         questions = sample_questions(bank[split], (sizes[split] + 1) // 2, rng)
-        out[split] = [row for i, q in enumerate(questions) for row in _pair_rows(q, split, i, rng)]
+        out[split] = [row for i, q in enumerate(questions) for row in _pair_rows(q, split, i, rng, terse_form)]
         if split == "train" and n_plain:
             plain = sample_questions(bank[split], n_plain, random.Random(f"tokengraft-style-plain:{seed}"),
                                      relations=ALL_RELATIONS if plain_relations == "all" else BASIC_RELATIONS,
