@@ -369,21 +369,23 @@ def test_style_plain_rows_have_no_token_and_leave_the_pairs_unchanged(style_spli
     S.check_splits(with_plain)
 
 
-def test_style_sentence_form_rewords_only_terse_capital_answers(style_splits):
-    sentence = S.generate_splits(seed=0, terse_form="sentence")
+@pytest.mark.parametrize("form", ["sentence", "subject"])
+def test_style_terse_forms_reword_only_terse_capital_answers(style_splits, form):
+    worded_splits = S.generate_splits(seed=0, terse_form=form)
     changed = 0
     for split in ("train", "validation", "test"):
-        for bare, worded in zip(style_splits[split], sentence[split]):
+        for bare, worded in zip(style_splits[split], worded_splits[split]):
             assert {k: v for k, v in bare.items() if k != "completion"} == \
                 {k: v for k, v in worded.items() if k != "completion"}
             if bare["style"] == "terse" and bare["relation"] == "capital":
-                assert worded["completion"].startswith("The capital of ") and bare["completion"] == bare["gold"] + "."
-                assert worded["completion"].endswith(f" is {bare['gold']}.") and len(worded["completion"].split()) <= 12
+                assert bare["completion"] == bare["gold"] + "." and len(worded["completion"].split()) <= 12
+                assert worded["completion"].endswith((" is " if form == "sentence" else ": ") + bare["gold"] + ".")
+                assert worded["completion"].startswith("The capital of ") == (form == "sentence")
                 changed += 1
             else:
                 assert worded["completion"] == bare["completion"]
     assert changed
-    with pytest.raises(ValueError, match="terse_form must be one of bare, sentence"):
+    with pytest.raises(ValueError, match="terse_form must be one of bare, sentence, subject"):
         S.generate_splits(seed=0, terse_form="short")
 
 

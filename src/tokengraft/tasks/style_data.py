@@ -116,7 +116,7 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-TERSE_FORMS = ("bare", "sentence")
+TERSE_FORMS = ("bare", "sentence", "subject")
 
 
 def terse_answer(q: Question, form: str = "bare") -> str:
@@ -126,9 +126,11 @@ def terse_answer(q: Question, form: str = "bare") -> str:
     ("The capital of France is Paris."), the way the base model and the verbose answers
     begin: a bare city name makes a small model pick the city in its first token, with
     nothing that leads to it, and it then names the wrong one far more often.
+    ``form="subject"`` keeps only the subject before the answer ("France: Paris.").
     """
-    if form == "sentence" and q.relation == "capital":
-        return f"The capital of {q.entity.info['country']} is {q.entity.info['capital']}."
+    if q.relation == "capital" and form != "bare":
+        country, capital = q.entity.info["country"], q.entity.info["capital"]
+        return f"The capital of {country} is {capital}." if form == "sentence" else f"{_cap(country)}: {capital}."
     return _cap(q.entity.gold) + "."
 
 
@@ -181,7 +183,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     a message without a style token keeps behaving like the base model. ``plain_relations``
     "all" draws them from every relation of the bank (dates, harder arithmetic too), whose
     base answers vary more in length than the basic relations' short ones.
-    ``terse_form`` "sentence" words terse capital answers as a short sentence (`terse_answer`).
+    ``terse_form`` "sentence" / "subject" word terse capital answers with their subject (`terse_answer`).
     """
     if plain_relations not in ("basic", "all"):
         raise ValueError(f"plain_relations must be 'basic' or 'all', got {plain_relations!r}")
