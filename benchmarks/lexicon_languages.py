@@ -400,6 +400,12 @@ def report() -> None:
                 f"{r['speed']['speedup']:.2f}x | {100 * r['english_control']['pydoc_change']:+.2f} % | "
                 f"{r['planned_growth_mib']} / {r['measured_growth_mib']} | {r['verdict']} |")
         lines.append("")
+        for name, r in runs.items():
+            examples = r["metrics"].get("continuation_examples") or []
+            if examples:
+                lines += [f"Raw continuations, {name} (greedy, 48 new tokens; the excerpt's last 60 characters, then "
+                          "the first 160 of the continuation):", ""]
+                lines += [f"- {e['excerpt']!r} -> {e['continuation']!r}" for e in examples] + [""]
     (RESULTS / "lexicon_languages.md").write_text("\n".join(lines) + "\n")
 
 

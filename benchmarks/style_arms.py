@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The first arm generates the data every arm trains on; the control (today's recipe) comes last.
 ARMS = ("style_alora", "style_alora_self_answers", "style_rows_expand", "style_lora_kl", "style_lora_self_answers", "style_lora")
 EXTRA_ARMS = ("style_alora_known", "style_alora_sentence", "style_alora_subject")
-"""Arms measured after the comparison (`--extra`): trained with `tokengraft train` on the first arm's data files,
-evaluated with `tokengraft eval`, in the same output directory (see benchmarks/style_arms.md)."""
+"""Arms measured after the comparison (`--extra`): trained with `tokengraft train` (on the first arm's data files, or
+generating the same questions from the same seed with their own terse wording), evaluated with `tokengraft eval`,
+in the same output directory (see benchmarks/style_arms.md)."""
 # The issue's targets (held-out questions, the same greedy decoding for every style).
 TARGETS: tuple[tuple[str, str, Any], ...] = (
     ("untokened_identical_rate", ">=", 0.99),
