@@ -424,3 +424,17 @@ def test_self_answers_on_a_given_file_keep_the_relabelled_rows_beside_the_run(tm
     assert data.files["train"] == tmp_path / "run" / "data" / "train.jsonl" and given.read_text() == before
     saved = [json.loads(line) for line in data.files["train"].read_text().splitlines()]
     assert saved == data.train and all("base_answer" in r for r in saved if r["style"] == "terse")
+
+
+def test_plain_rows_the_base_model_answers_with_nothing_are_left_out(monkeypatch, capsys, tmp_path):
+    import tokengraft.training.prepare as prepare
+
+    rows = [{"prompt": "a?", "completion": None}, {"prompt": "b?", "completion": "kept."},
+            {"prompt": "c?", "completion": None}, {"prompt": "d?", "completion": None}]
+    answers = {"a?": "Alpha.", "c?": "  \n", "d?": "Delta."}  # the base model ends its turn at once on "c?"
+    monkeypatch.setattr(prepare, "base_answers",
+                        lambda model, tokenizer, prompts, **kwargs: [{"text": answers[p]} for p in prompts])
+    recipe = _style_recipe(tmp_path, [])
+    out = prepare.complete_with_base_answers(recipe, rows, tokenizer=None, model=None)
+    assert [(r["prompt"], r["completion"]) for r in out] == [("a?", "Alpha."), ("b?", "kept."), ("d?", "Delta.")]
+    assert "1 of 3 plain rows left out" in capsys.readouterr().out

@@ -65,10 +65,13 @@ def drop_unknown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return kept
 
 
-def _complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any,
+def complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any,
                                 model: Any) -> list[dict[str, Any]]:
     """Generated rows with ``completion: None`` (the style task's plain rows) get the base model's own
-    greedy answer: training on them keeps the model's behaviour where no new token is present."""
+    greedy answer: training on them keeps the model's behaviour where no new token is present.
+
+    A row the base model answers with nothing (a base model in the plain format may end its turn
+    at once: Gemma 3 270M does on some questions) has nothing to train on; it is left out and said."""
     todo = [i for i, r in enumerate(rows) if "prompt" in r and r.get("completion") is None]
     if not todo:
         return rows
@@ -78,9 +81,13 @@ def _complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], toke
                                                    batch_size=recipe.eval.batch_size,
                                                    desc="base model answers the plain rows")]
     rows = list(rows)
+    empty = {i for i, answer in zip(todo, answers) if not answer.strip()}
     for i, answer in zip(todo, answers):
         rows[i] = {**rows[i], "completion": answer, "completion_from": "base_model"}
-    return rows
+    if empty:
+        print(f"tokengraft: {len(empty)} of {len(todo)} plain rows left out: the base model's answer to them is "
+              "empty, which leaves nothing to train on")
+    return [row for i, row in enumerate(rows) if i not in empty]
 
 
 def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> PreparedData:
@@ -93,7 +100,7 @@ def prepare_data(recipe: Recipe, data_dir: Path, tokenizer: Any, model: Any) -> 
         splits = dict(generated.splits)
         if recipe.data.know_check or recipe.data.self_answers or recipe.data.drop_unknown:
             splits["train"] = _label(recipe, splits["train"], tokenizer, model)
-        splits["train"] = _complete_with_base_answers(recipe, splits["train"], tokenizer, model)
+        splits["train"] = complete_with_base_answers(recipe, splits["train"], tokenizer, model)
         generated = dataclasses.replace(generated, splits=splits)
         # Under a launcher (torchrun, accelerate launch) every process generates the same seeded
         # rows in memory; only global rank 0 writes them, so the run directory is written once.
