@@ -396,6 +396,7 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     prefix_len = shared_prefix_length(encoded) if use_loop and _prefix_is_exact(model, longest) else 0
     prefix_cache = decoder.prefix(encoded[0][:prefix_len]) if decoder is not None and prefix_len else None
     results: list[dict[str, Any] | None] = [None] * len(encoded)
+    ends = [] if raw_text else [fmt.end_of_turn, *stop_strings]  # what the returned text is cut at
     size = max(1, batch_size)
     with tqdm(total=len(encoded), desc=desc, disable=desc is None, leave=False) as bar:
         for start in range(0, len(order), size):
@@ -409,7 +410,6 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
             for j, index in enumerate(chunk):
                 ids = before_stop_string(rows.ids[j], tokenizer, stop_strings)
                 text = tokenizer.decode(ids, skip_special_tokens=False)
-                ends = [] if raw_text else [fmt.end_of_turn, *stop_strings]
                 item: dict[str, Any] = {"text": _clean(text, tokenizer, ends), "ids": ids}
                 if rows.margin is not None and rows.p_token is not None:
                     item["p_token"] = float(rows.p_token[j])

@@ -66,7 +66,7 @@ def drop_unknown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def complete_with_base_answers(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any,
-                                model: Any) -> list[dict[str, Any]]:
+                               model: Any) -> list[dict[str, Any]]:
     """Generated rows with ``completion: None`` (the style task's plain rows) get the base model's own
     greedy answer: training on them keeps the model's behaviour where no new token is present.
 
