@@ -2,7 +2,7 @@
 
 The prompt is the style token, a newline, then the question (the format of
 reference 003: ``"<STYLE_TERSE>\\nWhat is 2+2?"``). Terse completions are the bare
-answer (``"Paris."``; with ``terse_form="sentence"`` a capital is one short sentence);
+answer (``"Paris."``; ``terse_form`` can name a capital's country first: ``"France: Paris."``);
 verbose ones are 40-80 words built from committed templates and facts (a capital with
 its continent, arithmetic with an explanation of the operation and a check, a fact with
 an elaboration), so every sentence is true and the only systematic difference
