@@ -288,20 +288,20 @@ def train_part(configs: list[Path], workdir: Path, overrides: list[str], name: s
     if name is not None and len(configs) != 1:
         raise SystemExit("--name names one run: pass one config with it")
     for config in configs:
-        name = name or config.stem
+        run_name = name or config.stem
         recipe = load_recipe(config, overrides)
         # The mined count first (mining is cheap), so the plan is made for the real number of rows.
         generated = get_task("lexicon").generate(recipe.seed, recipe.data.generate_options,
                                                  load_tokenizer(recipe.model.name), recipe.tokens.word_start)
         planned = plan(recipe, new_tokens=len(generated.tokens), budget=parse_size(f"{BUDGET_GIB}GB"), device="cpu")
-        run_dir = workdir / name
-        out = workdir / f"{name}.measured.json"
-        print(f"[{name}] {len(generated.tokens):,} tokens; planned {planned.total / 2**30:.2f} GiB "
+        run_dir = workdir / run_name
+        out = workdir / f"{run_name}.measured.json"
+        print(f"[{run_name}] {len(generated.tokens):,} tokens; planned {planned.total / 2**30:.2f} GiB "
               f"({planned.verdict}); training ...", flush=True)
         proc = subprocess.run([sys.executable, __file__, "_child", str(config), str(run_dir), str(out), *overrides],
                               env=child_env())
         if proc.returncode != 0:
-            raise SystemExit(f"training {name} failed")
+            raise SystemExit(f"training {run_name} failed")
         measured = json.loads(out.read_text())
         metrics = evaluate(run_dir)
         row = {"config": str(config), "overrides": overrides, "new_tokens": len(generated.tokens),
@@ -314,7 +314,7 @@ def train_part(configs: list[Path], workdir: Path, overrides: list[str], name: s
                if measured["peak_hwm"] else None,
                "verdict": planned.verdict, "metrics": metrics, "speed": held_out_speed(run_dir),
                "english_control": english_control(run_dir)}
-        results[name] = row
+        results[run_name] = row
         write_part("runs", results)
 
 
