@@ -1,4 +1,5 @@
-"""`<PASS>` data beyond corrupted questions (issue 19): unanswerable kinds, held-out kinds and relations.
+"""`<PASS>` data beyond corrupted questions (issue 19): unanswerable kinds, held-out kinds and relations,
+replay relations in training.
 
 No model: the generators, their splits, the grading of held-out relations and the option errors.
 """
@@ -20,6 +21,8 @@ from tokengraft.tasks.bank import ALL_RELATIONS, bank_entities, split_bank
 from tokengraft.tasks.heldout_relations import (HELDOUT_RELATIONS, HELDOUT_SPLIT, heldout_entities,
                                                 load_heldout_facts)
 from tokengraft.tasks.metrics import pass_metrics
+from tokengraft.tasks.replay_relations import (REPLAY_RELATIONS, REPLAY_TEMPLATES, available_replay_rows,
+                                               replay_entities)
 from tokengraft.tasks.splits import SPLITS, check_disjoint
 from tokengraft.tasks.unanswerable import FAMILIES, UNANSWERABLE_KINDS, load_deeds, split_families
 
@@ -183,6 +186,11 @@ def test_a_split_of_new_kinds_only_and_its_limit():
     ({"n_train": "many"}, "n_train must be a whole number"),
     ({"pass_fraction": 2}, "pass_fraction must be a number from 0 to 1"),
     ({"unanswerable_kinds": ["future_event"]}, "'unanswerable_kinds', which the pass task does not know"),
+    ({"replay_rows": -1}, "data.generate_options: replay_rows must be a whole number from 0 to 972"),
+    ({"replay_rows": 973}, "replay_rows must be a whole number from 0 to 972 (replay facts x phrasings), got 973"),
+    ({"replay_rows": "many"}, "replay_rows must be a whole number from 0 to 972"),
+    ({"replay_rows": 2.5}, "replay_rows must be a whole number from 0 to 972"),
+    ({"replay_rows": True}, "replay_rows must be a whole number from 0 to 972"),
 ])
 def test_bad_options_are_one_clear_error(options, message):
     with pytest.raises(TokengraftError) as err:
@@ -209,3 +217,112 @@ def test_recall_is_reported_for_every_kind_of_the_test_split(splits):
     by_kind = pass_metrics(records)["pass_recall_by_kind"]
     assert set(by_kind) == {r["kind"] for r in splits["test"]} - {"answerable"}
     assert {k for k, v in by_kind.items() if v == 1.0} == set(passed) and all(v in (0.0, 1.0) for v in by_kind.values())
+
+
+# ----------------------------------------------------------------------------- replay relations
+
+REPLAY_OPTIONS = dict(n_train=120, n_validation=40, n_test=80, pass_fraction=0.3, relations="all",
+                      train_kinds=P.TRAIN_KINDS + ("future_event",), heldout_relations="all")
+
+
+def _without_replay(rows):
+    return [r for r in rows if not r.get("replay")]
+
+
+def test_replay_rows_of_zero_leave_every_row_as_it_was():
+    assert _digest(P.generate_splits(seed=0, replay_rows=0)) == BEFORE["defaults@0"]
+    demo = dict(n_train=1000, n_validation=150, n_test=300, pass_fraction=0.3, relations="all", read_rows=120,
+                replay_rows=0)
+    assert _digest(P.generate_splits(seed=42, **demo)) == BEFORE["demo@42"]
+
+
+def test_replay_rows_are_answerable_training_rows_spread_over_the_relations():
+    plain = P.generate_splits(seed=5, **REPLAY_OPTIONS)
+    replayed = P.generate_splits(seed=5, replay_rows=100, **REPLAY_OPTIONS)
+    P.check_splits(replayed)
+    # Train only, appended: every other row of every split is the one generated without them.
+    assert set(replayed) == set(plain) and _without_replay(replayed["train"]) == plain["train"]
+    assert all(replayed[s] == plain[s] for s in replayed if s != "train")
+    rows = [r for r in replayed["train"] if r.get("replay")]
+    assert len(rows) == 100 and len(replayed["train"]) == len(plain["train"]) + 100
+    per_relation = {rel: sum(r["relation"] == rel for r in rows) for rel in REPLAY_RELATIONS}
+    assert max(per_relation.values()) - min(per_relation.values()) <= 1, per_relation
+    assert len({r["entity"] for r in rows}) == 100  # each fact once before any fact twice
+    for r in rows:
+        assert r["answerable"] is True and r["kind"] == "answerable" and r["split"] == "train" and r["replay"] is True
+        assert r["template"].startswith(r["relation"] + ":") and r["entity"].startswith(r["relation"] + ":")
+        assert r["completion"] == r["gold"][:1].upper() + r["gold"][1:] + "."
+    prompts = [r["prompt"] for rows_ in replayed.values() for r in rows_]
+    assert len(prompts) == len(set(prompts))
+
+
+def test_replay_rows_are_deterministic_for_a_seed_and_differ_between_seeds():
+    one = P.generate_splits(seed=5, replay_rows=60, **REPLAY_OPTIONS)["train"]
+    assert P.generate_splits(seed=5, replay_rows=60, **REPLAY_OPTIONS)["train"] == one
+    other = P.generate_splits(seed=6, replay_rows=60, **REPLAY_OPTIONS)["train"]
+    assert [r["prompt"] for r in one if r.get("replay")] != [r["prompt"] for r in other if r.get("replay")]
+
+
+def test_every_replay_question_exists_once_and_grades_like_the_rest():
+    rows = [r for r in P.generate_splits(seed=1, n_train=20, n_validation=10, n_test=10,
+                                         replay_rows=available_replay_rows())["train"] if r.get("replay")]
+    assert available_replay_rows() == 972 == len(rows) == len({r["prompt"] for r in rows})
+    for rel in REPLAY_RELATIONS:
+        assert 20 <= len(replay_entities(rel)) <= 30 and len(REPLAY_TEMPLATES[rel]) >= 4, rel
+    for r in rows:
+        assert P.is_correct(r["completion"], r), r
+        assert not P.is_correct(r["prompt"], r), r  # the question never contains its own answer
+    by_prompt = {r["prompt"]: r for r in rows}
+    assert P.is_correct("The plural of mouse is mice.", by_prompt["What is the plural of mouse?"])
+    assert P.is_correct("A baby cat is called a kitty.", by_prompt["What is a baby cat called?"])
+    assert not P.is_correct("A puppy.", by_prompt["What is a baby cat called?"])
+    assert P.is_correct("Tuesday comes after Monday.", by_prompt["What is the day after Monday?"])
+
+
+def test_replay_relations_never_overlap_trained_or_held_out_ones():
+    assert not set(REPLAY_RELATIONS) & set(HELDOUT_RELATIONS) and not set(REPLAY_RELATIONS) & set(ALL_RELATIONS)
+    # Nor does a replay question name a book or an element the held-out split asks about.
+    prompts = " ".join(r["prompt"] for r in P.generate_splits(seed=1, n_train=20, n_validation=10, n_test=10,
+                                                              replay_rows=available_replay_rows())["train"])
+    for fact in load_heldout_facts():
+        if fact["relation"] in ("author", "chemical_symbol"):
+            assert not re.search(rf"\b{re.escape(fact['slot'])}\b", prompts, re.I), fact
+    splits = P.generate_splits(seed=5, replay_rows=20, **REPLAY_OPTIONS)
+    replay = next(r for r in splits["train"] if r.get("replay"))
+    for split in ("validation", "test", HELDOUT_SPLIT):  # a replay row outside training is refused
+        leaked = {**splits, split: [*splits[split], {**replay, "split": split, "prompt": "leaked?",
+                                                     "entity": "x", "template": "y"}]}
+        with pytest.raises(AssertionError, match="replay relation|not held out"):
+            P.check_splits(leaked)
+    mislabelled = {**splits, "train": [*splits["train"], {**replay, "relation": "capital"}]}
+    with pytest.raises(AssertionError, match="not a replay relation"):
+        P.check_splits(mislabelled)
+
+
+def test_replay_rows_are_relabelled_by_the_base_model_like_other_answerable_rows():
+    train = P.generate_splits(seed=5, replay_rows=30, **REPLAY_OPTIONS)["train"]
+    answerable = [r for r in train if r["answerable"]]
+    # The base model answers every other question right, in its own words, and the rest wrong.
+    right = {r["prompt"] for r in answerable[::2]}
+    answer = lambda prompts: [f"I think it is {by[p]['gold']}." if p in right else "No idea."  # noqa: E731
+                              for p in prompts]
+    by = {r["prompt"]: r for r in answerable}
+    labelled = P.label_with_base_answers(train, answer, self_answers=True, know_check=True)
+    replay = [r for r in labelled if r.get("replay")]
+    assert len(replay) == 30 and all("base_answer" in r and "gold_completion" in r for r in replay)
+    for r in replay:
+        expected = f"I think it is {r['gold']}." if r["prompt"] in right else P.PASS_TOKEN
+        assert r["completion"] == expected and r["know_check"] == ("right" if r["prompt"] in right else "wrong")
+
+
+def test_the_replay_arm_is_the_default_arm_plus_replay_rows():
+    default = load_recipe(CONFIGS / "compare" / "pass_gen_default.yaml")
+    replay = load_recipe(CONFIGS / "compare" / "pass_gen_replay.yaml")
+    options = dict(replay.data.generate_options)
+    assert options.pop("replay_rows") == 200 and options == default.data.generate_options
+    assert replay.seed == default.seed and replay.train == default.train and replay.data.self_answers
+    small = {**replay.data.generate_options, "n_train": 60, "n_validation": 20, "n_test": 60, "read_rows": 4}
+    generated = get_task("pass").generate(seed=replay.seed, options=small).splits
+    P.check_splits(generated)
+    assert sum(bool(r.get("replay")) for r in generated["train"]) == 200
+    assert not any(r.get("replay") for s in generated if s != "train" for r in generated[s])

@@ -4,8 +4,9 @@
   (torch-free; config reads it to validate recipes);
 - ``splits``: split names, JSONL rows on disk, the train/held-out leak check;
 - ``bank``: the question bank the field tasks share, and the lenient answer matcher;
-- ``unanswerable`` / ``heldout_relations``: `<PASS>` questions with no answer that are not
-  corrupted, and answerable relations the training never uses (both used by ``pass_data``);
+- ``unanswerable`` / ``heldout_relations`` / ``replay_relations``: `<PASS>` questions with no
+  answer that are not corrupted, answerable relations the training never uses, and answerable
+  relations it may replay in training only (all used by ``pass_data``);
 - the generators, each registering its task on import: ``pass_data`` (`<PASS>`),
   ``style_data`` (style tokens), ``lexicon_data`` (vocabulary expansion),
   ``classify_data`` (sequence classification);

@@ -86,27 +86,38 @@ CASE_SENSITIVE_RELATIONS = frozenset({"chemical_symbol"})
 
 
 @lru_cache(maxsize=None)
-def load_heldout_facts() -> tuple[dict[str, Any], ...]:
-    """Rows of ``data/heldout_facts.tsv`` as dicts: relation, slot, gold, aliases."""
-    text = resources.files("tokengraft").joinpath("data", "heldout_facts.tsv").read_text(encoding="utf-8")
+def read_relation_facts(name: str) -> tuple[dict[str, Any], ...]:
+    """Rows of a relation table in ``data/`` (``heldout_facts.tsv``, ``replay_facts.tsv``) as dicts:
+    relation, slot, gold, aliases. Lines starting with ``#`` are comments; the first other line is the header."""
+    text = resources.files("tokengraft").joinpath("data", name).read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     rows = [[c.strip() for c in r] for r in csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE)]
     return tuple(dict(relation=r[0], slot=r[1], gold=r[2], aliases=[a.strip() for a in r[3].split("|") if a.strip()])
                  for r in rows)
 
 
-def heldout_entities(relation: str) -> list[Entity]:
-    """Every fact of one held-out relation as a bank `Entity` (key ``relation:slot``), in table order."""
-    if relation not in HELDOUT_TEMPLATES:
-        raise ValueError(f"unknown held-out relation {relation!r}; choose from {HELDOUT_RELATIONS}")
+def load_heldout_facts() -> tuple[dict[str, Any], ...]:
+    """Rows of ``data/heldout_facts.tsv`` as dicts: relation, slot, gold, aliases."""
+    return read_relation_facts("heldout_facts.tsv")
+
+
+def relation_entities(facts: Sequence[dict[str, Any]], relation: str) -> list[Entity]:
+    """Every fact of ``relation`` in ``facts`` as a bank `Entity` (key ``relation:slot``), in table order."""
     out = []
-    for f in load_heldout_facts():
+    for f in facts:
         if f["relation"] == relation:
             # "the United States": an answer without the article ("... in California, United States") is right too.
             bare = [f["gold"][4:]] if f["gold"].lower().startswith("the ") else []
             out.append(Entity(relation, f"{relation}:{f['slot']}", [{"slot": f["slot"]}], f["gold"],
                               gold_aliases(f["gold"], list(dict.fromkeys(bare + f["aliases"]))), {"slot": f["slot"]}))
     return out
+
+
+def heldout_entities(relation: str) -> list[Entity]:
+    """Every fact of one held-out relation as a bank `Entity` (key ``relation:slot``), in table order."""
+    if relation not in HELDOUT_TEMPLATES:
+        raise ValueError(f"unknown held-out relation {relation!r}; choose from {HELDOUT_RELATIONS}")
+    return relation_entities(load_heldout_facts(), relation)
 
 
 def resolve_heldout_relations(value: Any) -> tuple[str, ...]:

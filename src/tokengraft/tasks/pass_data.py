@@ -22,8 +22,9 @@ Beside the corruptions, ``tasks.unanswerable`` makes well-formed questions that 
 no answer (``future_event``, ``private_fact``, ``false_premise``, ``category_error``,
 ``missing_referent``); ``train_kinds`` / ``test_only_kinds`` take any of them, and
 ``heldout_relations`` adds a split of answerable questions of relations no other
-split uses (``tasks.heldout_relations``, "test_heldout_relations"). Left unset, the
-rows are those of earlier versions.
+split uses (``tasks.heldout_relations``, "test_heldout_relations"), and ``replay_rows``
+adds answerable training rows of yet other broad relations (``tasks.replay_relations``).
+Left unset, the rows are those of earlier versions.
 
 Held-out numbers come from data that never overlaps training: the question bank
 splits entities and templates (``tasks.bank.split_bank``), invented names are unique
@@ -52,6 +53,7 @@ from tokengraft.tasks.bank import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, B
 from tokengraft.tasks.heldout_relations import (CASE_SENSITIVE_RELATIONS, HELDOUT_RELATIONS, HELDOUT_SPLIT,
                                                heldout_relation_rows, resolve_heldout_relations)
 from tokengraft.tasks.registry import Generated, Task, register_task
+from tokengraft.tasks.replay_relations import REPLAY_RELATIONS, check_replay_rows, replay_rows as make_replay_rows
 from tokengraft.tasks.splits import SPLITS, check_disjoint
 from tokengraft.tasks.unanswerable import UNANSWERABLE_KINDS, kind_rows
 
@@ -330,7 +332,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
                     pass_fraction: float = 0.5, train_kinds: Sequence[str] = TRAIN_KINDS,
                     test_only_kinds: Sequence[str] = TEST_ONLY_KINDS, relations: str | Sequence[str] = "basic",
                     read_rows: int = 0, heldout_relations: str | Sequence[str] | None = None,
-                    validation_templates: int = 1) -> dict[str, list[dict[str, Any]]]:
+                    validation_templates: int = 1, replay_rows: int = 0) -> dict[str, list[dict[str, Any]]]:
     """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
 
     Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
@@ -347,6 +349,10 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     ``validation_templates`` (`split_bank`): phrasings per relation given to validation
     instead of training; more of them let the `<PASS>` calibration certify its false-PASS
     bound on a model that answers few questions right. The test split does not change.
+    ``replay_rows`` adds that many answerable TRAINING rows of broad relations that are
+    neither trained nor held out (``replay_relations``; marked ``replay: true``): answered
+    in the base model's words under ``data.self_answers``, they test whether training on
+    many relations keeps the model answering relations it never saw. 0 leaves the rows as before.
     """
     train_kinds = _kind_list("train_kinds", train_kinds)
     test_only_kinds = _kind_list("test_only_kinds", test_only_kinds)
@@ -361,6 +367,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     if isinstance(relations, str) or not isinstance(relations, tuple) or set(relations) - set(ALL_RELATIONS):
         raise ValueError(f"relations must be 'basic', 'all' or a list drawn from {ALL_RELATIONS}, got {relations!r}")
     held_relations = resolve_heldout_relations(heldout_relations)
+    check_replay_rows(replay_rows)  # before any work: a bad value is one error, not a late one
     bank = split_bank(seed, validation_templates=validation_templates)
     taken: set[str] = set()
     seen: set[str] = set()
@@ -378,14 +385,17 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
                                  [k for k in kinds if k not in UNANSWERABLE_KINDS], rng, taken, seen, relations, made)
     if read_rows:
         out["train"] += read_training_rows(bank["train"], read_rows, random.Random(f"tokengraft-read-train:{seed}"))
+    if replay_rows:  # appended, from their own seeded stream, so every other row stays as it was
+        out["train"] += make_replay_rows(seed, replay_rows)
     if held_relations:
         out[HELDOUT_SPLIT] = heldout_relation_rows(seed, held_relations)
     return out
 
 
 def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
-    """Assert no entity / template / prompt overlap, test kinds that training never saw, and held-out
-    relations (``test_heldout_relations``) that no other split asks about."""
+    """Assert no entity / template / prompt overlap, test kinds that training never saw, held-out
+    relations (``test_heldout_relations``) that no other split asks about, and replay rows
+    (``replay_rows``) in training only, of relations that are neither trained nor held out."""
     check_disjoint(splits, held_out=("validation", "test", HELDOUT_SPLIT))
     train_kinds = {r["kind"] for r in splits["train"]}
     assert {r["kind"] for r in splits["validation"]} <= train_kinds, "validation has a kind training lacks"
@@ -395,6 +405,14 @@ def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
         assert not stray, f"{split} asks about the held-out relation {sorted(stray)[0]!r}"
     assert all(r["relation"] in HELDOUT_RELATIONS for r in splits.get(HELDOUT_SPLIT, ())), \
         f"{HELDOUT_SPLIT} holds a relation that is not held out"
+    reused = set(REPLAY_RELATIONS) & (set(HELDOUT_RELATIONS) | set(ALL_RELATIONS))
+    assert not reused, f"the replay relation {sorted(reused)[0]!r} is also a trained or held-out relation"
+    assert all(r["relation"] in REPLAY_RELATIONS for r in splits["train"] if r.get("replay")), \
+        "a replay row asks about a relation that is not a replay relation"
+    for split in (s for s in splits if s != "train"):
+        stray = {r.get("relation") for r in splits[split] if r.get("replay")} | \
+            ({r.get("relation") for r in splits[split]} & set(REPLAY_RELATIONS))
+        assert not stray, f"{split} asks about the replay relation {sorted(map(str, stray))[0]!r} (training only)"
 
 
 # ----------------------------------------------------------------------------- know-check

@@ -1,0 +1,148 @@
+"""Answerable "replay" questions of broad relations, added to `<PASS>` training only.
+
+Issue 19: a model tuned for `<PASS>` on a few relations (capitals, arithmetic,
+colours, ...) passes on, or forgets, relations it never trained on. The hypothesis
+these rows test: training also on answerable questions of many OTHER relations,
+answered in the base model's own words (``data.self_answers`` relabels them like
+every other answerable training row), teaches that an unfamiliar relation is not a
+reason to pass.
+
+The relations (``data/replay_facts.tsv``: plurals, past tenses, young animals,
+workers, body parts, what things are made of, calendar order, collective nouns,
+animal homes) are neither question-bank relations nor held-out relations
+(``tasks.heldout_relations``), nor near them: no authors, chemistry, countries,
+languages, currencies, shapes, landmarks or science facts. They never reach
+validation or test, so no phrasing is held out: every (fact, phrasing) pair is
+available to training.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from tokengraft.tasks.bank import Entity, Question, question_meta, render
+from tokengraft.tasks.heldout_relations import read_relation_facts, relation_entities
+
+REPLAY_FACTS_FILE = "replay_facts.tsv"
+
+# Several phrasings per relation; all of them train (these relations are never evaluated).
+REPLAY_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "plural": (
+        "What is the plural of {slot}?",
+        'What is the plural of the word "{slot}"?',
+        "What is the plural form of {slot}?",
+        "One {slot}, two what?",
+    ),
+    "past_tense": (
+        "What is the past tense of {slot}?",
+        'What is the past tense of the verb "{slot}"?',
+        "What is the simple past of {slot}?",
+        "How do you say {slot} in the past tense?",
+    ),
+    "young_animal": (
+        "What is a baby {slot} called?",
+        "What do you call a young {slot}?",
+        "What is the name for a baby {slot}?",
+        "A baby {slot} is called what?",
+    ),
+    "worker": (
+        "What do you call {slot}?",
+        "What is the job of {slot} called?",
+        "{Slot} is called what?",
+        "What is the word for {slot}?",
+    ),
+    "body_part": (
+        "Which part of the body do {slot}?",
+        "What body part do {slot}?",
+        "Name the part of the body {slot}.",
+        "What part of your body do {slot}?",
+    ),
+    "made_of": (
+        "What is {slot} made of?",
+        "What is {slot} made from?",
+        "{Slot} is made from what?",
+        "What do people make {slot} from?",
+    ),
+    "calendar": (
+        "What is the {slot}?",
+        "Which is the {slot}?",
+        "Name the {slot}.",
+        "Can you tell me the {slot}?",
+    ),
+    "collective_noun": (
+        "What is a group of {slot} called?",
+        "What do you call a group of {slot}?",
+        "A group of {slot} is called a what?",
+        "What is the collective noun for {slot}?",
+    ),
+    "animal_home": (
+        "What is the home of {slot} called?",
+        "What do you call the home of {slot}?",
+        "What is the name for the home of {slot}?",
+        "{Slot} lives in what kind of home?",
+    ),
+}
+REPLAY_RELATIONS: tuple[str, ...] = tuple(REPLAY_TEMPLATES)
+
+
+def replay_entities(relation: str) -> list[Entity]:
+    """Every fact of one replay relation as a bank `Entity` (key ``relation:slot``), in table order."""
+    if relation not in REPLAY_TEMPLATES:
+        raise ValueError(f"unknown replay relation {relation!r}; choose from {REPLAY_RELATIONS}")
+    return relation_entities(read_relation_facts(REPLAY_FACTS_FILE), relation)
+
+
+def available_replay_rows() -> int:
+    """How many distinct replay questions exist: facts x phrasings, summed over the relations."""
+    return sum(len(replay_entities(rel)) * len(REPLAY_TEMPLATES[rel]) for rel in REPLAY_RELATIONS)
+
+
+def check_replay_rows(n: Any) -> int:
+    """The ``replay_rows`` option: a whole number from 0 to ``available_replay_rows()``."""
+    most = available_replay_rows()
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
+        raise ValueError(f"replay_rows must be a whole number from 0 to {most} (replay facts x phrasings), got {n!r}")
+    return n
+
+
+def _relation_order(seed: int, relation: str) -> list[Question]:
+    """Every (fact, phrasing) question of a relation, every fact once before any fact twice:
+    a small ``replay_rows`` covers many facts rather than a few facts in every phrasing."""
+    rng = random.Random(f"tokengraft-replay:{seed}:{relation}")
+    entities = replay_entities(relation)
+    rng.shuffle(entities)
+    templates = list(range(len(REPLAY_TEMPLATES[relation])))
+    rng.shuffle(templates)
+    out = []
+    for turn in range(len(templates)):
+        for i, entity in enumerate(entities):
+            t = templates[(i + turn) % len(templates)]  # a fact's next turn uses its next phrasing
+            template = REPLAY_TEMPLATES[relation][t]
+            text, spans = render(template, entity.variants[0])
+            out.append(Question(entity, f"{relation}:{t}", template, dict(entity.variants[0]), text, spans))
+    return out
+
+
+def replay_rows(seed: int, n: int) -> list[dict[str, Any]]:
+    """``n`` answerable training rows of the replay relations, spread evenly over them, deterministic for ``seed``.
+
+    Rows look like the question bank's answerable rows (``kind: "answerable"``, gold,
+    aliases, entity, template, ``split: "train"``, completion ``"<Gold>."``), so
+    ``is_correct`` grades them and the know-check labeller relabels them the same way,
+    plus ``replay: true`` so a run's data can count them.
+    """
+    check_replay_rows(n)
+    queues = {rel: _relation_order(seed, rel) for rel in REPLAY_RELATIONS}
+    picked: list[Question] = []
+    while len(picked) < n:  # round robin: equal shares until a relation runs out
+        for rel in REPLAY_RELATIONS:
+            if queues[rel] and len(picked) < n:
+                picked.append(queues[rel].pop(0))
+    rows = []
+    for q in picked:
+        gold = q.entity.gold
+        rows.append({"prompt": q.text, "completion": gold[:1].upper() + gold[1:] + ".", "kind": "answerable",
+                     "answerable": True, **question_meta(q, "train"), "replay": True})
+    random.Random(f"tokengraft-replay:{seed}").shuffle(rows)
+    return rows
