@@ -29,6 +29,9 @@ from tokengraft.tasks.pass_data import ALL_KINDS
 ROOT = Path(__file__).resolve().parent.parent
 # The first arm generates the data every arm trains on: the control, the default recipe.
 ARMS = ("pass_gen_default", "pass_gen_kl", "pass_gen_known_kl")
+# Arms whose DATA differs (pass_gen_replay adds training rows): run alone, never behind another arm,
+# or they would train on the first arm's files; their test splits are the default arm's, row for row.
+OWN_DATA_ARMS = ("pass_gen_replay",)
 HELD_OUT_RELATIONS = "test_heldout_relations"
 """The split of answerable questions of relations training never uses (pass_data: `heldout_relations`)."""
 CORRUPTION_KINDS = ALL_KINDS
@@ -139,8 +142,9 @@ def target_lines(metrics: dict[str, dict[str, Any]], data: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="/tmp/pass-generalise", help="compare's output directory (one run per arm)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
-                        help="arms to run (the first one generates the data); default: all three")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + OWN_DATA_ARMS,
+                        help="arms to run (the first one generates the data); default: the first three. "
+                             f"{', '.join(OWN_DATA_ARMS)} generates its own data: run it alone")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pass_generalise"),
                         help="results path without extension")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N rows of each split")
@@ -148,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two steps on a few rows: checks the script, not the numbers")
     parser.add_argument("--model", default=None, help="another base model (a directory or hub id) for every arm")
     args = parser.parse_args(argv)
+    if len(args.arms) > 1 and set(args.arms) & set(OWN_DATA_ARMS):
+        parser.error(f"{', '.join(sorted(set(args.arms) & set(OWN_DATA_ARMS)))} trains on its own data: "
+                     "run it alone (--arms NAME) into its own --output")
     recipes = [str(Path("configs") / "compare" / f"{arm}.yaml") for arm in args.arms]
     output = Path(args.output).resolve()
     overrides = (QUICK if args.quick else []) + ([f"model.name={args.model}"] if args.model else [])

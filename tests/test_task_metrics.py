@@ -186,3 +186,18 @@ def test_the_pass_bias_is_calibrated_with_a_finite_sample_margin():
     assert bias == 1.5  # 1 false pass: (1+1)/41 = 0.049; at 2.0 two would give 0.073
     assert [row["false_pass_rate"] for row in sweep][:4] == [0.0, 0.0, 0.025, 0.05]
     assert choose_pass_bias(right[:10] + corrupted, 0.05, biases=(0.0, 1.0))[0] == 0.0  # n=10 cannot certify 5 %
+
+
+def test_a_recall_target_takes_the_smallest_certified_bias_that_reaches_it():
+    """Recall 2/3 already at bias 1.0; the false-PASS rule alone would go to 1.5 (recall 2/3, one false pass)."""
+    from tokengraft.evaluation.generative import choose_pass_bias
+
+    right = [{"answerable": True, "base_correct": True, "gold": "x", "aliases": [], "margin": m, "generated": "x"}
+             for m in [-1.2, -1.8] + [-9.0] * 38]
+    corrupted = [{"answerable": False, "margin": m, "generated": "<PASS>"} for m in (-3.0, -0.8, 0.5)]
+    biases = (0.0, 1.0, 1.5, 2.0, 3.0)
+    assert choose_pass_bias(right + corrupted, 0.05, biases=biases)[0] == 1.5
+    assert choose_pass_bias(right + corrupted, 0.05, biases=biases, target_recall=0.6)[0] == 1.0
+    assert choose_pass_bias(right + corrupted, 0.05, biases=biases, target_recall=0.3)[0] == 0.0
+    # unreachable within the false-PASS bound (recall 1.0 needs bias 3.0): the largest certified bias
+    assert choose_pass_bias(right + corrupted, 0.05, biases=biases, target_recall=1.0)[0] == 1.5

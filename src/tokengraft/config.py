@@ -238,6 +238,10 @@ class EvalConfig:
     """Calibrated <PASS> logit bias (written by calibration)."""
     target_false_pass: float = option(0.05, lo=0, hi=1, lo_open=True, hi_open=True)
     """Calibration target: share of answerable questions allowed to get <PASS>."""
+    target_recall: float | None = option(None, lo=0, hi=1, lo_open=True)
+    """Optional calibration target for <PASS> recall on unanswerable validation questions: of the
+    biases that keep target_false_pass, the smallest that reaches it (fewest answers given up);
+    unset or unreachable: the largest such bias (most recall)."""
 
 
 @dataclass

@@ -133,7 +133,8 @@ def eval_splits(run: Path) -> list[str]:
 
 
 def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe) -> float:
-    """Choose the <PASS> logit bias on the validation split for ``eval.target_false_pass``; save it in graft.json.
+    """Choose the <PASS> logit bias on the validation split for ``eval.target_false_pass`` (and
+    ``eval.target_recall``, if set: choose_pass_bias); save it in graft.json.
 
     The bias is what `generate`, `eval` and the exports apply, so plain greedy decoding
     of an exported model behaves as calibrated.
@@ -146,8 +147,9 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
         with phase("base model: validation"):
             for record, right in zip(answerable, base_correctness(base_model, tokenizer, answerable, recipe)):
                 record["base_correct"] = right
-        bias, sweep = choose_pass_bias(records, recipe.eval.target_false_pass)
+        bias, sweep = choose_pass_bias(records, recipe.eval.target_false_pass, target_recall=recipe.eval.target_recall)
     update_graft_meta(run, pass_bias=bias, calibration={"split": "validation", "target_false_pass": recipe.eval.target_false_pass,
+                                                        "target_recall": recipe.eval.target_recall,
                                                         "rows": len(records), "sweep": sweep})
     return bias
 
@@ -249,18 +251,29 @@ def bias_sweep(records: list[dict[str, Any]], biases: tuple[float, ...] = SWEEP_
 
 
 def choose_pass_bias(records: list[dict[str, Any]], target_false_pass: float,
-                     biases: tuple[float, ...] = tuple(x / 2 for x in range(-12, 13))) -> tuple[float, list[dict[str, Any]]]:
+                     biases: tuple[float, ...] = tuple(x / 2 for x in range(-12, 13)),
+                     target_recall: float | None = None) -> tuple[float, list[dict[str, Any]]]:
     """The largest bias (recall grows with it) whose false-PASS rate stays within the target with a
     finite-sample margin: ``(false passes + 1) / (n + 1) <= target`` over the ``n`` validation
     questions the base model answers right (conformal risk control). The plain ``k / n <= target``
     overfits a small split: with n = 40 it admits 2 false passes and sat on the edge of the plateau.
-    With too few rows to certify the target at all (n < 1 / target - 1) the smallest bias is taken."""
+    With too few rows to certify the target at all (n < 1 / target - 1) the smallest bias is taken.
+
+    ``target_recall`` (optional): of the certified biases, the SMALLEST whose validation recall reaches
+    it, when one does. Every bias step up also passes on more answerable questions the model would
+    have got right (or wrong); once recall is where it is asked to be, passing more only costs
+    answers. None (or no certified bias reaching it): the largest certified bias, as above."""
     sweep = bias_sweep(records, biases)
     answerable = [r for r in records if r["answerable"]]
     n = sum(1 for r in answerable if r.get("base_correct")) or len(answerable)
     ok = [row for row in sweep if row["false_pass_rate"] is not None
           and (round(row["false_pass_rate"] * n) + 1) / (n + 1) <= target_false_pass]
-    best = max(ok, key=lambda row: row["bias"]) if ok else min(sweep, key=lambda row: row["bias"])
+    enough = [row for row in ok if target_recall is not None and row["pass_recall"] is not None
+              and row["pass_recall"] >= target_recall]
+    if enough:
+        best = min(enough, key=lambda row: row["bias"])
+    else:
+        best = max(ok, key=lambda row: row["bias"]) if ok else min(sweep, key=lambda row: row["bias"])
     return float(best["bias"]), sweep
 
 
