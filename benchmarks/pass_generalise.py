@@ -29,9 +29,10 @@ from tokengraft.tasks.pass_data import ALL_KINDS
 ROOT = Path(__file__).resolve().parent.parent
 # The first arm generates the data every arm trains on: the control, the default recipe.
 ARMS = ("pass_gen_default", "pass_gen_kl", "pass_gen_known_kl")
-# Arms whose DATA differs (pass_gen_replay adds training rows): run alone, never behind another arm,
-# or they would train on the first arm's files; their test splits are the default arm's, row for row.
+# Arms whose DATA differs (pass_gen_replay adds training rows): with one of them every arm generates its
+# own data (`compare --own-data`); their held-out splits are the default arm's, row for row.
 OWN_DATA_ARMS = ("pass_gen_replay",)
+REPLAY_NOTE = "200 answerable training rows of nine broad relations neither trained nor held out, answered by the base model"
 HELD_OUT_RELATIONS = "test_heldout_relations"
 """The split of answerable questions of relations training never uses (pass_data: `heldout_relations`)."""
 CORRUPTION_KINDS = ALL_KINDS
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="/tmp/pass-generalise", help="compare's output directory (one run per arm)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + OWN_DATA_ARMS,
                         help="arms to run (the first one generates the data); default: the first three. "
-                             f"{', '.join(OWN_DATA_ARMS)} generates its own data: run it alone")
+                             f"With {', '.join(OWN_DATA_ARMS)} every arm generates its own data")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pass_generalise"),
                         help="results path without extension")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N rows of each split")
@@ -152,13 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two steps on a few rows: checks the script, not the numbers")
     parser.add_argument("--model", default=None, help="another base model (a directory or hub id) for every arm")
     args = parser.parse_args(argv)
-    if len(args.arms) > 1 and set(args.arms) & set(OWN_DATA_ARMS):
-        parser.error(f"{', '.join(sorted(set(args.arms) & set(OWN_DATA_ARMS)))} trains on its own data: "
-                     "run it alone (--arms NAME) into its own --output")
+    own_data = bool(set(args.arms) & set(OWN_DATA_ARMS))
     recipes = [str(Path("configs") / "compare" / f"{arm}.yaml") for arm in args.arms]
     output = Path(args.output).resolve()
     overrides = (QUICK if args.quick else []) + ([f"model.name={args.model}"] if args.model else [])
-    command = ["tokengraft", "compare", *recipes, "--output", str(output)]
+    command = ["tokengraft", "compare", *recipes, "--output", str(output), *(["--own-data"] if own_data else [])]
     command += [x for o in overrides for x in ("--set", o)]
     limit = args.eval_limit or (12 if args.quick else None)
     if limit:
@@ -168,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         # `python -m tokengraft` is the `tokengraft` command of this interpreter's environment
         subprocess.run([sys.executable, "-m", *command], check=True, cwd=ROOT)
     data = output / args.arms[0] / "data"
-    notes = ["Every arm trains on the first arm's generated data and seed (the default recipe's: 1000 "
+    data_note = ("Every arm generates its own data with the same seed (--own-data: pass_gen_replay adds "
+                 f"{REPLAY_NOTE}; every other row of every split is the default arm's)" if own_data else
+                 "Every arm trains on the first arm's generated data and seed")
+    notes = [data_note + " (the default recipe's: 1000 "
              "training questions, 30 % unanswerable over seven kinds, 120 READ rows, 150 steps in length-grouped "
              "batches; the test split adds four kinds held out whole; a split of eight relations no other split asks); the base model's answers label the "
              "answerable training questions (self_answers) and are shared through the answers cache.",

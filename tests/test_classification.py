@@ -268,3 +268,23 @@ def test_compare_two_tiny_recipes(tmp_path, model_dirs):
     adapter, head = result["rows"]
     assert adapter["trainable"] > head["trainable"] == 64 * 3  # the head alone: hidden x classes
     assert "| cls_head |" in table and "accuracy" in table.splitlines()[0]
+
+
+def test_compare_own_data_keeps_each_recipes_data_and_seed(tmp_path, model_dirs):
+    """--own-data: the second recipe trains on its own data with its own seed, not on the first recipe's."""
+    import yaml
+
+    from tokengraft.cli.compare import compare
+
+    paths = []
+    for name, seed in (("first", 1), ("second", 2)):
+        recipe = make_recipe(tmp_path / name, model_dirs["llama"], METHODS["head_only"], max_steps=1, eval_steps=1)
+        recipe.seed = seed
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe.to_dict()))
+        paths.append(str(path))
+    for own_data, expected in ((True, [1, 2]), (False, [1, 1])):
+        out = tmp_path / f"out-{own_data}"
+        saved = compare(paths, out, evaluate=False, own_data=own_data)
+        assert saved["own_data"] is own_data
+        assert [json.loads((out / n / "graft.json").read_text())["seed"] for n in ("first", "second")] == expected

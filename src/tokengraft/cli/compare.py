@@ -7,6 +7,11 @@ from the data. The table (markdown + JSON) has trainable parameters, peak memory
 (process peak RSS growth during training, measured per run in a fresh
 subprocess so runs do not inherit each other's peak), time per step, final eval
 loss and the task's metrics; a PNG overlays the eval-loss curves.
+
+``own_data`` (``--own-data``) compares DATA recipes instead: every recipe generates
+its own splits from its own options and seed (e.g. one adds replay rows to training).
+Whether the held-out splits then match is the generators' business (the pass task's
+optional extras leave every other row as it was for a seed).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def _child(recipe_path: Path, out: Path, overrides: list[str], overwrite: bool) 
 
 
 def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, eval_limit: int | None = None,
-            overrides: list[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
+            overrides: list[str] | None = None, overwrite: bool = False, own_data: bool = False) -> dict[str, Any]:
     if len(recipes) < 2:
         raise TokengraftError("compare needs at least two recipes")
     out = Path(output)
@@ -73,10 +78,11 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
         run = out / name
         print(f"tokengraft compare: [{index + 1}/{len(recipes)}] {name}", file=sys.stderr)
         measured = _child(Path(path), run, list(overrides or []) + shared, overwrite)
-        if index == 0:
-            shared = _shared_data_overrides(run, loaded[0])
-        else:
-            _copy_eval_splits(out / names[0] / "data", run / "data")
+        if not own_data:
+            if index == 0:
+                shared = _shared_data_overrides(run, loaded[0])
+            else:
+                _copy_eval_splits(out / names[0] / "data", run / "data")
         row = {"recipe": name, **measured,
                "seconds_per_step": measured["train_seconds"] / max(1, measured["steps"])}
         metric_keys = get_task(recipe.task).metric_keys
@@ -85,7 +91,7 @@ def compare(recipes: list[str], output: str | Path, *, evaluate: bool = True, ev
             row.update({k: metrics.get(k) for k in metric_keys})
         rows.append(row)
         # After every arm, not only at the end: a comparison of hours that stops early keeps what it measured.
-        result = {"task": loaded[0].task, "recipes": recipes, "rows": rows}
+        result = {"task": loaded[0].task, "recipes": recipes, "own_data": own_data, "rows": rows}
         (out / "compare.json").write_text(json.dumps(result, indent=2))
         (out / "compare.md").write_text(markdown_table(result))
     _plot_curves(rows, out / "compare_eval_loss.png")

@@ -384,6 +384,9 @@ def _configure_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true", help="skip task metrics (eval loss only)")
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate only the first N test rows")
     parser.add_argument("--overwrite", action="store_true", help="replace runs an earlier compare left in --output")
+    parser.add_argument("--own-data", action="store_true",
+                        help="every recipe generates its own data (compare data options, e.g. replay rows); "
+                             "default: all train on the first recipe's data")
 
 
 @command("compare", "train recipes on the same data, split and seed; side-by-side table", _configure_compare)
@@ -392,7 +395,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     _threads()
     result = compare(args.recipes, args.output, evaluate=not args.no_eval, eval_limit=args.eval_limit,
-                     overrides=args.overrides, overwrite=args.overwrite)
+                     overrides=args.overrides, overwrite=args.overwrite, own_data=args.own_data)
     print(markdown_table(result))
     return 0
 
