@@ -64,7 +64,8 @@ def test_every_demo_has_one_packaged_recipe():
     # --model picks the model's own packaged recipe when there is one, else the task's.
     gemma = load_recipe(recipe_path("pass", "gemma3-270m"))
     default = load_recipe(recipe_path("pass"))
-    assert gemma.model.name == "gemma3-270m" and gemma.train.max_steps == 2 * default.train.max_steps
+    assert gemma.model.name == "gemma3-270m" and default.model.name == "smollm2-135m-instruct"
+    assert gemma.data.generate_options["validation_templates"] == 2 and "validation_templates" not in default.data.generate_options
     assert recipe_path("pass", "/some/local/model") == recipe_path("pass")
     assert recipe_path("style", "gemma3-270m") == recipe_path("style")
 
