@@ -103,6 +103,37 @@ def test_corpus_round_trip_and_the_lexicon_task_reads_it(tmp_path):
         L.read_corpus(tmp_path / "missing")
 
 
+def test_replay_corpus_adds_training_rows_only_and_is_not_mined(tmp_path):
+    chinese = {"train": {"ch1": CHINESE, "ch2": CHINESE}, "validation": {"ch3": "软件包。"}, "test": {"ch4": "软件包。"}}
+    english = {"train": {f"ch{i}": f"Paragraph {i} of the English guide.\n\nAnother paragraph {i}." for i in range(9)},
+               "validation": {"v": "Held out."}, "test": {"t": "Held out too."}}
+    L.write_corpus(chinese, tmp_path / "zh")
+    L.write_corpus(english, tmp_path / "en")
+    lexicon = get_task("lexicon")
+    options = {"corpus": str(tmp_path / "zh"), "min_pieces": 2, "min_count": 2, "chunk_chars": 40}
+    plain = lexicon.generate(0, options, tiny_byte_tokenizer())
+    mixed = lexicon.generate(0, {**options, "replay_corpus": str(tmp_path / "en"), "replay_share": 0.25},
+                             tiny_byte_tokenizer())
+    main_rows = len(plain.splits["train"])
+    replayed = [r for r in mixed.splits["train"] if r["topic"].startswith("replay:")]
+    assert mixed.splits["train"][:main_rows] == plain.splits["train"]
+    assert len(replayed) == round(main_rows / 3) and all(r["text"] in english["train"][r["topic"][7:]]
+                                                         for r in replayed)
+    assert mixed.tokens == plain.tokens  # the lexicon comes from the main corpus alone
+    assert mixed.splits["validation"] == plain.splits["validation"] and mixed.splits["test"] == plain.splits["test"]
+    again = lexicon.generate(0, {**options, "replay_corpus": str(tmp_path / "en"), "replay_share": 0.25},
+                             tiny_byte_tokenizer())
+    assert again.splits["train"] == mixed.splits["train"]
+    with pytest.raises(TokengraftError, match="lower replay_share"):
+        lexicon.generate(0, {**options, "replay_corpus": str(tmp_path / "en"), "replay_share": 0.9},
+                         tiny_byte_tokenizer())
+    with pytest.raises(TokengraftError, match="between 0 and 1"):
+        lexicon.generate(0, {**options, "replay_corpus": str(tmp_path / "en"), "replay_share": 1.5},
+                         tiny_byte_tokenizer())
+    with pytest.raises(TokengraftError, match="needs replay_corpus"):
+        lexicon.generate(0, {**options, "replay_share": 0.2}, tiny_byte_tokenizer())
+
+
 def test_corpus_path_in_a_recipe_is_relative_to_the_recipe(tmp_path):
     from tokengraft.config import load_recipe
 
@@ -111,6 +142,9 @@ def test_corpus_path_in_a_recipe_is_relative_to_the_recipe(tmp_path):
     path.write_text("task: lexicon\ntokens: {special: false}\ndata:\n  generate: true\n"
                     "  generate_options: {corpus: ../corpus/de}\n", encoding="utf-8")
     assert load_recipe(path).data.generate_options["corpus"] == str((tmp_path / "corpus" / "de").resolve())
+    path.write_text(path.read_text(encoding="utf-8").replace("corpus: ../corpus/de", "corpus: ../corpus/de, "
+                                                               "replay_corpus: ../corpus/en"), encoding="utf-8")
+    assert load_recipe(path).data.generate_options["replay_corpus"] == str((tmp_path / "corpus" / "en").resolve())
 
 
 def test_held_out_chapters_drop_paragraphs_seen_in_training():

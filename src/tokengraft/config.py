@@ -364,9 +364,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
             p = Path(sect[key]).expanduser()
             sect[key] = str(p if p.is_absolute() else (base / p).resolve())
     options = raw.get("data", {}).get("generate_options") if isinstance(raw.get("data"), dict) else None
-    if isinstance(options, dict) and isinstance(options.get("corpus"), str) and options["corpus"]:
-        p = Path(options["corpus"]).expanduser()  # the lexicon task's corpus directory
-        options["corpus"] = str(p if p.is_absolute() else (base / p).resolve())
+    for key in ("corpus", "replay_corpus"):  # the lexicon task's corpus directories
+        if isinstance(options, dict) and isinstance(options.get(key), str) and options[key]:
+            p = Path(options[key]).expanduser()
+            options[key] = str(p if p.is_absolute() else (base / p).resolve())
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("name"), str):
         name = model["name"]

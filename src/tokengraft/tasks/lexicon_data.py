@@ -273,6 +273,33 @@ def generate_splits(seed: int = 0, chunk_chars: int = 1000,
             for split in SPLITS}
 
 
+REPLAY_OPTIONS = ("replay_corpus", "replay_share", "replay_chunk_chars")
+
+
+def replay_rows(corpus: str | Path, share: float, chunk_chars: int, n_train: int, seed: int) -> list[dict[str, Any]]:
+    """Training rows from the TRAIN split of another corpus, mixed in so they are ``share`` of all training rows.
+
+    Why: a LoRA trained on the new language alone also changes the model's other languages
+    (the English control loses ~10 % bits per byte with it, docs/lexicon_languages.md). Rows of a
+    language the model already writes keep those weights anchored. They are training rows only:
+    the lexicon is mined from the main corpus, and every held-out split stays the main corpus's.
+    Topics are prefixed ``replay:`` so they never collide with the main corpus's documents.
+    """
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1:
+        raise TokengraftError(f"data.generate_options.replay_share must be a number between 0 and 1 (the share of "
+                              f"training rows taken from replay_corpus), got {share!r}")
+    texts = read_corpus(corpus)["train"]
+    chunks = [{"text": chunk, "topic": f"replay:{topic}", "split": "train"}
+              for topic, text in texts.items() for chunk in chunk_text(text, chunk_chars)]
+    wanted = round(n_train * share / (1 - share))
+    if wanted > len(chunks):
+        most = len(chunks) / (n_train + len(chunks))
+        raise TokengraftError(f"data.generate_options.replay_share {share} needs {wanted} chunks of replay_corpus "
+                              f"{corpus}, whose train split has {len(chunks)} of {chunk_chars} characters; lower "
+                              f"replay_share to at most {most:.2f} or replay_chunk_chars")
+    return random.Random(seed).sample(chunks, wanted)
+
+
 def check_splits(splits: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """Assert topics are disjoint and no held-out paragraph occurs in the training text."""
     topics = {s: {r["topic"] for r in rows} for s, rows in splits.items()}
@@ -483,12 +510,21 @@ def generate(seed: int, options: Mapping[str, Any], tokenizer: Any = None, word_
     options = dict(options)
     mine = {k: options.pop(k) for k in MINING_OPTIONS if k in options}
     miner = options.pop("miner", "auto")
+    replay = {k: options.pop(k) for k in REPLAY_OPTIONS if k in options}
     unknown = sorted(set(options) - {"chunk_chars", "fractions", "corpus"})
     if unknown:
         raise TokengraftError(f"data.generate_options has {unknown[0]!r}, which the lexicon task does not know; use "
-                              f"{', '.join(MINING_OPTIONS + ('miner', 'corpus', 'chunk_chars', 'fractions'))}")
+                              f"{', '.join(MINING_OPTIONS + REPLAY_OPTIONS + ('miner', 'corpus', 'chunk_chars', 'fractions'))}")
+    if replay and "replay_corpus" not in replay:
+        raise TokengraftError(f"data.generate_options.{sorted(replay)[0]} needs replay_corpus: DIR (a corpus written "
+                              "by benchmarks/lexicon_corpus.py whose train split is mixed into training)")
     splits = generate_splits(seed=seed, **options)
-    train = [r["text"] for r in splits["train"]]
+    train = [r["text"] for r in splits["train"]]  # mined below: the replay rows added after this are not
+    if replay:
+        chunk_chars = replay.get("replay_chunk_chars", options.get("chunk_chars", 1000))
+        added = replay_rows(replay["replay_corpus"], replay.get("replay_share", 0.2), chunk_chars,
+                            len(splits["train"]), seed)
+        splits["train"] = splits["train"] + added
     miner = resolve_miner(miner, train, corpus=options.get("corpus") is not None)
     if miner == "units" and word_start:
         raise TokengraftError("the units miner finds text written without spaces, but tokens.word_start puts a space "
