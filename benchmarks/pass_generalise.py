@@ -29,10 +29,14 @@ from tokengraft.tasks.pass_data import ALL_KINDS
 ROOT = Path(__file__).resolve().parent.parent
 # The first arm generates the data every arm trains on: the control, the default recipe.
 ARMS = ("pass_gen_default", "pass_gen_kl", "pass_gen_known_kl")
-# Arms whose DATA differs (pass_gen_replay adds training rows): with one of them every arm generates its
-# own data (`compare --own-data`); their held-out splits are the default arm's, row for row.
-OWN_DATA_ARMS = ("pass_gen_replay",)
-REPLAY_NOTE = "200 answerable training rows of nine broad relations neither trained nor held out, answered by the base model"
+# Arms whose DATA differs: with one of them every arm generates its own data (`compare --own-data`); their
+# held-out splits are the default arm's, row for row. What differs, for the report:
+OWN_DATA_ARMS = {
+    "pass_gen_replay": "pass_gen_replay adds 200 answerable training rows of nine broad relations neither trained "
+                       "nor held out, answered by the base model",
+    "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
+                      "(300 steps, as its demo recipe)",
+}
 HELD_OUT_RELATIONS = "test_heldout_relations"
 """The split of answerable questions of relations training never uses (pass_data: `heldout_relations`)."""
 CORRUPTION_KINDS = ALL_KINDS
@@ -143,7 +147,7 @@ def target_lines(metrics: dict[str, dict[str, Any]], data: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="/tmp/pass-generalise", help="compare's output directory (one run per arm)")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + OWN_DATA_ARMS,
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS + tuple(OWN_DATA_ARMS),
                         help="arms to run (the first one generates the data); default: the first three. "
                              f"With {', '.join(OWN_DATA_ARMS)} every arm generates its own data")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pass_generalise"),
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two steps on a few rows: checks the script, not the numbers")
     parser.add_argument("--model", default=None, help="another base model (a directory or hub id) for every arm")
     args = parser.parse_args(argv)
-    own_data = bool(set(args.arms) & set(OWN_DATA_ARMS))
+    own_data = [OWN_DATA_ARMS[arm] for arm in args.arms if arm in OWN_DATA_ARMS]
     recipes = [str(Path("configs") / "compare" / f"{arm}.yaml") for arm in args.arms]
     output = Path(args.output).resolve()
     overrides = (QUICK if args.quick else []) + ([f"model.name={args.model}"] if args.model else [])
@@ -167,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         # `python -m tokengraft` is the `tokengraft` command of this interpreter's environment
         subprocess.run([sys.executable, "-m", *command], check=True, cwd=ROOT)
     data = output / args.arms[0] / "data"
-    data_note = ("Every arm generates its own data with the same seed (--own-data: pass_gen_replay adds "
-                 f"{REPLAY_NOTE}; every other row of every split is the default arm's)" if own_data else
+    data_note = ("Every arm generates its own data with the same seed (--own-data: " + "; ".join(own_data) +
+                 "; every other row of every split is the default arm's)" if own_data else
                  "Every arm trains on the first arm's generated data and seed")
     notes = [data_note + " (the default recipe's: 1000 "
-             "training questions, 30 % unanswerable over seven kinds, 120 READ rows, 150 steps in length-grouped "
+             "training questions, 30 % unanswerable over seven kinds, 120 READ rows, 150 steps (unless said) in length-grouped "
              "batches; the test split adds four kinds held out whole; a split of eight relations no other split asks); the base model's answers label the "
              "answerable training questions (self_answers) and are shared through the answers cache.",
              "Each run is evaluated by `tokengraft eval` with its own <PASS> bias calibrated on the validation split "

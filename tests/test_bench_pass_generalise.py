@@ -42,6 +42,19 @@ def test_the_arms_validate_and_differ_only_in_their_knob():
                                                                         example.train.group_by_length)
 
 
+def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
+    bench = _load_script()
+    folder = BENCHMARKS.parent / "configs" / "compare"
+    default = load_recipe(folder / "pass_gen_default.yaml")
+    replay, gemma = (load_recipe(folder / f"{arm}.yaml") for arm in bench.OWN_DATA_ARMS)
+    for recipe in (replay, gemma):
+        validate_recipe(recipe)
+        assert recipe.methods == default.methods and recipe.seed == default.seed
+    extra = dict(replay.data.generate_options)
+    assert extra.pop("replay_rows") == 200 and extra == default.data.generate_options
+    assert gemma.data == default.data and gemma.model.name == "gemma3-270m" and gemma.train.max_steps == 300
+
+
 def _metrics(p_pass: float, clean: float) -> dict:
     detection = {"n": 10, "base_errors": 4, "error_rate": 0.4, "aurc_optimal": 0.1,
                  "p_pass": {"auroc": p_pass, "aurc": 0.2}, "max_softmax": {"auroc": 0.65, "aurc": 0.3},
