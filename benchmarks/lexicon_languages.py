@@ -275,6 +275,14 @@ def english_control(run_dir: Path) -> dict[str, float]:
     return {"pydoc_base_bits_per_byte": base_bpb, "pydoc_bits_per_byte": bpb, "pydoc_change": bpb / base_bpb - 1}
 
 
+def save_run(name: str, row: dict[str, Any]) -> None:
+    """Add one run to the runs part, read again just before writing: runs trained side by side (one per core)
+    each finish with their own row, and none may write back a copy read before another one finished."""
+    results = read_part("runs") or {}
+    results[name] = row
+    write_part("runs", results)
+
+
 def train_part(configs: list[Path], workdir: Path, overrides: list[str], name: str | None = None) -> None:
     from tokengraft.config import load_recipe
     from tokengraft.api import evaluate
@@ -283,7 +291,6 @@ def train_part(configs: list[Path], workdir: Path, overrides: list[str], name: s
     from tokengraft.planner.types import parse_size
     from tokengraft.tasks import get_task
 
-    results = read_part("runs") or {}
     workdir.mkdir(parents=True, exist_ok=True)
     if name is not None and len(configs) != 1:
         raise SystemExit("--name names one run: pass one config with it")
@@ -314,8 +321,7 @@ def train_part(configs: list[Path], workdir: Path, overrides: list[str], name: s
                if measured["peak_hwm"] else None,
                "verdict": planned.verdict, "metrics": metrics, "speed": held_out_speed(run_dir),
                "english_control": english_control(run_dir)}
-        results[run_name] = row
-        write_part("runs", results)
+        save_run(run_name, row)
 
 
 def reeval_part(names: list[str], workdir: Path) -> None:
@@ -328,8 +334,7 @@ def reeval_part(names: list[str], workdir: Path) -> None:
             raise SystemExit(f"no trained run {name!r} in lexicon_languages_runs.json (have: {', '.join(results)})")
         if not (workdir / name / "graft.json").is_file():
             raise SystemExit(f"{workdir / name} is not a run directory: pass the --workdir it was trained in")
-        results[name]["metrics"] = evaluate(workdir / name)
-        write_part("runs", results)
+        save_run(name, {**results[name], "metrics": evaluate(workdir / name)})
 
 
 # ----------------------------------------------------------------------------- the markdown
@@ -339,6 +344,34 @@ def new_token_rates(m: dict[str, Any]) -> str:
     """Chat reply / raw continuation / held-out text; a run evaluated before the last two existed shows n/a."""
     keys = ("generated_new_token_rate", "continuation_new_token_rate", "test_text_new_token_rate")
     return " / ".join(f"{m[k]:.3f}" if k in m else "n/a" for k in keys)
+
+
+def plot_runs(runs: dict[str, Any], path: Path) -> None:
+    """The issue's three model targets, run by run: bits per byte against the base (left of 0 is better), how often
+    raw continuations write a new unit (up is better), and the English control's change (shaded: within +2 %)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs)
+    bpb = [100 * (runs[n]["metrics"]["bits_per_byte"] / runs[n]["metrics"]["base_bits_per_byte"] - 1) for n in names]
+    rate = [runs[n]["metrics"].get("continuation_new_token_rate", float("nan")) for n in names]
+    english = [100 * runs[n]["english_control"]["pydoc_change"] for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.scatter(bpb, rate)
+    for name, x, y in zip(names, bpb, rate):
+        left.annotate(name.removeprefix("lexicon_"), (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+    left.axvline(0, color="grey", lw=0.8)
+    left.set(xlabel="bits per byte vs the base model (%), held-out Japanese",
+             ylabel="new units in raw continuations (share of tokens)", title="Japanese: better is up and left")
+    right.barh(range(len(names)), english)
+    right.axvspan(-2, 2, color="green", alpha=0.12)
+    right.set_yticks(range(len(names)), [n.removeprefix("lexicon_") for n in names], fontsize=8)
+    right.set(xlabel="pydoc (English control) bits per byte change (%)", title="English: within +2 % (shaded)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def report() -> None:
@@ -399,7 +432,9 @@ def report() -> None:
                 f"({m.get('base_bits_per_byte', float('nan')):.4f}) | {new_token_rates(m)} | "
                 f"{r['speed']['speedup']:.2f}x | {100 * r['english_control']['pydoc_change']:+.2f} % | "
                 f"{r['planned_growth_mib']} / {r['measured_growth_mib']} | {r['verdict']} |")
-        lines.append("")
+        plot_runs(runs, RESULTS / "lexicon_languages_runs.png")
+        lines += ["", "![bits per byte, new units in generation and the English control, run by run]"
+                  "(lexicon_languages_runs.png)", ""]
         for name, r in runs.items():
             examples = r["metrics"].get("continuation_examples") or []
             if examples:
