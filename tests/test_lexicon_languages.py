@@ -130,6 +130,9 @@ def test_replay_corpus_adds_training_rows_only_and_is_not_mined(tmp_path):
     with pytest.raises(TokengraftError, match="between 0 and 1"):
         lexicon.generate(0, {**options, "replay_corpus": str(tmp_path / "en"), "replay_share": 1.5},
                          tiny_byte_tokenizer())
+    with pytest.raises(TokengraftError, match="replay_chunk_chars must be"):
+        lexicon.generate(0, {**options, "replay_corpus": str(tmp_path / "en"), "replay_chunk_chars": 0},
+                         tiny_byte_tokenizer())
     with pytest.raises(TokengraftError, match="needs replay_corpus"):
         lexicon.generate(0, {**options, "replay_share": 0.2}, tiny_byte_tokenizer())
 

@@ -288,6 +288,9 @@ def replay_rows(corpus: str | Path, share: float, chunk_chars: int, n_train: int
     if not isinstance(share, (int, float)) or isinstance(share, bool) or not 0 < share < 1:
         raise TokengraftError(f"data.generate_options.replay_share must be a number between 0 and 1 (the share of "
                               f"training rows taken from replay_corpus), got {share!r}")
+    if not isinstance(chunk_chars, int) or isinstance(chunk_chars, bool) or chunk_chars < 1:
+        raise TokengraftError(f"data.generate_options.replay_chunk_chars must be a positive whole number of "
+                              f"characters, got {chunk_chars!r}")
     texts = read_corpus(corpus)["train"]
     chunks = [{"text": chunk, "topic": f"replay:{topic}", "split": "train"}
               for topic, text in texts.items() for chunk in chunk_text(text, chunk_chars)]
