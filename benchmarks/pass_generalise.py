@@ -36,6 +36,9 @@ OWN_DATA_ARMS = {
                        "nor held out, answered by the base model",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
+    "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "
+                            "model answers them right greedily and in at least 3 of 5 samples at temperature 0.7 "
+                            "(know_check + know_check_samples)",
 }
 HELD_OUT_RELATIONS = "test_heldout_relations"
 """The split of answerable questions of relations training never uses (pass_data: `heldout_relations`)."""

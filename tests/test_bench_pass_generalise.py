@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -46,13 +47,22 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     bench = _load_script()
     folder = BENCHMARKS.parent / "configs" / "compare"
     default = load_recipe(folder / "pass_gen_default.yaml")
-    replay, gemma = (load_recipe(folder / f"{arm}.yaml") for arm in bench.OWN_DATA_ARMS)
-    for recipe in (replay, gemma):
+    arms = {arm: load_recipe(folder / f"{arm}.yaml") for arm in bench.OWN_DATA_ARMS}
+    assert set(arms) == {"pass_gen_replay", "pass_gen_gemma", "pass_gen_consistency"}
+    replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
+    for recipe in arms.values():
         validate_recipe(recipe)
         assert recipe.methods == default.methods and recipe.seed == default.seed
     extra = dict(replay.data.generate_options)
     assert extra.pop("replay_rows") == 200 and extra == default.data.generate_options
     assert gemma.data == default.data and gemma.model.name == "gemma3-270m" and gemma.train.max_steps == 300
+    # consistency: know_check on, with 5 samples at 0.7; everything else (data, model, training) the control's
+    assert (default.data.know_check, default.data.know_check_samples) == (False, 0)
+    assert (consistency.data.know_check, consistency.data.know_check_samples,
+            consistency.data.know_check_temperature) == (True, 5, 0.7)
+    assert dataclasses.replace(consistency.data, know_check=False, know_check_samples=0) == default.data
+    assert (consistency.model, consistency.tokens, consistency.train, consistency.eval) == \
+        (default.model, default.tokens, default.train, default.eval)
 
 
 def _metrics(p_pass: float, clean: float) -> dict:

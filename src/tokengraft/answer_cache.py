@@ -1,4 +1,4 @@
-"""The base model's greedy answers, computed once: a JSON cache in the tokengraft cache directory.
+"""The base model's greedy (and seeded sampled) answers, computed once: a JSON cache in the tokengraft cache directory.
 
 A run asks the unmodified base model the same questions again and again: the
 ``<PASS>`` demo's ~700 training questions (``data.self_answers`` / ``data.know_check``),
@@ -12,7 +12,14 @@ An entry's key is a SHA-256 over everything the answer depends on: the model's w
 fingerprint (models.fingerprint), its dtype and device type, the rendered prompt text
 and its token ids (template, system prompt and tokenizer included), the decoding
 settings (max_new_tokens, stop ids, pad id), ``generation.GENERATION_VERSION`` and the
-torch / transformers versions. One file per base model,
+torch / transformers versions. A SAMPLED answer (``sampled_answers``: ``data.know_check_samples``)
+adds a ``sampling`` entry to that material — the temperature, the seed, which sample of the
+prompt it is and ``generation.SAMPLING_VERSION`` — so it never shares a key with the greedy
+answer or with a sample of other settings; the greedy key material is unchanged, so caches
+written before sampling existed stay valid. Sampling draws each answer with its own generator
+seeded from (seed, sample index, prompt) (generation.py, "Sampling"), so sample ``j`` of a
+prompt is the same whatever other prompts, batch size or sample count it was asked with: the
+key needs the index, not the count, and 5 samples are the first 5 of 10. One file per base model,
 ``<cache>/answers/<fingerprint>.json`` (``TOKENGRAFT_ANSWER_CACHE`` moves the directory, or
 turns the cache ``off``), holds its entries and a digest of them; it is
 written atomically under a file lock (concurrent runs merge, never clobber). A file
@@ -30,7 +37,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,9 @@ from filelock import FileLock
 from tokengraft.builtin import cache_dir
 from tokengraft.data import ChatFormat
 from tokengraft.files import write_json
-from tokengraft.generation import DEFAULT_BATCH_SIZE, GENERATION_VERSION, generate_batch, pad_id, stop_ids
+from tokengraft.errors import TokengraftError
+from tokengraft.generation import (DEFAULT_BATCH_SIZE, GENERATION_VERSION, SAMPLING_VERSION, generate_batch, pad_id,
+                                   stop_ids)
 from tokengraft.models import fingerprint
 from tokengraft.timing import note
 
@@ -102,8 +111,10 @@ def _store(path: Path, model_fingerprint: str, new: dict[str, dict[str, Any]]) -
 
 
 def answer_keys(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int,
-                system: str | None, model_fingerprint: str) -> list[str]:
-    """One key per prompt: a hash of everything its greedy answer depends on."""
+                system: str | None, model_fingerprint: str,
+                sampling: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
+    """One key per prompt: a hash of everything its greedy answer depends on. ``sampling`` (one mapping per
+    prompt, `sampling_settings`) keys sampled answers instead; None leaves the greedy key as it always was."""
     fmt = ChatFormat(tokenizer, system=system)
     parameter = next(model.parameters())
     settings = {"generation": GENERATION_VERSION, "model": model_fingerprint, "dtype": str(parameter.dtype),
@@ -111,8 +122,10 @@ def answer_keys(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_t
                 "stops": stop_ids(tokenizer, fmt), "pad": pad_id(tokenizer),
                 "torch": torch.__version__, "transformers": transformers.__version__}
     keys = []
-    for prompt in prompts:
+    for index, prompt in enumerate(prompts):
         material = {"settings": settings, "prompt": fmt.prompt_text(prompt), "ids": fmt.encode_prompt(prompt)}
+        if sampling is not None:
+            material["sampling"] = dict(sampling[index])
         keys.append(hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest())
     return keys
 
@@ -127,23 +140,71 @@ def base_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_
 
     Adds ``prompts`` / ``cached`` / ``generated`` to the innermost timing phase.
     """
+    def generate(indices: list[int]) -> list[dict[str, Any]]:
+        return generate_batch(model, tokenizer, [prompts[i] for i in indices], max_new_tokens=max_new_tokens,
+                              system=system, batch_size=batch_size, desc=desc)
+
+    return _cached(model, tokenizer, prompts, generate, max_new_tokens=max_new_tokens, system=system,
+                   use_cache=use_cache, sampling=None)
+
+
+def sampling_settings(temperature: float, seed: int, index: int) -> dict[str, Any]:
+    """What a sampled answer depends on beyond a greedy one (its cache key's ``sampling`` entry)."""
+    return {"scheme": SAMPLING_VERSION, "temperature": float(temperature), "seed": int(seed), "sample": int(index)}
+
+
+def sample_seed(prompt: Any, seed: int, index: int) -> int:
+    """The generator seed of sample ``index`` of ``prompt`` under the run seed ``seed`` (63 bits of a SHA-256):
+    the same for the same three whatever else is asked, different for each sample and prompt."""
+    material = json.dumps({"prompt": prompt, "seed": int(seed), "sample": int(index)}, sort_keys=True)
+    return int.from_bytes(hashlib.sha256(material.encode()).digest()[:8], "big") >> 1
+
+
+def sampled_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, samples: int, temperature: float, seed: int,
+                    max_new_tokens: int, system: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                    desc: str | None = None, use_cache: bool = True) -> list[list[dict[str, Any]]]:
+    """``samples`` sampled answers (``text``, ``ids``) per prompt at ``temperature``, in prompt order: like
+    `base_answers`, through the cache, keyed apart from greedy answers (module docstring).
+
+    Deterministic for ``seed``: sample ``j`` of a prompt is drawn with its own generator seeded by
+    `sample_seed` (prompt, seed, j), so a second call, a cache hit and a fresh generation agree.
+    """
+    if samples < 1 or temperature <= 0:
+        raise TokengraftError(f"sampled answers need samples >= 1 and temperature > 0; got {samples} and {temperature}")
+    flat = [prompt for prompt in prompts for _ in range(samples)]
+    indices = [j for _ in prompts for j in range(samples)]
+    seeds = [sample_seed(prompt, seed, j) for prompt, j in zip(flat, indices)]
+
+    def generate(chosen: list[int]) -> list[dict[str, Any]]:
+        return generate_batch(model, tokenizer, [flat[i] for i in chosen], max_new_tokens=max_new_tokens,
+                              system=system, batch_size=batch_size, desc=desc, temperature=temperature,
+                              seeds=[seeds[i] for i in chosen])
+
+    answers = _cached(model, tokenizer, flat, generate, max_new_tokens=max_new_tokens, system=system,
+                      use_cache=use_cache, sampling=[sampling_settings(temperature, seed, j) for j in indices])
+    return [answers[i:i + samples] for i in range(0, len(answers), samples)]
+
+
+def _cached(model: Any, tokenizer: Any, prompts: Sequence[Any], generate: Callable[[list[int]], list[dict[str, Any]]],
+            *, max_new_tokens: int, system: str | None, use_cache: bool,
+            sampling: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """Answers for ``prompts`` (each with its ``sampling`` settings, or all greedy): read from the cache,
+    the rest made by ``generate(indices into prompts)`` (each distinct key once) and stored."""
     directory = answers_dir() if use_cache else None
     if directory is None or not prompts:
         note(prompts=len(prompts), cached=0, generated=len(prompts))
-        return generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, system=system,
-                              batch_size=batch_size, desc=desc)
+        return generate(list(range(len(prompts))))
     model_fingerprint = fingerprint(model)
     keys = answer_keys(model, tokenizer, prompts, max_new_tokens=max_new_tokens, system=system,
-                       model_fingerprint=model_fingerprint)
+                       model_fingerprint=model_fingerprint, sampling=sampling)
     path = directory / f"{model_fingerprint}.json"
     entries = read_entries(path, model_fingerprint)
-    missing: dict[str, Any] = {}
-    for key, prompt in zip(keys, prompts):
+    missing: dict[str, int] = {}  # key -> the first prompt with it
+    for index, key in enumerate(keys):
         if key not in entries and key not in missing:
-            missing[key] = prompt
+            missing[key] = index
     if missing:
-        generated = generate_batch(model, tokenizer, list(missing.values()), max_new_tokens=max_new_tokens,
-                                   system=system, batch_size=batch_size, desc=desc)
+        generated = generate(list(missing.values()))
         new = {key: {"text": out["text"], "ids": out["ids"]} for key, out in zip(missing, generated)}
         _store(path, model_fingerprint, new)
         entries = {**entries, **new}

@@ -36,7 +36,7 @@ from tokengraft.files import read_utf8
 from tokengraft.methods.registry import REGISTRY
 from tokengraft.methods.spec import MethodSpec, spec_from_dict
 from tokengraft.schema import build, field_docs, fields_to_plain, option, suggest, unknown_key
-from tokengraft.tasks import get_task, task_names
+from tokengraft.tasks import Task, get_task, task_names
 
 MAX_LR = 10.0
 """Largest learning rate a recipe accepts: far above any that trains (AdamW steps are ~lr in size); a value past
@@ -169,6 +169,13 @@ class DataConfig:
     answerable questions (neither their gold answer nor <PASS>); task style: terse rows (their verbose partner stays).
     With self_answers, what remains replays the base model's own right answers. Excludes know_check, which turns
     those questions into <PASS> instead."""
+    know_check_samples: int = option(0, lo=0)
+    """Task pass, for know_check / drop_unknown / self_answers: 0 = a question is known when the base model's one
+    greedy answer is right; N >= 2 = also sample N answers per answerable training question, and count it known
+    only when the greedy answer is right AND at least half of the N samples are (consistency; each row records
+    base_samples and know_share). Sampling is seeded by the recipe seed: the same recipe gives the same rows."""
+    know_check_temperature: float = option(0.7, lo=0, lo_open=True)
+    """Sampling temperature of the know_check_samples answers (> 0; higher: more varied answers, a stricter check)."""
 
 
 @dataclass
@@ -662,10 +669,33 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         able = ", ".join(name for name in task_names() if get_task(name).labeller is not None)
         raise TokengraftError(f"data.self_answers relabels training rows by the base model's own answers; "
                               f"task {recipe.task} has no such rows (tasks: {able})")
+    notes += _check_know_check_samples(recipe, task)
     _validate_distributed(recipe)
     if not d.validation and d.validation_fraction == 0 and not d.generate and tr.eval_steps:
         notes.append("no validation data (data.validation null, validation_fraction 0): evaluation is skipped")
     return notes
+
+
+def _check_know_check_samples(recipe: Recipe, task: Task) -> list[str]:
+    """``data.know_check_samples``: 0 or at least 2, for a labeller that samples, read by an option that uses labels."""
+    d = recipe.data
+    if d.know_check_samples == 0:
+        default = next(f.default for f in dataclasses.fields(DataConfig) if f.name == "know_check_temperature")
+        if d.know_check_temperature != default:
+            return ["data.know_check_temperature is ignored because data.know_check_samples is 0"]
+        return []
+    if d.know_check_samples < 2:
+        raise TokengraftError(f"data.know_check_samples must be 0 (one greedy answer) or at least 2 (sampled answers, "
+                              f"at least half of which must be right), got {d.know_check_samples}")
+    if not (d.know_check or d.drop_unknown or d.self_answers):
+        raise TokengraftError("data.know_check_samples samples answers for the know-check labels, which nothing "
+                              "reads here; set data.know_check (wrong -> <PASS>), data.drop_unknown (wrong -> left "
+                              "out) or data.self_answers, or set data.know_check_samples: 0")
+    if not task.know_check_samples:
+        able = ", ".join(name for name in task_names() if get_task(name).know_check_samples)
+        raise TokengraftError(f"data.know_check_samples: task {recipe.task} labels its rows by one greedy answer; "
+                              f"set data.know_check_samples: 0 (sampled labels: task {able})")
+    return []
 
 
 def _check_quantization(recipe: Recipe) -> list[str]:

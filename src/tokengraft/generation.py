@@ -32,6 +32,15 @@ caller's order and batches, as before this loop existed, with the same results f
 
 ``GENERATION_VERSION`` names this decoding: the answers cache (answer_cache.py) keys
 on it, so a change that could alter generated tokens must bump it.
+
+**Sampling** (``temperature > 0``, for ``data.know_check_samples``: several answers per
+question) takes the same paths, with one ``torch.Generator`` per prompt seeded by the
+caller (``seeds``). Each step draws a token per row by the Gumbel-max trick: the argmax of
+``logits / temperature`` plus Gumbel noise from the row's own generator is a draw from
+``softmax(logits / temperature)``. A row's tokens therefore depend on its prompt and its
+seed alone, never on which prompts share its batch, the batch size or the order, so a
+sampled answer is as reproducible (and as cacheable) as a greedy one.
+``SAMPLING_VERSION`` names this scheme for the answers cache.
 """
 
 from __future__ import annotations
@@ -58,6 +67,9 @@ DEFAULT_BATCH_SIZE = 64
 """Prompts decoded together. On a CPU a decode step of the 135M built-in model costs about
 0.05 s + 3.6 ms per row (one thread), so wider batches amortise the fixed part; finished rows
 leave the batch, so a wide batch no longer pays for its longest answer on every row."""
+
+SAMPLING_VERSION = 1
+"""Bump when a change could change SAMPLED tokens for the same seeds (it keys sampled answers in the cache)."""
 
 MIN_SHARED_PREFIX = 4
 """Share a prefix's KV cache only when every prompt starts with at least this many equal tokens."""
@@ -222,6 +234,27 @@ class _Rows:
     margin: list[float] | None = None
 
 
+def sample_tokens(logits: torch.Tensor, temperature: float,
+                  generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One token per row ``[b]`` drawn from ``softmax(logits / temperature)``, row ``j`` with ``generators[j]``.
+
+    Gumbel-max: ``argmax(logits / T + G)`` with ``G = -log(-log(U))``, ``U`` uniform, is a draw
+    from the softmax. The noise of a row comes from its own (CPU) generator, one ``[V]`` draw per
+    step, so what a row samples does not depend on the other rows of the batch. A row whose
+    generator is None (finished, kept in the batch) gets no noise: its token is thrown away."""
+    noise = torch.zeros_like(logits)  # [b, V]
+    for j, generator in enumerate(generators):
+        if generator is not None:  # U = 0 gives -inf noise: that token is never drawn (probability 2^-24)
+            uniform = torch.rand(logits.shape[-1], generator=generator, dtype=torch.float32)
+            noise[j] = (-torch.log(-torch.log(uniform))).to(device=logits.device, dtype=logits.dtype)
+    return (logits / temperature + noise).argmax(dim=-1)
+
+
+def row_generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per row, seeded with its own seed (`sample_tokens`)."""
+    return [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+
+
 def _first_scores(logits: torch.Tensor, token: int) -> tuple[list[float], list[float]]:
     """``p`` = softmax probability of ``token``; ``margin`` = its logit minus the best other logit.
 
@@ -235,12 +268,14 @@ def _first_scores(logits: torch.Tensor, token: int) -> tuple[list[float], list[f
 
 
 class _Decoder:
-    """Greedy decoding with a KV cache for one model: prefill, step, drop finished rows."""
+    """Greedy (or, with ``temperature``, sampled) decoding with a KV cache for one model: prefill, step,
+    drop finished rows."""
 
     def __init__(self, model: Any, pad: int, stops: list[int], max_new_tokens: int,
                  score_token_id: int | None, logit_bias: dict[int, float] | None,
-                 stop_strings: Sequence[str] = (), tokenizer: Any = None) -> None:
+                 stop_strings: Sequence[str] = (), tokenizer: Any = None, temperature: float = 0.0) -> None:
         self.model = model
+        self.temperature = temperature
         self.pad, self.stops, self.max_new_tokens = pad, set(stops), max_new_tokens
         self.stop_strings, self.tokenizer = list(stop_strings), tokenizer
         self.score_token_id, self.logit_bias = score_token_id, logit_bias or {}
@@ -274,8 +309,10 @@ class _Decoder:
         _, cache = self.forward(tensor, torch.ones_like(tensor), positions, None)
         return cache
 
-    def decode(self, suffixes: list[list[int]], prefix_cache: Any, prefix_len: int) -> _Rows:
-        """Greedy continuations of ``prefix + suffix`` for each suffix (left-padded together)."""
+    def decode(self, suffixes: list[list[int]], prefix_cache: Any, prefix_len: int,
+               generators: Sequence[torch.Generator] | None = None) -> _Rows:
+        """Continuations of ``prefix + suffix`` for each suffix (left-padded together): greedy, or sampled with
+        ``generators[j]`` for suffix ``j`` when the decoder has a temperature."""
         batch = len(suffixes)
         ids, mask = _left_pad(suffixes, self.pad)
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -295,7 +332,10 @@ class _Decoder:
         for step in range(self.max_new_tokens):
             for token, value in self.logit_bias.items():
                 logits[:, token] += value
-            chosen = logits.argmax(dim=-1)  # [b]; ties go to the lowest id, as in `generate`
+            if self.temperature > 0 and generators is not None:
+                chosen = sample_tokens(logits, self.temperature, [generators[r] if r >= 0 else None for r in active])
+            else:
+                chosen = logits.argmax(dim=-1)  # [b]; ties go to the lowest id, as in `generate`
             keep: list[int] = []
             for j, token in enumerate(chosen.tolist()):
                 row = active[j]
@@ -331,8 +371,11 @@ class _Decoder:
 
 def _decode_with_generate(model: Any, suffixes: list[list[int]], pad: int, stops: list[int], max_new_tokens: int,
                           score_token_id: int | None, logit_bias: dict[int, float] | None,
-                          stop_strings: Sequence[str] = (), tokenizer: Any = None) -> _Rows:
-    """One left-padded batch through ``model.generate`` (models the own loop leaves to it)."""
+                          stop_strings: Sequence[str] = (), tokenizer: Any = None, temperature: float = 0.0,
+                          generators: Sequence[torch.Generator] | None = None) -> _Rows:
+    """One left-padded batch through ``model.generate`` (models the own loop leaves to it). Sampling keeps
+    ``do_sample=False``: a processor makes each row's Gumbel-max draw (`sample_tokens`) the only finite
+    score, so greedy search picks the same token the own loop draws."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
     class _Bias(LogitsProcessor):
@@ -341,11 +384,18 @@ def _decode_with_generate(model: Any, suffixes: list[list[int]], pad: int, stops
                 scores[:, token] += value
             return scores
 
+    class _Sample(LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            chosen = sample_tokens(scores, temperature, list(generators or ()))
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen[:, None], 0.0)
+
+    processors = ([_Bias()] if logit_bias else []) + ([_Sample()] if temperature > 0 and generators else [])
+
     device = next(model.parameters()).device
     ids, mask = _left_pad(suffixes, pad)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                          do_sample=False, eos_token_id=stops or None, pad_token_id=pad,
-                         logits_processor=LogitsProcessorList([_Bias()]) if logit_bias else None,
+                         logits_processor=LogitsProcessorList(processors) if processors else None,
                          output_logits=score_token_id is not None, return_dict_in_generate=True,
                          **({"stop_strings": list(stop_strings), "tokenizer": tokenizer} if stop_strings else {}))
     new = out.sequences[:, ids.shape[1]:]
@@ -362,7 +412,8 @@ def _decode_with_generate(model: Any, suffixes: list[list[int]], pad: int, stops
 def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                    system: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, desc: str | None = None,
                    score_token_id: int | None = None, logit_bias: dict[int, float] | None = None,
-                   through_generate: bool | None = None, raw_text: bool = False) -> list[dict[str, Any]]:
+                   through_generate: bool | None = None, raw_text: bool = False, temperature: float = 0.0,
+                   seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Greedy continuations, in the order of ``prompts``; each result has ``text`` and ``ids`` and,
     with ``score_token_id``, ``p_token`` = the probability of that token at the first generated
     position and ``margin`` = its logit minus the best other logit there, both measured on the
@@ -373,7 +424,14 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     ``through_generate`` chooses the decoding path (default: ``uses_generate(model)``).
     ``raw_text``: the prompts are plain text to continue, as a language model reads a document
     (BOS, or EOS when there is none, then the text; no chat template, stop only at EOS).
+    ``temperature > 0`` samples instead (module docstring): ``seeds`` holds one seed per prompt, and a
+    prompt's answer depends on its seed, not on its batch; the same prompt twice with two seeds gives
+    two draws.
     """
+    if temperature < 0 or (temperature > 0 and (seeds is None or len(seeds) != len(prompts))):
+        raise TokengraftError(f"sampling needs temperature > 0 and one seed per prompt; got temperature {temperature} "
+                              f"and {'no' if seeds is None else len(seeds)} seeds for {len(prompts)} prompts")
+    generators = row_generators(seeds) if temperature > 0 and seeds is not None else None
     fmt = ChatFormat(tokenizer, system=system)
     pad, stops = pad_id(tokenizer), stop_ids(tokenizer, fmt)
     if raw_text:
@@ -390,8 +448,8 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     use_loop = not (uses_generate(model) if through_generate is None else through_generate)
     # Sorted by length (stable) for the own loop; `generate` keeps the caller's order and batches.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i])) if use_loop else list(range(len(encoded)))
-    decoder = (_Decoder(model, pad, stops, max_new_tokens, score_token_id, logit_bias, stop_strings, tokenizer)
-               if use_loop else None)
+    decoder = (_Decoder(model, pad, stops, max_new_tokens, score_token_id, logit_bias, stop_strings, tokenizer,
+                        temperature) if use_loop else None)
     longest = max(len(e) for e in encoded) + max_new_tokens
     prefix_len = shared_prefix_length(encoded) if use_loop and _prefix_is_exact(model, longest) else 0
     prefix_cache = decoder.prefix(encoded[0][:prefix_len]) if decoder is not None and prefix_len else None
@@ -402,11 +460,12 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
         for start in range(0, len(order), size):
             chunk = order[start:start + size]
             suffixes = [encoded[i][prefix_len:] for i in chunk]
+            chunk_generators = [generators[i] for i in chunk] if generators is not None else None
             if decoder is not None:
-                rows = decoder.decode(suffixes, prefix_cache, prefix_len)
+                rows = decoder.decode(suffixes, prefix_cache, prefix_len, chunk_generators)
             else:
                 rows = _decode_with_generate(model, suffixes, pad, stops, max_new_tokens, score_token_id, logit_bias,
-                                             stop_strings, tokenizer)
+                                             stop_strings, tokenizer, temperature, chunk_generators)
             for j, index in enumerate(chunk):
                 ids = before_stop_string(rows.ids[j], tokenizer, stop_strings)
                 text = tokenizer.decode(ids, skip_special_tokens=False)

@@ -34,7 +34,9 @@ training kinds, because it calibrates the `<PASS>` threshold and must not peek
 at the novel kinds.
 
 ``label_with_base_answers`` turns answerable questions the base model gets
-wrong into `<PASS>` targets (the model should abstain on what it does not know),
+wrong into `<PASS>` targets (the model should abstain on what it does not know);
+with ``data.know_check_samples`` a question counts as known only when the greedy
+answer is right and so are at least half of several sampled answers (consistency);
 and ``read_probe_rows`` / ``score_read_probe`` test the other direction: does the
 tuned model *understand* `<PASS>` when it appears in its input?
 """
@@ -427,8 +429,16 @@ def is_correct(answer: str, row: Mapping[str, Any]) -> bool:
                           case_sensitive=row.get("relation") in CASE_SENSITIVE_RELATIONS)
 
 
+def know_share(samples: Sequence[str], row: Mapping[str, Any]) -> float:
+    """The share of ``samples`` (sampled answers to the row's question) that answer it right (`is_correct`)."""
+    if not samples:
+        raise ValueError("know-check consistency needs at least one sampled answer per question")
+    return sum(is_correct(s, row) for s in samples) / len(samples)
+
+
 def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callable[[list[str]], list[str]], *,
-                            self_answers: bool, know_check: bool) -> list[dict[str, Any]]:
+                            self_answers: bool, know_check: bool,
+                            sample_fn: Callable[[list[str]], list[list[str]]] | None = None) -> list[dict[str, Any]]:
     """Label answerable rows by whether the base model answers them right (``answer_fn``: prompts -> greedy answers).
 
     Rows that already carry a ``base_answer`` (a file labelled before, e.g. handed on
@@ -438,6 +448,16 @@ def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callab
     (the tuned model keeps its way of answering), `<PASS>` when wrong and
     ``know_check`` (R-Tuning: abstain on what the model does not know), else the gold
     completion. Other rows come back as unchanged copies.
+
+    ``sample_fn`` (``data.know_check_samples``: prompts -> N sampled answers each) makes
+    the label a consistency check: "right" needs the greedy answer right AND at least
+    half of the N samples right (``know_share >= 0.5``), so a question the model gets
+    right greedily but only by luck counts as unknown. Such rows also record
+    ``base_samples`` (the N texts) and ``know_share``; the completion under
+    ``self_answers`` stays the greedy answer. Every row is sampled again (through the
+    answers cache, so cheaply), even one that carries ``base_samples``: a file labelled
+    before may have been sampled with other settings. Without ``sample_fn`` the rows are
+    exactly those of the greedy rule (a stale ``know_share`` is dropped).
     """
     out = [dict(r) for r in rows]
     answerable = [r for r in out if r.get("answerable")]
@@ -449,8 +469,19 @@ def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callab
         raise ValueError(f"answer_fn returned {len(answers)} answers for {len(todo)} prompts")
     for row, answer in zip(todo, answers):
         row["base_answer"] = answer
+    if sample_fn is not None and answerable:
+        samples = sample_fn([r["prompt"] for r in answerable])
+        if len(samples) != len(answerable):
+            raise ValueError(f"sample_fn returned samples for {len(samples)} of {len(answerable)} prompts")
+        for row, texts in zip(answerable, samples):
+            row["base_samples"] = list(texts)
+            row["know_share"] = know_share(row["base_samples"], row)
     for row in answerable:
         right = is_correct(row["base_answer"], row)
+        if sample_fn is not None:
+            right = right and row["know_share"] >= 0.5
+        else:
+            row.pop("know_share", None)
         row["know_check"] = "right" if right else "wrong"
         row.setdefault("gold_completion", row["completion"])
         row["completion"] = (row["base_answer"] if right and self_answers
@@ -573,7 +604,7 @@ register_task(Task(
     tokens=(PASS_TOKEN,), init_text={PASS_TOKEN: "unknown"}, answer_tokens=(PASS_TOKEN,), generator=generate,
     metric_keys=("pass_recall", "false_pass_rate", "clean_accuracy", "wrong_answer_rate", "selective_accuracy",
                  "coverage", "idk_recall", "idk_error_rate", "aurc"),
-    labeller=label_with_base_answers, know_check=True,
+    labeller=label_with_base_answers, know_check=True, know_check_samples=True,
     demo_prompts=("What is the capital of Blorvania?", "What is the capital of France?", "Wht is teh captial of Jpaan?",
                   "What is 7 + ?"),
 ))

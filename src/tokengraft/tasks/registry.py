@@ -78,11 +78,15 @@ class Labeller(Protocol):
     """Relabels a task's training rows by the base model's own answers (``data.self_answers`` / ``data.know_check``).
 
     ``answer_fn`` maps prompts to the base model's greedy answers; rows that already
-    carry a ``base_answer`` are not asked again. Returns new row dicts.
+    carry a ``base_answer`` are not asked again. ``sample_fn`` is passed only under
+    ``data.know_check_samples`` (to tasks with ``Task.know_check_samples``): it maps prompts
+    to N sampled answers each, for a label that needs the answer to be right consistently.
+    Returns new row dicts.
     """
 
     def __call__(self, rows: Sequence[Mapping[str, Any]], answer_fn: Callable[[list[str]], list[str]], *,
-                 self_answers: bool, know_check: bool) -> list[dict[str, Any]]: ...
+                 self_answers: bool, know_check: bool,
+                 sample_fn: Callable[[list[str]], list[list[str]]] | None = None) -> list[dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,9 @@ class Task:
     """Relabels training rows by the base model's answers (``data.self_answers``); None: the task has no such option."""
     know_check: bool = False
     """The labeller can also turn questions the base model gets wrong into abstentions (``data.know_check``)."""
+    know_check_samples: bool = False
+    """The labeller takes ``sample_fn``: "right" can also require sampled answers to agree
+    (``data.know_check_samples``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", tuple(self.tokens))

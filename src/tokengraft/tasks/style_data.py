@@ -247,7 +247,8 @@ def own_words_answer(answer: str, row: Mapping[str, Any]) -> str | None:
 
 
 def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callable[[list[str]], list[str]], *,
-                            self_answers: bool, know_check: bool) -> list[dict[str, Any]]:
+                            self_answers: bool, know_check: bool,
+                            sample_fn: Callable[[list[str]], list[list[str]]] | None = None) -> list[dict[str, Any]]:
     """``data.self_answers`` for the style task: terse completions in the base model's own words.
 
     A terse answer templated as the bare gold ("Santo Domingo.") makes the model name the
@@ -258,10 +259,15 @@ def label_with_base_answers(rows: Sequence[Mapping[str, Any]], answer_fn: Callab
     one sentence of its answer is right and short (`own_words_answer`), that sentence
     becomes the terse completion. Every terse row records ``base_answer``, ``base_right``,
     ``gold_completion`` and ``know_check`` ("right" / "wrong": ``data.drop_unknown`` leaves
-    the wrong ones out); verbose and plain rows come back as unchanged copies.
+    the wrong ones out); verbose and plain rows come back as unchanged copies. ``sample_fn``
+    (``data.know_check_samples``) is refused: a terse row's label is whether one greedy
+    sentence is right and short, which several samples would not decide.
     """
     if know_check:
         raise ValueError("know_check turns wrong answers into <PASS> rows, which the style task has none of")
+    if sample_fn is not None:
+        raise ValueError("know_check_samples labels questions by several sampled answers; the style task labels "
+                         "terse rows by one greedy answer: set data.know_check_samples: 0")
     out = [dict(r) for r in rows]
     terse = [r for r in out if r.get("style") == "terse"]
     if any(not r.get("gold") or not r.get("question") for r in terse):

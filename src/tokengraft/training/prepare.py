@@ -6,8 +6,9 @@ makes seeded splits, which are written into the run's data directory,
 ``data.train`` / ``data.validation`` are read, and a missing validation file is
 carved from the training rows with ``data.validation_fraction``. Either way the
 base model can label or complete training rows first (``data.know_check``, plain
-style rows); its answers go through the answers cache (answer_cache.py), so a second
-run, or another recipe on the same questions, does not ask again.
+style rows; ``data.know_check_samples`` adds seeded sampled answers to the labels); its
+answers go through the answers cache (answer_cache.py), so a second run, or another
+recipe on the same questions, does not ask again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tokengraft.answer_cache import base_answers
+from tokengraft.answer_cache import base_answers, sampled_answers
 from tokengraft.config import Recipe
 from tokengraft.data import load_examples, require_prompt_rows, split_rows
 from tokengraft.errors import TokengraftError
@@ -36,7 +37,9 @@ class PreparedData:
 
 def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: Any) -> list[dict[str, Any]]:
     """``data.self_answers`` / ``data.know_check`` / ``data.drop_unknown``: the task's labeller relabels rows by the base
-    model's greedy answers (and ``drop_unknown`` leaves out those it answers wrong)."""
+    model's greedy answers (and ``drop_unknown`` leaves out those it answers wrong). ``data.know_check_samples``
+    also hands it ``sample_fn``: that many answers per question at ``data.know_check_temperature``, seeded by
+    the recipe seed (answer_cache.sampled_answers); with 0 the labeller is called exactly as before."""
     labeller = get_task(recipe.task).labeller
     if labeller is None:  # config refuses this; kept for recipes built without validation
         raise TokengraftError(f"data.self_answers / data.know_check: task {recipe.task} has no rows to relabel")
@@ -48,8 +51,18 @@ def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: An
                                                     max_new_tokens=max(48, recipe.eval.max_new_tokens),
                                                     desc="base model answers the training questions")]
 
+    def sample(prompts: list[str]) -> list[list[str]]:
+        desc = "base model samples answers to the training questions"
+        with phase(desc):
+            return [[a["text"] for a in answers] for answers in sampled_answers(
+                model, tokenizer, prompts, samples=recipe.data.know_check_samples,
+                temperature=recipe.data.know_check_temperature, seed=recipe.seed, system=recipe.data.system,
+                batch_size=recipe.eval.batch_size, max_new_tokens=max(48, recipe.eval.max_new_tokens), desc=desc)]
+
+    consistency = {"sample_fn": sample} if recipe.data.know_check_samples else {}
     try:
-        labelled = labeller(rows, answer, self_answers=recipe.data.self_answers, know_check=recipe.data.know_check)
+        labelled = labeller(rows, answer, self_answers=recipe.data.self_answers, know_check=recipe.data.know_check,
+                            **consistency)
     except ValueError as exc:
         raise TokengraftError(f"data.know_check / data.self_answers: {exc}") from None
     return drop_unknown(labelled) if recipe.data.drop_unknown else labelled
