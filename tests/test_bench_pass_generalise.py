@@ -48,13 +48,21 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     folder = BENCHMARKS.parent / "configs" / "compare"
     default = load_recipe(folder / "pass_gen_default.yaml")
     arms = {arm: load_recipe(folder / f"{arm}.yaml") for arm in bench.OWN_DATA_ARMS}
-    assert set(arms) == {"pass_gen_replay", "pass_gen_gemma", "pass_gen_consistency"}
+    assert set(arms) == {"pass_gen_replay", "pass_gen_replay_named", "pass_gen_gemma", "pass_gen_consistency"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
+    named = arms["pass_gen_replay_named"]
     for recipe in arms.values():
         validate_recipe(recipe)
         assert recipe.methods == default.methods and recipe.seed == default.seed
     extra = dict(replay.data.generate_options)
     assert extra.pop("replay_rows") == 200 and extra == default.data.generate_options
+    # replay_named: the replay arm's 200 rows, drawn from the named-entity relations; nothing else differs
+    extra = dict(named.data.generate_options)
+    assert extra.pop("replay_relations") == ["painter", "composer", "inventor", "athlete_sport"]
+    assert extra == replay.data.generate_options
+    assert dataclasses.replace(named.data, generate_options=default.data.generate_options) == default.data
+    assert (named.model, named.tokens, named.train, named.eval) == (default.model, default.tokens, default.train,
+                                                                    default.eval)
     assert gemma.data == default.data and gemma.model.name == "gemma3-270m" and gemma.train.max_steps == 300
     # consistency: know_check on, with 5 samples at 0.7; everything else (data, model, training) the control's
     assert (default.data.know_check, default.data.know_check_samples) == (False, 0)

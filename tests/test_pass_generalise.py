@@ -21,8 +21,8 @@ from tokengraft.tasks.bank import ALL_RELATIONS, bank_entities, split_bank
 from tokengraft.tasks.heldout_relations import (HELDOUT_RELATIONS, HELDOUT_SPLIT, heldout_entities,
                                                 load_heldout_facts)
 from tokengraft.tasks.metrics import pass_metrics
-from tokengraft.tasks.replay_relations import (REPLAY_RELATIONS, REPLAY_TEMPLATES, available_replay_rows,
-                                               replay_entities)
+from tokengraft.tasks.replay_relations import (BROAD_REPLAY_RELATIONS, NAMED_REPLAY_RELATIONS, REPLAY_RELATIONS,
+                                               REPLAY_TEMPLATES, available_replay_rows, replay_entities, replay_rows)
 from tokengraft.tasks.splits import SPLITS, check_disjoint
 from tokengraft.tasks.unanswerable import FAMILIES, UNANSWERABLE_KINDS, load_deeds, split_families
 
@@ -191,6 +191,14 @@ def test_a_split_of_new_kinds_only_and_its_limit():
     ({"replay_rows": "many"}, "replay_rows must be a whole number from 0 to 972"),
     ({"replay_rows": 2.5}, "replay_rows must be a whole number from 0 to 972"),
     ({"replay_rows": True}, "replay_rows must be a whole number from 0 to 972"),
+    ({"replay_rows": 600, "replay_relations": ["painter", "composer", "inventor", "athlete_sport"]},
+     "replay_rows must be a whole number from 0 to 592 (replay facts x phrasings), got 600"),
+    ({"replay_rows": 20, "replay_relations": ["painter", "sculptor"]},
+     "replay_relations must be a non-empty list drawn from ['plural', 'past_tense'"),
+    ({"replay_rows": 20, "replay_relations": "painter"}, "replay_relations must be a non-empty list drawn from"),
+    ({"replay_rows": 20, "replay_relations": []}, "replay_relations must be a non-empty list drawn from"),
+    ({"replay_relations": ["painter"]}, "replay_relations needs replay_rows: N"),
+    ({"replay_rows": 0, "replay_relations": ["painter"]}, "replay_relations needs replay_rows: N"),
 ])
 def test_bad_options_are_one_clear_error(options, message):
     with pytest.raises(TokengraftError) as err:
@@ -245,7 +253,7 @@ def test_replay_rows_are_answerable_training_rows_spread_over_the_relations():
     assert all(replayed[s] == plain[s] for s in replayed if s != "train")
     rows = [r for r in replayed["train"] if r.get("replay")]
     assert len(rows) == 100 and len(replayed["train"]) == len(plain["train"]) + 100
-    per_relation = {rel: sum(r["relation"] == rel for r in rows) for rel in REPLAY_RELATIONS}
+    per_relation = {rel: sum(r["relation"] == rel for r in rows) for rel in BROAD_REPLAY_RELATIONS}
     assert max(per_relation.values()) - min(per_relation.values()) <= 1, per_relation
     assert len({r["entity"] for r in rows}) == 100  # each fact once before any fact twice
     for r in rows:
@@ -256,6 +264,69 @@ def test_replay_rows_are_answerable_training_rows_spread_over_the_relations():
     assert len(prompts) == len(set(prompts))
 
 
+# sha256 of replay rows generated before replay_relations existed (main at 8063b33): the replay arm's data.
+REPLAY_BEFORE = {
+    "pass_gen_replay": "c3c8af08c21cb345a6ade1188fa9731e8fdea765a3aaaf3a59df84f2fd8f1128",  # its 200 rows, seed 42
+    "pass_gen_replay@all_splits": "4b0228e890a1092097f29b1768ab994e803a4f59675a7db25814b6d0df5f3a49",
+    "972@1": "7fdeeba984bbe69e210ad7683f8eef08881e70aba22d6ff3fdcd88881950cbfd",  # replay_rows(1, 972)
+}
+
+
+def test_replay_relations_left_unset_or_given_as_the_broad_ones_keep_the_rows_as_they_were():
+    recipe = load_recipe(CONFIGS / "compare" / "pass_gen_replay.yaml")
+    options = recipe.data.generate_options
+    assert "replay_relations" not in options
+    for extra in ({}, {"replay_relations": list(BROAD_REPLAY_RELATIONS)},
+                  {"replay_relations": list(reversed(BROAD_REPLAY_RELATIONS)) + ["plural"]}):  # order, repeats: same
+        splits = P.generate_splits(seed=recipe.seed, **options, **extra)
+        assert _digest(splits) == REPLAY_BEFORE["pass_gen_replay@all_splits"], extra
+        assert _digest([r for r in splits["train"] if r.get("replay")]) == REPLAY_BEFORE["pass_gen_replay"], extra
+    assert _digest(replay_rows(1, 972)) == REPLAY_BEFORE["972@1"]
+    assert _digest(replay_rows(1, 972, BROAD_REPLAY_RELATIONS)) == REPLAY_BEFORE["972@1"]
+
+
+def test_replay_relations_choose_where_the_replay_rows_come_from():
+    plain = P.generate_splits(seed=5, **REPLAY_OPTIONS)
+    named = P.generate_splits(seed=5, replay_rows=100, replay_relations=list(NAMED_REPLAY_RELATIONS),
+                              **REPLAY_OPTIONS)
+    P.check_splits(named)
+    assert _without_replay(named["train"]) == plain["train"] and all(named[s] == plain[s] for s in named
+                                                                     if s != "train")
+    rows = [r for r in named["train"] if r.get("replay")]
+    assert {rel: sum(r["relation"] == rel for r in rows) for rel in NAMED_REPLAY_RELATIONS} == \
+        dict.fromkeys(NAMED_REPLAY_RELATIONS, 25)
+    assert len({r["entity"] for r in rows}) == 100
+    # one relation alone; a mix of both groups is shared evenly among the relations named
+    only = [r for r in P.generate_splits(seed=5, replay_rows=40, replay_relations=["painter"],
+                                         **REPLAY_OPTIONS)["train"] if r.get("replay")]
+    assert len(only) == 40 and {r["relation"] for r in only} == {"painter"}
+    mixed = [r["relation"] for r in P.generate_splits(seed=5, replay_rows=30, replay_relations=["composer", "plural"],
+                                                      **REPLAY_OPTIONS)["train"] if r.get("replay")]
+    assert sorted(mixed) == ["composer"] * 15 + ["plural"] * 15
+    # a relation's own rows do not depend on which others are chosen (each has its own seeded stream)
+    alone = {r["prompt"] for r in only}
+    with_others = [r for r in named["train"] if r.get("replay") and r["relation"] == "painter"]
+    assert {r["prompt"] for r in with_others} <= alone
+
+
+def test_the_named_replay_arm_is_the_replay_arm_with_named_relations():
+    default = load_recipe(CONFIGS / "compare" / "pass_gen_default.yaml")
+    replay = load_recipe(CONFIGS / "compare" / "pass_gen_replay.yaml")
+    named = load_recipe(CONFIGS / "compare" / "pass_gen_replay_named.yaml")
+    options = dict(named.data.generate_options)
+    assert tuple(options.pop("replay_relations")) == NAMED_REPLAY_RELATIONS and options == replay.data.generate_options
+    assert named.seed == replay.seed and named.train == replay.train and named.data.self_answers
+    small = {"n_train": 60, "n_validation": 20, "n_test": 60, "read_rows": 4}
+    control = get_task("pass").generate(seed=default.seed, options={**default.data.generate_options,
+                                                                    **small}).splits
+    generated = get_task("pass").generate(seed=named.seed, options={**named.data.generate_options, **small}).splits
+    P.check_splits(generated)
+    assert set(generated) == set(control) and all(generated[s] == control[s] for s in control if s != "train")
+    assert _without_replay(generated["train"]) == control["train"]
+    rows = [r for r in generated["train"] if r.get("replay")]
+    assert len(rows) == 200 and {r["relation"] for r in rows} == set(NAMED_REPLAY_RELATIONS)
+
+
 def test_replay_rows_are_deterministic_for_a_seed_and_differ_between_seeds():
     one = P.generate_splits(seed=5, replay_rows=60, **REPLAY_OPTIONS)["train"]
     assert P.generate_splits(seed=5, replay_rows=60, **REPLAY_OPTIONS)["train"] == one
@@ -264,11 +335,16 @@ def test_replay_rows_are_deterministic_for_a_seed_and_differ_between_seeds():
 
 
 def test_every_replay_question_exists_once_and_grades_like_the_rest():
+    assert available_replay_rows() == 972 and available_replay_rows(NAMED_REPLAY_RELATIONS) == 592
+    assert BROAD_REPLAY_RELATIONS + NAMED_REPLAY_RELATIONS == REPLAY_RELATIONS
     rows = [r for r in P.generate_splits(seed=1, n_train=20, n_validation=10, n_test=10,
-                                         replay_rows=available_replay_rows())["train"] if r.get("replay")]
-    assert available_replay_rows() == 972 == len(rows) == len({r["prompt"] for r in rows})
+                                         replay_rows=available_replay_rows(REPLAY_RELATIONS),
+                                         replay_relations=REPLAY_RELATIONS)["train"] if r.get("replay")]
+    assert available_replay_rows(REPLAY_RELATIONS) == 972 + 592 == len(rows) == len({r["prompt"] for r in rows})
     for rel in REPLAY_RELATIONS:
-        assert 20 <= len(replay_entities(rel)) <= 30 and len(REPLAY_TEMPLATES[rel]) >= 4, rel
+        low, high = (30, 40) if rel in NAMED_REPLAY_RELATIONS else (20, 30)
+        assert low <= len(replay_entities(rel)) <= high and len(REPLAY_TEMPLATES[rel]) >= 4, rel
+        assert len({e.variants[0]["slot"] for e in replay_entities(rel)}) == len(replay_entities(rel)), rel
     for r in rows:
         assert P.is_correct(r["completion"], r), r
         assert not P.is_correct(r["prompt"], r), r  # the question never contains its own answer
@@ -277,16 +353,37 @@ def test_every_replay_question_exists_once_and_grades_like_the_rest():
     assert P.is_correct("A baby cat is called a kitty.", by_prompt["What is a baby cat called?"])
     assert not P.is_correct("A puppy.", by_prompt["What is a baby cat called?"])
     assert P.is_correct("Tuesday comes after Monday.", by_prompt["What is the day after Monday?"])
+    # Named entities: the full name, the surname alone, accents or none.
+    mona = by_prompt["Who painted the Mona Lisa?"]
+    assert all(P.is_correct(a, mona) for a in ("Leonardo da Vinci.", "It was painted by Da Vinci.", "Leonardo."))
+    assert not P.is_correct("Michelangelo.", mona)
+    flute = by_prompt["Who composed The Magic Flute?"]
+    assert P.is_correct("Mozart composed it.", flute) and not P.is_correct("Beethoven.", flute)
+    assert P.is_correct("Alexander Graham Bell.", by_prompt["Who invented the telephone?"])
+    assert P.is_correct("Bell invented it in 1876.", by_prompt["Who invented the telephone?"])
+    assert P.is_correct("The Wright brothers.", by_prompt["Who invented the airplane?"])
+    assert P.is_correct("Dali painted it.", by_prompt["Who painted The Persistence of Memory?"])
+    jordan = by_prompt["Which sport is Michael Jordan famous for?"]
+    assert P.is_correct("Michael Jordan is famous for basketball.", jordan) and not P.is_correct("Baseball.", jordan)
+    assert P.is_correct("He was a footballer.", by_prompt["Which sport is Pelé famous for?"])
+    assert P.is_correct("Soccer.", by_prompt["Which sport is Pelé famous for?"])
 
 
 def test_replay_relations_never_overlap_trained_or_held_out_ones():
     assert not set(REPLAY_RELATIONS) & set(HELDOUT_RELATIONS) and not set(REPLAY_RELATIONS) & set(ALL_RELATIONS)
-    # Nor does a replay question name a book or an element the held-out split asks about.
-    prompts = " ".join(r["prompt"] for r in P.generate_splits(seed=1, n_train=20, n_validation=10, n_test=10,
-                                                              replay_rows=available_replay_rows())["train"])
+    # Nor does a replay question name a book, an element or a landmark the held-out split asks about,
+    # nor a replay answer name a writer or a landmark's country.
+    rows = [r for r in P.generate_splits(seed=1, n_train=20, n_validation=10, n_test=10,
+                                         replay_rows=available_replay_rows(REPLAY_RELATIONS),
+                                         replay_relations=REPLAY_RELATIONS)["train"] if r.get("replay")]
+    prompts = " ".join(r["prompt"] for r in rows)
+    answers = {a.lower() for r in rows for a in (r["gold"], *r["aliases"])}
     for fact in load_heldout_facts():
-        if fact["relation"] in ("author", "chemical_symbol"):
-            assert not re.search(rf"\b{re.escape(fact['slot'])}\b", prompts, re.I), fact
+        if fact["relation"] in ("author", "chemical_symbol", "landmark"):
+            slot = re.sub(r"^the ", "", fact["slot"])
+            assert not re.search(rf"\b{re.escape(slot)}\b", prompts, re.I), fact
+        if fact["relation"] in ("author", "landmark"):
+            assert not {a.lower() for a in (fact["gold"], *fact["aliases"])} & answers, fact
     splits = P.generate_splits(seed=5, replay_rows=20, **REPLAY_OPTIONS)
     replay = next(r for r in splits["train"] if r.get("replay"))
     for split in ("validation", "test", HELDOUT_SPLIT):  # a replay row outside training is refused

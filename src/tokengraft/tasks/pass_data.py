@@ -23,7 +23,8 @@ no answer (``future_event``, ``private_fact``, ``false_premise``, ``category_err
 ``missing_referent``); ``train_kinds`` / ``test_only_kinds`` take any of them, and
 ``heldout_relations`` adds a split of answerable questions of relations no other
 split uses (``tasks.heldout_relations``, "test_heldout_relations"), and ``replay_rows``
-adds answerable training rows of yet other broad relations (``tasks.replay_relations``).
+adds answerable training rows of yet other relations (``tasks.replay_relations``; which
+ones: ``replay_relations``).
 Left unset, the rows are those of earlier versions.
 
 Held-out numbers come from data that never overlaps training: the question bank
@@ -55,7 +56,8 @@ from tokengraft.tasks.bank import (ALL_RELATIONS, ARITHMETIC, BASIC_RELATIONS, B
 from tokengraft.tasks.heldout_relations import (CASE_SENSITIVE_RELATIONS, HELDOUT_RELATIONS, HELDOUT_SPLIT,
                                                heldout_relation_rows, resolve_heldout_relations)
 from tokengraft.tasks.registry import Generated, Task, register_task
-from tokengraft.tasks.replay_relations import REPLAY_RELATIONS, check_replay_rows, replay_rows as make_replay_rows
+from tokengraft.tasks.replay_relations import (REPLAY_RELATIONS, check_replay_rows, replay_rows as make_replay_rows,
+                                              resolve_replay_relations)
 from tokengraft.tasks.splits import SPLITS, check_disjoint
 from tokengraft.tasks.unanswerable import UNANSWERABLE_KINDS, kind_rows
 
@@ -334,7 +336,8 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
                     pass_fraction: float = 0.5, train_kinds: Sequence[str] = TRAIN_KINDS,
                     test_only_kinds: Sequence[str] = TEST_ONLY_KINDS, relations: str | Sequence[str] = "basic",
                     read_rows: int = 0, heldout_relations: str | Sequence[str] | None = None,
-                    validation_templates: int = 1, replay_rows: int = 0) -> dict[str, list[dict[str, Any]]]:
+                    validation_templates: int = 1, replay_rows: int = 0,
+                    replay_relations: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
 
     Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
@@ -355,6 +358,10 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     neither trained nor held out (``replay_relations``; marked ``replay: true``): answered
     in the base model's words under ``data.self_answers``, they test whether training on
     many relations keeps the model answering relations it never saw. 0 leaves the rows as before.
+    ``replay_relations`` (a list of ``REPLAY_RELATIONS``; needs ``replay_rows``) says which
+    relations they come from; unset, the nine broad ones (``BROAD_REPLAY_RELATIONS``), so a
+    recipe without it keeps its rows; e.g. ``NAMED_REPLAY_RELATIONS`` asks about real named
+    paintings, musical works, inventions and athletes instead.
     """
     train_kinds = _kind_list("train_kinds", train_kinds)
     test_only_kinds = _kind_list("test_only_kinds", test_only_kinds)
@@ -369,7 +376,10 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     if isinstance(relations, str) or not isinstance(relations, tuple) or set(relations) - set(ALL_RELATIONS):
         raise ValueError(f"relations must be 'basic', 'all' or a list drawn from {ALL_RELATIONS}, got {relations!r}")
     held_relations = resolve_heldout_relations(heldout_relations)
-    check_replay_rows(replay_rows)  # before any work: a bad value is one error, not a late one
+    if replay_relations is not None and not replay_rows:
+        raise ValueError("replay_relations needs replay_rows: N (how many replay rows to add to training)")
+    replay_from = resolve_replay_relations(replay_relations)
+    check_replay_rows(replay_rows, replay_from)  # before any work: a bad value is one error, not a late one
     bank = split_bank(seed, validation_templates=validation_templates)
     taken: set[str] = set()
     seen: set[str] = set()
@@ -388,7 +398,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     if read_rows:
         out["train"] += read_training_rows(bank["train"], read_rows, random.Random(f"tokengraft-read-train:{seed}"))
     if replay_rows:  # appended, from their own seeded stream, so every other row stays as it was
-        out["train"] += make_replay_rows(seed, replay_rows)
+        out["train"] += make_replay_rows(seed, replay_rows, replay_from)
     if held_relations:
         out[HELDOUT_SPLIT] = heldout_relation_rows(seed, held_relations)
     return out

@@ -1,4 +1,4 @@
-"""Answerable "replay" questions of broad relations, added to `<PASS>` training only.
+"""Answerable "replay" questions of other relations, added to `<PASS>` training only.
 
 Issue 19: a model tuned for `<PASS>` on a few relations (capitals, arithmetic,
 colours, ...) passes on, or forgets, relations it never trained on. The hypothesis
@@ -7,18 +7,33 @@ answered in the base model's own words (``data.self_answers`` relabels them like
 every other answerable training row), teaches that an unfamiliar relation is not a
 reason to pass.
 
-The relations (``data/replay_facts.tsv``: plurals, past tenses, young animals,
-workers, body parts, what things are made of, calendar order, collective nouns,
-animal homes) are neither question-bank relations nor held-out relations
-(``tasks.heldout_relations``), nor near them: no authors, chemistry, countries,
-languages, currencies, shapes, landmarks or science facts. They never reach
-validation or test, so no phrasing is held out: every (fact, phrasing) pair is
-available to training.
+Two groups of relations (``data/replay_facts.tsv``):
+
+- ``BROAD_REPLAY_RELATIONS``, the default: plurals, past tenses, young animals,
+  workers, body parts, what things are made of, calendar order, collective nouns,
+  animal homes. No named entity in them.
+- ``NAMED_REPLAY_RELATIONS``, chosen with ``replay_relations``: the painter of a famous
+  painting, the composer of a famous work, the inventor of an invention, the sport of a
+  famous athlete. The tuned model passes most on the held-out relations "author" and
+  "landmark", questions about named works and places that it seems to take for the
+  fictional-entity kind it trains on ("What is the capital of Blorvania?"); these rows
+  test whether answering questions about REAL names of other relations teaches that an
+  unfamiliar-looking real name is not a reason to pass.
+
+Neither group is a question-bank relation or a held-out relation
+(``tasks.heldout_relations``), nor near one: no authors, books or writers, chemistry,
+countries, languages, currencies, shapes, landmarks (no building, monument or place is
+a subject or an answer) or science facts. The named relations share the held-out
+"author" relation's question shape ("Who composed X?" beside "Who wrote X?") on
+purpose, never its facts: no work of literature is a subject, no writer an answer.
+The rows never reach validation or test, so no phrasing is held out: every (fact,
+phrasing) pair is available to training.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from tokengraft.tasks.bank import Entity, Question, question_meta, render
@@ -82,8 +97,37 @@ REPLAY_TEMPLATES: dict[str, tuple[str, ...]] = {
         "What is the name for the home of {slot}?",
         "{Slot} lives in what kind of home?",
     ),
+    "painter": (
+        "Who painted {slot}?",
+        "Which artist painted {slot}?",
+        "Who is the painter of {slot}?",
+        "Name the painter of {slot}.",
+    ),
+    "composer": (
+        "Who composed {slot}?",
+        "Which composer wrote {slot}?",
+        "Who is the composer of {slot}?",
+        "Name the composer of {slot}.",
+    ),
+    "inventor": (
+        "Who invented {slot}?",
+        "Who is the inventor of {slot}?",
+        "Which inventor created {slot}?",
+        "Name the inventor of {slot}.",
+    ),
+    "athlete_sport": (
+        "Which sport is {slot} famous for?",
+        "What sport is {slot} known for?",
+        "In which sport did {slot} become famous?",
+        "Which sport made {slot} famous?",
+    ),
 }
-REPLAY_RELATIONS: tuple[str, ...] = tuple(REPLAY_TEMPLATES)
+REPLAY_RELATIONS: tuple[str, ...] = tuple(REPLAY_TEMPLATES)  # every name ``replay_relations`` may take
+# The default: the relations of the first replay arm (pass_gen_replay.yaml), so its rows stay byte for byte.
+BROAD_REPLAY_RELATIONS: tuple[str, ...] = ("plural", "past_tense", "young_animal", "worker", "body_part", "made_of",
+                                           "calendar", "collective_noun", "animal_home")
+# Questions about real named works, inventions and people (pass_gen_replay_named.yaml).
+NAMED_REPLAY_RELATIONS: tuple[str, ...] = ("painter", "composer", "inventor", "athlete_sport")
 
 
 def replay_entities(relation: str) -> list[Entity]:
@@ -93,14 +137,26 @@ def replay_entities(relation: str) -> list[Entity]:
     return relation_entities(read_relation_facts(REPLAY_FACTS_FILE), relation)
 
 
-def available_replay_rows() -> int:
-    """How many distinct replay questions exist: facts x phrasings, summed over the relations."""
-    return sum(len(replay_entities(rel)) * len(REPLAY_TEMPLATES[rel]) for rel in REPLAY_RELATIONS)
+def resolve_replay_relations(value: Any) -> tuple[str, ...]:
+    """The ``replay_relations`` option: None -> ``BROAD_REPLAY_RELATIONS``, else a non-empty list of
+    ``REPLAY_RELATIONS`` names, returned in table order without repeats (the rows depend on the set, not the order)."""
+    if value is None:
+        return BROAD_REPLAY_RELATIONS
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value or \
+            not all(isinstance(v, str) for v in value) or set(value) - set(REPLAY_RELATIONS):
+        raise ValueError(f"replay_relations must be a non-empty list drawn from {list(REPLAY_RELATIONS)}, "
+                         f"got {value!r}")
+    return tuple(rel for rel in REPLAY_RELATIONS if rel in value)
 
 
-def check_replay_rows(n: Any) -> int:
-    """The ``replay_rows`` option: a whole number from 0 to ``available_replay_rows()``."""
-    most = available_replay_rows()
+def available_replay_rows(relations: Sequence[str] = BROAD_REPLAY_RELATIONS) -> int:
+    """How many distinct replay questions ``relations`` hold: facts x phrasings, summed over them."""
+    return sum(len(replay_entities(rel)) * len(REPLAY_TEMPLATES[rel]) for rel in relations)
+
+
+def check_replay_rows(n: Any, relations: Sequence[str] = BROAD_REPLAY_RELATIONS) -> int:
+    """The ``replay_rows`` option: a whole number from 0 to ``available_replay_rows(relations)``."""
+    most = available_replay_rows(relations)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
         raise ValueError(f"replay_rows must be a whole number from 0 to {most} (replay facts x phrasings), got {n!r}")
     return n
@@ -124,19 +180,21 @@ def _relation_order(seed: int, relation: str) -> list[Question]:
     return out
 
 
-def replay_rows(seed: int, n: int) -> list[dict[str, Any]]:
-    """``n`` answerable training rows of the replay relations, spread evenly over them, deterministic for ``seed``.
+def replay_rows(seed: int, n: int, relations: Sequence[str] = BROAD_REPLAY_RELATIONS) -> list[dict[str, Any]]:
+    """``n`` answerable training rows of ``relations``, spread evenly over them, deterministic for ``seed``.
 
     Rows look like the question bank's answerable rows (``kind: "answerable"``, gold,
     aliases, entity, template, ``split: "train"``, completion ``"<Gold>."``), so
     ``is_correct`` grades them and the know-check labeller relabels them the same way,
     plus ``replay: true`` so a run's data can count them.
     """
-    check_replay_rows(n)
-    queues = {rel: _relation_order(seed, rel) for rel in REPLAY_RELATIONS}
+    relations = resolve_replay_relations(relations)
+    check_replay_rows(n, relations)
+    # Each relation's order comes from its own seeded stream, so adding relations to the table changes no other's.
+    queues = {rel: _relation_order(seed, rel) for rel in relations}
     picked: list[Question] = []
     while len(picked) < n:  # round robin: equal shares until a relation runs out
-        for rel in REPLAY_RELATIONS:
+        for rel in relations:
             if queues[rel] and len(picked) < n:
                 picked.append(queues[rel].pop(0))
     rows = []
