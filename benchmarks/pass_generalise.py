@@ -108,6 +108,24 @@ def targets(m: dict[str, Any], counts: dict[str, int], held_out: set[str]) -> li
     return out
 
 
+def relation_lines(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """Per relation of the held-out-relation split: which relations a run passes on or forgets (runs evaluated
+    before `tokengraft eval` reported ``by_relation`` show blanks)."""
+    per_run = {n: m.get("splits", {}).get(relation_split(m) or "", {}).get("by_relation") or {}
+               for n, m in metrics.items()}
+    relations = sorted({r for d in per_run.values() for r in d})
+    if not relations:
+        return []
+    sizes = {r: next(d[r]["n"] for d in per_run.values() if r in d) for r in relations}
+    base = {r: next((d[r]["base_clean_accuracy"] for d in per_run.values() if r in d), None) for r in relations}
+    lines = ["", "Held-out relations one by one: passed share / clean accuracy (the base model's clean accuracy "
+             "in the header):", ""]
+    header = ["recipe", *[f"{r} (n={sizes[r]}, base {fmt(base[r])})" for r in relations]]
+    rows = [[n, *[f"{fmt(d[r]['passed'])} / {fmt(d[r]['clean_accuracy'])}" if r in d else "" for r in relations]]
+            for n, d in per_run.items()]
+    return lines + table(header, rows)
+
+
 def target_lines(metrics: dict[str, dict[str, Any]], data: Path) -> list[str]:
     counts, held_out = kind_sets(data)
     names = list(metrics)
@@ -134,6 +152,7 @@ def target_lines(metrics: dict[str, dict[str, Any]], data: Path) -> list[str]:
                          f"{fmt(d.get('false_pass_rate'))}, {fmt(d.get('coverage'))}")
         rows.append([n, *cells])
     lines += table(header, rows)
+    lines += relation_lines(metrics)
     lines += ["", "Finding the base model's wrong answers (answerable rows; label: its greedy answer is wrong). "
               "AUROC (higher is better) / AURC (lower is better) of p(<PASS>) at the first answer position (the raw "
               "probability; the calibrated bias does not change either area) against 1 - the base model's max "

@@ -103,6 +103,12 @@ def test_targets_pool_held_out_kinds_and_compare_with_the_better_baseline(tmp_pa
     assert bench.kind_sets(data) == (counts, {"truncated", "future_event"})
     text = "\n".join(bench.target_lines({"a": _metrics(0.73, 0.68), "b": _metrics(0.6, 0.5)}, data))
     assert "future_event* (n=4)" in text and "test_heldout_relations (n=10)" in text and "0.730 / 0.200" in text
+    assert "Held-out relations one by one" not in text  # runs evaluated before by_relation: no empty table
+    with_relations = _metrics(0.73, 0.68)
+    with_relations["splits"]["test_heldout_relations"]["by_relation"] = {
+        "author": {"n": 4, "clean_accuracy": 0.25, "passed": 0.5, "base_clean_accuracy": 0.75}}
+    text = "\n".join(bench.target_lines({"a": with_relations, "b": _metrics(0.6, 0.5)}, data))
+    assert "| author (n=4, base 0.750) |" in text and "| a | 0.500 / 0.250 |" in text and "| b |  |" in text
 
 
 @pytest.mark.slow  # two trainings and evaluations through `tokengraft compare` (child processes)

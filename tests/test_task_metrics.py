@@ -49,6 +49,18 @@ def test_pass_metrics_by_hand():
     assert m["aurc"] == pytest.approx((0 + 1 / 2 + 2 / 3 + 3 / 4) / 4)
 
 
+def test_pass_metrics_by_relation():
+    records = [dict(r, relation=rel) for r, rel in zip(hand_records()[:4], ("capital", "capital", "author", "author"))]
+    records.append(rec(True, "Rome.", 0.2, gold="Rome"))  # no relation: not in by_relation
+    m = M.pass_metrics(records)
+    assert m["by_relation"] == {
+        "author": {"n": 2, "clean_accuracy": 0.0, "passed": 1.0, "base_clean_accuracy": 0.5},    # C, D passed
+        "capital": {"n": 2, "clean_accuracy": 0.5, "passed": 0.0, "base_clean_accuracy": 1.0},  # A right, B wrong
+    }
+    unknown = M.pass_metrics([dict(r, base_correct=None) for r in records])["by_relation"]
+    assert unknown["author"]["base_clean_accuracy"] is None
+
+
 def test_false_pass_falls_back_without_base_answers():
     records = [dict(r, base_correct=None) for r in hand_records()]
     m = M.pass_metrics(records)

@@ -155,7 +155,8 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
 
 
 SPLIT_KEYS = ("n_answerable", "n_unanswerable", "clean_accuracy", "base_clean_accuracy", "pass_recall",
-              "pass_recall_by_kind", "false_pass_rate", "coverage", "selective_accuracy", "wrong_answer_rate", "aurc")
+              "pass_recall_by_kind", "false_pass_rate", "coverage", "selective_accuracy", "wrong_answer_rate", "aurc",
+              "by_relation")
 """What each held-out split reports (``result["splits"][name]``) beside its error detection."""
 
 

@@ -19,6 +19,8 @@ questions the base model got wrong, ``idk_error_rate`` = passed share of those
 it got right. ``false_pass_rate`` is the same quantity as ``idk_error_rate``
 when ``base_correct`` is known; without it, it falls back to the passed share of
 all answerable rows, so it is always defined (``idk_*`` are then None).
+``by_relation`` gives, per ``relation`` of the answerable rows, ``n``,
+``clean_accuracy``, the ``passed`` share and ``base_clean_accuracy``.
 """
 
 from __future__ import annotations
@@ -78,11 +80,21 @@ def pass_metrics(records: Sequence[Record]) -> dict[str, Any]:
     for kind in sorted({r["kind"] for r in unans}):
         rows = [r for r in unans if r["kind"] == kind]
         by_kind[kind] = _rate(sum(passed[id(r)] for r in rows), len(rows))
+    # Per relation: where a tuned model forgets or passes (issue 19: the held-out relations are not alike).
+    by_relation: dict[str, dict[str, Any]] = {}
+    for relation in sorted({r["relation"] for r in ans if r.get("relation")}):
+        rows = [r for r in ans if r.get("relation") == relation]
+        known = [r for r in rows if r.get("base_correct") is not None]
+        by_relation[relation] = {
+            "n": len(rows), "clean_accuracy": _rate(sum(correct[id(r)] for r in rows), len(rows)),
+            "passed": _rate(sum(passed[id(r)] for r in rows), len(rows)),
+            "base_clean_accuracy": _rate(sum(r["base_correct"] for r in known), len(known)) if known else None}
     return {
         "n_answerable": len(ans), "n_unanswerable": len(unans),
         "clean_accuracy": _rate(sum(correct.values()), len(ans)),
         "pass_recall": _rate(sum(passed[id(r)] for r in unans), len(unans)),
         "pass_recall_by_kind": by_kind,
+        "by_relation": by_relation,
         "false_pass_rate": _rate(sum(passed[id(r)] for r in fpr_rows), len(fpr_rows)),
         "coverage": _rate(len(answered), len(ans)),
         "selective_accuracy": _rate(sum(correct[id(r)] for r in answered), len(answered)),
