@@ -36,6 +36,8 @@ OWN_DATA_ARMS = {
                        "nor held out, answered by the base model",
     "pass_gen_replay_named": "pass_gen_replay_named adds 200 answerable training rows about real named entities "
                              "(painters, composers, inventors, athletes' sports), answered by the base model",
+    "pass_gen_replay_named_known_kl": "pass_gen_replay_named_known_kl is pass_gen_replay_named with "
+                                      "pass_gen_known_kl's additions (a KL term to the base model, drop_unknown)",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "

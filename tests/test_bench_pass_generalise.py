@@ -48,7 +48,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     folder = BENCHMARKS.parent / "configs" / "compare"
     default = load_recipe(folder / "pass_gen_default.yaml")
     arms = {arm: load_recipe(folder / f"{arm}.yaml") for arm in bench.OWN_DATA_ARMS}
-    assert set(arms) == {"pass_gen_replay", "pass_gen_replay_named", "pass_gen_gemma", "pass_gen_consistency"}
+    assert set(arms) == {"pass_gen_replay", "pass_gen_replay_named", "pass_gen_replay_named_known_kl", "pass_gen_gemma",
+                         "pass_gen_consistency"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for recipe in arms.values():
@@ -63,6 +64,12 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     assert dataclasses.replace(named.data, generate_options=default.data.generate_options) == default.data
     assert (named.model, named.tokens, named.train, named.eval) == (default.model, default.tokens, default.train,
                                                                     default.eval)
+    # replay_named_known_kl: the named arm plus exactly what pass_gen_known_kl adds to the control
+    both, known_kl = arms["pass_gen_replay_named_known_kl"], load_recipe(folder / "pass_gen_known_kl.yaml")
+    assert dataclasses.replace(both.data, drop_unknown=False) == named.data and both.data.drop_unknown
+    assert dataclasses.replace(known_kl.data, drop_unknown=False) == default.data and known_kl.data.drop_unknown
+    assert both.train == known_kl.train and both.train.kl_untokened == 1.0 != default.train.kl_untokened
+    assert (both.model, both.tokens, both.eval) == (default.model, default.tokens, default.eval)
     assert gemma.data == default.data and gemma.model.name == "gemma3-270m" and gemma.train.max_steps == 300
     # consistency: know_check on, with 5 samples at 0.7; everything else (data, model, training) the control's
     assert (default.data.know_check, default.data.know_check_samples) == (False, 0)
