@@ -38,6 +38,10 @@ OWN_DATA_ARMS = {
                              "(painters, composers, inventors, athletes' sports), answered by the base model",
     "pass_gen_replay_named_known_kl": "pass_gen_replay_named_known_kl is pass_gen_replay_named with "
                                       "pass_gen_known_kl's additions (a KL term to the base model, drop_unknown)",
+    "pass_gen_replay_all_known_kl": "pass_gen_replay_all_known_kl is pass_gen_replay_named_known_kl with 400 replay "
+                                    "rows from all 13 replay relations (the nine broad and the four named ones)",
+    "pass_gen_replay_named_kl03": "pass_gen_replay_named_kl03 is pass_gen_replay_named_known_kl with the KL weight "
+                                  "0.3 instead of 1.0",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "
