@@ -42,6 +42,12 @@ OWN_DATA_ARMS = {
                                     "rows from all 13 replay relations (the nine broad and the four named ones)",
     "pass_gen_replay_named_kl03": "pass_gen_replay_named_kl03 is pass_gen_replay_named_known_kl with the KL weight "
                                   "0.3 instead of 1.0",
+    "pass_gen_replay_named_kl03_val250": "pass_gen_replay_named_kl03_val250 is pass_gen_replay_named_kl03 with a "
+                                         "250-row validation split (same trained weights; calibration only)",
+    "pass_gen_replay_named_known": "pass_gen_replay_named_known is pass_gen_replay_named_known_kl without the KL "
+                                   "term (drop_unknown kept) and with the 250-row validation split",
+    "pass_gen_replay_named_kl03_300": "pass_gen_replay_named_kl03_300 is pass_gen_replay_named_kl03_val250 trained "
+                                      "300 steps instead of 150",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "
