@@ -143,13 +143,14 @@ def write_results(out: Path, prefix: Path, command: str, notes: list[str],
     lines += (out / "compare.md").read_text().rstrip("\n").splitlines()
     lines += details(result["task"], metrics, _kind_counts(out, names[0]))
     lines += extra(metrics) if extra is not None else []
-    lines += ["", f"Eval-loss curves: `{prefix.name}_eval_loss.png`.", ""]
+    curves = out / "compare_eval_loss.png"  # only `tokengraft compare` draws it; runs trained alone have none
+    if curves.is_file():
+        shutil.copy2(curves, prefix.parent / f"{prefix.name}_eval_loss.png")
+        lines += ["", f"Eval-loss curves: `{prefix.name}_eval_loss.png`.", ""]
     prefix.with_suffix(".md").write_text("\n".join(lines))
     slim = {n: {k: v for k, v in m.items() if k not in ("examples", "sweep")} for n, m in metrics.items()}
     saved = {"command": command, "notes": notes, **result, "metrics": slim}
     prefix.with_suffix(".json").write_text(json.dumps(saved, indent=2))
-    if (out / "compare_eval_loss.png").is_file():
-        shutil.copy2(out / "compare_eval_loss.png", prefix.parent / f"{prefix.name}_eval_loss.png")
     return saved
 
 
