@@ -49,7 +49,9 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     default = load_recipe(folder / "pass_gen_default.yaml")
     arms = {arm: load_recipe(folder / f"{arm}.yaml") for arm in bench.OWN_DATA_ARMS}
     assert set(arms) == {"pass_gen_replay", "pass_gen_replay_named", "pass_gen_replay_named_known_kl", "pass_gen_gemma",
-                         "pass_gen_consistency"}
+                         "pass_gen_consistency", "pass_gen_replay_named_kl03", "pass_gen_replay_named_kl03_val250",
+                         "pass_gen_replay_named_known", "pass_gen_replay_named_kl03_300", "pass_gen_replay_named_kl1_300",
+                         "pass_gen_replay_all_known_kl"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for recipe in arms.values():
@@ -70,6 +72,23 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     assert dataclasses.replace(known_kl.data, drop_unknown=False) == default.data and known_kl.data.drop_unknown
     assert both.train == known_kl.train and both.train.kl_untokened == 1.0 != default.train.kl_untokened
     assert (both.model, both.tokens, both.eval) == (default.model, default.tokens, default.eval)
+    # the KL-weight / steps / validation-size arms: each one change from the arm before it
+    kl03, val250 = arms["pass_gen_replay_named_kl03"], arms["pass_gen_replay_named_kl03_val250"]
+    assert kl03 == dataclasses.replace(both, train=dataclasses.replace(both.train, kl_untokened=0.3))
+    bigger = {**kl03.data.generate_options, "n_validation": 250}
+    assert val250 == dataclasses.replace(kl03, data=dataclasses.replace(kl03.data, generate_options=bigger))
+    no_kl = dataclasses.replace(val250.train, kl_untokened=default.train.kl_untokened)
+    assert arms["pass_gen_replay_named_known"] == dataclasses.replace(val250, train=no_kl)
+    long03 = arms["pass_gen_replay_named_kl03_300"]
+    assert long03 == dataclasses.replace(val250, train=dataclasses.replace(val250.train, max_steps=300))
+    assert arms["pass_gen_replay_named_kl1_300"] == dataclasses.replace(
+        long03, train=dataclasses.replace(long03.train, kl_untokened=1.0))
+    every = arms["pass_gen_replay_all_known_kl"]
+    options = dict(every.data.generate_options)
+    assert options.pop("replay_rows") == 400 and len(options.pop("replay_relations")) == 13
+    assert {**both.data.generate_options, "replay_rows": 0, "replay_relations": None} == \
+        {**options, "replay_rows": 0, "replay_relations": None}
+    assert every == dataclasses.replace(both, data=dataclasses.replace(both.data, generate_options=every.data.generate_options))
     assert gemma.data == default.data and gemma.model.name == "gemma3-270m" and gemma.train.max_steps == 300
     # consistency: know_check on, with 5 samples at 0.7; everything else (data, model, training) the control's
     assert (default.data.know_check, default.data.know_check_samples) == (False, 0)
