@@ -50,6 +50,8 @@ OWN_DATA_ARMS = {
                                       "300 steps instead of 150",
     "pass_gen_replay_named_kl1_300": "pass_gen_replay_named_kl1_300 is pass_gen_replay_named_kl03_300 with the KL "
                                      "weight 1.0",
+    "pass_gen_replay_named_kl05_300": "pass_gen_replay_named_kl05_300 is pass_gen_replay_named_kl03_300 with the KL "
+                                      "weight 0.5",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "

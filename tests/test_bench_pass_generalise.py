@@ -51,7 +51,7 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     assert set(arms) == {"pass_gen_replay", "pass_gen_replay_named", "pass_gen_replay_named_known_kl", "pass_gen_gemma",
                          "pass_gen_consistency", "pass_gen_replay_named_kl03", "pass_gen_replay_named_kl03_val250",
                          "pass_gen_replay_named_known", "pass_gen_replay_named_kl03_300", "pass_gen_replay_named_kl1_300",
-                         "pass_gen_replay_all_known_kl"}
+                         "pass_gen_replay_named_kl05_300", "pass_gen_replay_all_known_kl"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for recipe in arms.values():
@@ -81,8 +81,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     assert arms["pass_gen_replay_named_known"] == dataclasses.replace(val250, train=no_kl)
     long03 = arms["pass_gen_replay_named_kl03_300"]
     assert long03 == dataclasses.replace(val250, train=dataclasses.replace(val250.train, max_steps=300))
-    assert arms["pass_gen_replay_named_kl1_300"] == dataclasses.replace(
-        long03, train=dataclasses.replace(long03.train, kl_untokened=1.0))
+    for arm, weight in (("pass_gen_replay_named_kl1_300", 1.0), ("pass_gen_replay_named_kl05_300", 0.5)):
+        assert arms[arm] == dataclasses.replace(long03, train=dataclasses.replace(long03.train, kl_untokened=weight))
     every = arms["pass_gen_replay_all_known_kl"]
     options = dict(every.data.generate_options)
     assert options.pop("replay_rows") == 400 and len(options.pop("replay_relations")) == 13
