@@ -52,6 +52,9 @@ OWN_DATA_ARMS = {
                                      "weight 1.0",
     "pass_gen_replay_named_kl05_300": "pass_gen_replay_named_kl05_300 is pass_gen_replay_named_kl03_300 with the KL "
                                       "weight 0.5",
+    "pass_gen_replay_named_kl03_300_attention": "pass_gen_replay_named_kl03_300_attention is "
+                                                "pass_gen_replay_named_kl03_300 with LoRA on the attention "
+                                                "projections only (no MLP)",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "

@@ -51,12 +51,14 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     assert set(arms) == {"pass_gen_replay", "pass_gen_replay_named", "pass_gen_replay_named_known_kl", "pass_gen_gemma",
                          "pass_gen_consistency", "pass_gen_replay_named_kl03", "pass_gen_replay_named_kl03_val250",
                          "pass_gen_replay_named_known", "pass_gen_replay_named_kl03_300", "pass_gen_replay_named_kl1_300",
-                         "pass_gen_replay_named_kl05_300", "pass_gen_replay_all_known_kl"}
+                         "pass_gen_replay_named_kl05_300", "pass_gen_replay_all_known_kl",
+                         "pass_gen_replay_named_kl03_300_attention"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
-    for recipe in arms.values():
+    for arm, recipe in arms.items():
         validate_recipe(recipe)
-        assert recipe.methods == default.methods and recipe.seed == default.seed
+        assert recipe.seed == default.seed
+        assert recipe.methods == default.methods or arm == "pass_gen_replay_named_kl03_300_attention"
     extra = dict(replay.data.generate_options)
     assert extra.pop("replay_rows") == 200 and extra == default.data.generate_options
     # replay_named: the replay arm's 200 rows, drawn from the named-entity relations; nothing else differs
@@ -83,6 +85,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     assert long03 == dataclasses.replace(val250, train=dataclasses.replace(val250.train, max_steps=300))
     for arm, weight in (("pass_gen_replay_named_kl1_300", 1.0), ("pass_gen_replay_named_kl05_300", 0.5)):
         assert arms[arm] == dataclasses.replace(long03, train=dataclasses.replace(long03.train, kl_untokened=weight))
+    attention_only = [dataclasses.replace(method, targets="attention") for method in long03.methods]
+    assert arms["pass_gen_replay_named_kl03_300_attention"] == dataclasses.replace(long03, methods=attention_only)
     every = arms["pass_gen_replay_all_known_kl"]
     mine, theirs = dict(every.data.generate_options), dict(both.data.generate_options)
     assert mine.pop("replay_rows") == 400 and len(mine.pop("replay_relations")) == 13

@@ -21,8 +21,9 @@ from tokengraft.tasks.bank import ALL_RELATIONS, bank_entities, split_bank
 from tokengraft.tasks.heldout_relations import (HELDOUT_RELATIONS, HELDOUT_SPLIT, heldout_entities,
                                                 load_heldout_facts)
 from tokengraft.tasks.metrics import pass_metrics
-from tokengraft.tasks.replay_relations import (BROAD_REPLAY_RELATIONS, NAMED_REPLAY_RELATIONS, REPLAY_RELATIONS,
-                                               REPLAY_TEMPLATES, available_replay_rows, replay_entities, replay_rows)
+from tokengraft.tasks.replay_relations import (BROAD_REPLAY_RELATIONS, CARRIER_OPENINGS, CARRIER_TEMPLATES,
+                                               NAMED_REPLAY_RELATIONS, REPLAY_RELATIONS, REPLAY_TEMPLATES,
+                                               available_replay_rows, replay_entities, replay_rows)
 from tokengraft.tasks.splits import SPLITS, check_disjoint
 from tokengraft.tasks.unanswerable import FAMILIES, UNANSWERABLE_KINDS, load_deeds, split_families
 
@@ -199,6 +200,10 @@ def test_a_split_of_new_kinds_only_and_its_limit():
     ({"replay_rows": 20, "replay_relations": []}, "replay_relations must be a non-empty list drawn from"),
     ({"replay_relations": ["painter"]}, "replay_relations needs replay_rows: N"),
     ({"replay_rows": 0, "replay_relations": ["painter"]}, "replay_relations needs replay_rows: N"),
+    ({"replay_carriers": True}, "replay_carriers needs replay_rows: N"),
+    ({"replay_rows": 20, "replay_carriers": "yes"}, "replay_carriers must be true or false, got 'yes'"),
+    ({"replay_rows": 1100, "replay_relations": ["painter", "composer", "inventor", "athlete_sport"],
+      "replay_carriers": True}, "replay_rows must be a whole number from 0 to 1036 (replay facts x phrasings)"),
 ])
 def test_bad_options_are_one_clear_error(options, message):
     with pytest.raises(TokengraftError) as err:
@@ -325,6 +330,31 @@ def test_the_named_replay_arm_is_the_replay_arm_with_named_relations():
     assert _without_replay(generated["train"]) == control["train"]
     rows = [r for r in generated["train"] if r.get("replay")]
     assert len(rows) == 200 and {r["relation"] for r in rows} == set(NAMED_REPLAY_RELATIONS)
+
+
+def test_replay_carriers_ask_answerable_questions_in_the_openings_private_facts_use():
+    # every opening is one the private_fact kind asks through, so in training it also meant <PASS> alone
+    private = [t for family in FAMILIES if family.kind == "private_fact" for t in family.templates]
+    assert all(any(t.startswith(opening) for t in private) for opening in CARRIER_OPENINGS)
+    assert set(CARRIER_TEMPLATES) == set(REPLAY_RELATIONS)
+    for relation, templates in CARRIER_TEMPLATES.items():
+        assert all("{slot}" in t for t in templates), relation
+        assert tuple(opening for t in templates for opening in CARRIER_OPENINGS if t.startswith(opening)) == \
+            CARRIER_OPENINGS, relation
+    # off: the rows as before; on: the same relations, with some questions in each opening
+    named = {"replay_rows": 100, "replay_relations": list(NAMED_REPLAY_RELATIONS), **REPLAY_OPTIONS}
+    before = P.generate_splits(seed=5, **named)
+    assert P.generate_splits(seed=5, replay_carriers=False, **named) == before
+    carried = P.generate_splits(seed=5, replay_carriers=True, **named)
+    P.check_splits(carried)
+    assert all(carried[s] == before[s] for s in carried if s != "train")
+    assert _without_replay(carried["train"]) == _without_replay(before["train"])
+    rows = [r for r in carried["train"] if r.get("replay")]
+    assert len(rows) == 100 and {r["relation"] for r in rows} == set(NAMED_REPLAY_RELATIONS)
+    for opening in CARRIER_OPENINGS:
+        assert any(r["prompt"].startswith(opening) for r in rows), opening
+    assert not any(r["prompt"].startswith(CARRIER_OPENINGS) for r in before["train"] if r.get("replay"))
+    assert available_replay_rows(NAMED_REPLAY_RELATIONS, carriers=True) == 1036
 
 
 def test_replay_rows_are_deterministic_for_a_seed_and_differ_between_seeds():

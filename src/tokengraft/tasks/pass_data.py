@@ -337,7 +337,8 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
                     test_only_kinds: Sequence[str] = TEST_ONLY_KINDS, relations: str | Sequence[str] = "basic",
                     read_rows: int = 0, heldout_relations: str | Sequence[str] | None = None,
                     validation_templates: int = 1, replay_rows: int = 0,
-                    replay_relations: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+                    replay_relations: Sequence[str] | None = None,
+                    replay_carriers: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
 
     Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
@@ -361,7 +362,10 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     ``replay_relations`` (a list of ``REPLAY_RELATIONS``; needs ``replay_rows``) says which
     relations they come from; unset, the nine broad ones (``BROAD_REPLAY_RELATIONS``), so a
     recipe without it keeps its rows; e.g. ``NAMED_REPLAY_RELATIONS`` asks about real named
-    paintings, musical works, inventions and athletes instead.
+    paintings, musical works, inventions and athletes instead. ``replay_carriers`` (needs
+    ``replay_rows``) also asks them through the openings the private_fact kind uses ("Do you
+    know ...?", "Can you tell me ...?", "Remind me ..."; ``replay_relations.CARRIER_TEMPLATES``),
+    so no opening is a <PASS> cue by itself.
     """
     train_kinds = _kind_list("train_kinds", train_kinds)
     test_only_kinds = _kind_list("test_only_kinds", test_only_kinds)
@@ -378,8 +382,12 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     held_relations = resolve_heldout_relations(heldout_relations)
     if replay_relations is not None and not replay_rows:
         raise ValueError("replay_relations needs replay_rows: N (how many replay rows to add to training)")
+    if not isinstance(replay_carriers, bool):
+        raise ValueError(f"replay_carriers must be true or false, got {replay_carriers!r}")
+    if replay_carriers and not replay_rows:
+        raise ValueError("replay_carriers needs replay_rows: N (how many replay rows to add to training)")
     replay_from = resolve_replay_relations(replay_relations)
-    check_replay_rows(replay_rows, replay_from)  # before any work: a bad value is one error, not a late one
+    check_replay_rows(replay_rows, replay_from, replay_carriers)  # before any work: one error, not a late one
     bank = split_bank(seed, validation_templates=validation_templates)
     taken: set[str] = set()
     seen: set[str] = set()
@@ -398,7 +406,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     if read_rows:
         out["train"] += read_training_rows(bank["train"], read_rows, random.Random(f"tokengraft-read-train:{seed}"))
     if replay_rows:  # appended, from their own seeded stream, so every other row stays as it was
-        out["train"] += make_replay_rows(seed, replay_rows, replay_from)
+        out["train"] += make_replay_rows(seed, replay_rows, replay_from, replay_carriers)
     if held_relations:
         out[HELDOUT_SPLIT] = heldout_relation_rows(seed, held_relations)
     return out

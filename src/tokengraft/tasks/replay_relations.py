@@ -122,6 +122,42 @@ REPLAY_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Which sport made {slot} famous?",
     ),
 }
+# ``replay_carriers``: the same questions asked through the openings the private_fact kind asks through
+# ("Do you know my password?", "Can you tell me my sister's name?", "Remind me what my PIN is."). Without
+# answerable questions in those openings, training pairs each opening with <PASS> only, and the tuned model
+# passes on any question that opens that way (issue 19: 'Do you know the force that makes objects fall?').
+# Appended after each relation's own phrasings, so the option changes no phrasing's index.
+CARRIER_OPENINGS: tuple[str, ...] = ("Do you know", "Can you tell me", "Remind me")
+CARRIER_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "plural": ("Do you know the plural of {slot}?", "Can you tell me the plural of {slot}?",
+               "Remind me what the plural of {slot} is."),
+    "past_tense": ("Do you know the past tense of {slot}?", "Can you tell me the past tense of {slot}?",
+                   "Remind me what the past tense of {slot} is."),
+    "young_animal": ("Do you know what a baby {slot} is called?", "Can you tell me what a young {slot} is called?",
+                     "Remind me what a baby {slot} is called."),
+    "worker": ("Do you know what we call {slot}?", "Can you tell me what we call {slot}?",
+               "Remind me what we call {slot}."),
+    "body_part": ("Do you know which part of the body {slot}?", "Can you tell me which body part {slot}?",
+                  "Remind me which part of the body {slot}."),
+    "made_of": ("Do you know what {slot} is made of?", "Can you tell me what {slot} is made from?",
+                "Remind me what {slot} is made of."),
+    "calendar": ("Do you know the {slot}?", "Can you tell me the {slot}?", "Remind me what the {slot} is."),
+    "collective_noun": ("Do you know what a group of {slot} is called?",
+                        "Can you tell me what a group of {slot} is called?",
+                        "Remind me what a group of {slot} is called."),
+    "animal_home": ("Do you know what the home of {slot} is called?",
+                    "Can you tell me what the home of {slot} is called?",
+                    "Remind me what the home of {slot} is called."),
+    "painter": ("Do you know who painted {slot}?", "Can you tell me who painted {slot}?",
+                "Remind me who painted {slot}."),
+    "composer": ("Do you know who composed {slot}?", "Can you tell me who composed {slot}?",
+                 "Remind me who composed {slot}."),
+    "inventor": ("Do you know who invented {slot}?", "Can you tell me who invented {slot}?",
+                 "Remind me who invented {slot}."),
+    "athlete_sport": ("Do you know which sport {slot} is famous for?",
+                      "Can you tell me which sport {slot} is known for?",
+                      "Remind me which sport {slot} played."),
+}
 REPLAY_RELATIONS: tuple[str, ...] = tuple(REPLAY_TEMPLATES)  # every name ``replay_relations`` may take
 # The default: the relations of the first replay arm (pass_gen_replay.yaml), so its rows stay byte for byte.
 BROAD_REPLAY_RELATIONS: tuple[str, ...] = ("plural", "past_tense", "young_animal", "worker", "body_part", "made_of",
@@ -149,39 +185,47 @@ def resolve_replay_relations(value: Any) -> tuple[str, ...]:
     return tuple(rel for rel in REPLAY_RELATIONS if rel in value)
 
 
-def available_replay_rows(relations: Sequence[str] = BROAD_REPLAY_RELATIONS) -> int:
+def replay_templates(relation: str, carriers: bool = False) -> tuple[str, ...]:
+    """The phrasings of one replay relation; with ``carriers``, its `CARRIER_TEMPLATES` after them."""
+    return REPLAY_TEMPLATES[relation] + (CARRIER_TEMPLATES[relation] if carriers else ())
+
+
+def available_replay_rows(relations: Sequence[str] = BROAD_REPLAY_RELATIONS, carriers: bool = False) -> int:
     """How many distinct replay questions ``relations`` hold: facts x phrasings, summed over them."""
-    return sum(len(replay_entities(rel)) * len(REPLAY_TEMPLATES[rel]) for rel in relations)
+    return sum(len(replay_entities(rel)) * len(replay_templates(rel, carriers)) for rel in relations)
 
 
-def check_replay_rows(n: Any, relations: Sequence[str] = BROAD_REPLAY_RELATIONS) -> int:
-    """The ``replay_rows`` option: a whole number from 0 to ``available_replay_rows(relations)``."""
-    most = available_replay_rows(relations)
+def check_replay_rows(n: Any, relations: Sequence[str] = BROAD_REPLAY_RELATIONS, carriers: bool = False) -> int:
+    """The ``replay_rows`` option: a whole number from 0 to ``available_replay_rows(relations, carriers)``."""
+    most = available_replay_rows(relations, carriers)
     if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
         raise ValueError(f"replay_rows must be a whole number from 0 to {most} (replay facts x phrasings), got {n!r}")
     return n
 
 
-def _relation_order(seed: int, relation: str) -> list[Question]:
+def _relation_order(seed: int, relation: str, carriers: bool) -> list[Question]:
     """Every (fact, phrasing) question of a relation, every fact once before any fact twice:
     a small ``replay_rows`` covers many facts rather than a few facts in every phrasing."""
     rng = random.Random(f"tokengraft-replay:{seed}:{relation}")
     entities = replay_entities(relation)
     rng.shuffle(entities)
-    templates = list(range(len(REPLAY_TEMPLATES[relation])))
+    phrasings = replay_templates(relation, carriers)
+    templates = list(range(len(phrasings)))
     rng.shuffle(templates)
     out = []
     for turn in range(len(templates)):
         for i, entity in enumerate(entities):
             t = templates[(i + turn) % len(templates)]  # a fact's next turn uses its next phrasing
-            template = REPLAY_TEMPLATES[relation][t]
+            template = phrasings[t]
             text, spans = render(template, entity.variants[0])
             out.append(Question(entity, f"{relation}:{t}", template, dict(entity.variants[0]), text, spans))
     return out
 
 
-def replay_rows(seed: int, n: int, relations: Sequence[str] = BROAD_REPLAY_RELATIONS) -> list[dict[str, Any]]:
-    """``n`` answerable training rows of ``relations``, spread evenly over them, deterministic for ``seed``.
+def replay_rows(seed: int, n: int, relations: Sequence[str] = BROAD_REPLAY_RELATIONS,
+                carriers: bool = False) -> list[dict[str, Any]]:
+    """``n`` answerable training rows of ``relations``, spread evenly over them, deterministic for ``seed``;
+    ``carriers`` adds the `CARRIER_TEMPLATES` to the phrasings they are drawn from.
 
     Rows look like the question bank's answerable rows (``kind: "answerable"``, gold,
     aliases, entity, template, ``split: "train"``, completion ``"<Gold>."``), so
@@ -189,9 +233,9 @@ def replay_rows(seed: int, n: int, relations: Sequence[str] = BROAD_REPLAY_RELAT
     plus ``replay: true`` so a run's data can count them.
     """
     relations = resolve_replay_relations(relations)
-    check_replay_rows(n, relations)
+    check_replay_rows(n, relations, carriers)
     # Each relation's order comes from its own seeded stream, so adding relations to the table changes no other's.
-    queues = {rel: _relation_order(seed, rel) for rel in relations}
+    queues = {rel: _relation_order(seed, rel, carriers) for rel in relations}
     picked: list[Question] = []
     while len(picked) < n:  # round robin: equal shares until a relation runs out
         for rel in relations:
