@@ -55,6 +55,13 @@ OWN_DATA_ARMS = {
     "pass_gen_replay_named_kl03_300_attention": "pass_gen_replay_named_kl03_300_attention is "
                                                 "pass_gen_replay_named_kl03_300 with LoRA on the attention "
                                                 "projections only (no MLP)",
+    "pass_gen_replay_named_kl03_300_carriers": "pass_gen_replay_named_kl03_300_carriers is "
+                                               "pass_gen_replay_named_kl03_300 with replay_carriers: its replay "
+                                               "questions also asked as \"Do you know ...?\", \"Can you tell me "
+                                               "...?\", \"Remind me ...\" (the private_fact kind's openings)",
+    "pass_gen_replay_all_kl03_300_carriers": "pass_gen_replay_all_kl03_300_carriers is "
+                                             "pass_gen_replay_named_kl03_300_carriers with 400 replay rows from all "
+                                             "13 replay relations",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "

@@ -15,6 +15,7 @@ import pytest
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.config import load_recipe, validate_recipe
 from tokengraft.tasks.pass_data import generate_splits
+from tokengraft.tasks.replay_relations import REPLAY_RELATIONS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -52,7 +53,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
                          "pass_gen_consistency", "pass_gen_replay_named_kl03", "pass_gen_replay_named_kl03_val250",
                          "pass_gen_replay_named_known", "pass_gen_replay_named_kl03_300", "pass_gen_replay_named_kl1_300",
                          "pass_gen_replay_named_kl05_300", "pass_gen_replay_all_known_kl",
-                         "pass_gen_replay_named_kl03_300_attention"}
+                         "pass_gen_replay_named_kl03_300_attention", "pass_gen_replay_named_kl03_300_carriers",
+                         "pass_gen_replay_all_kl03_300_carriers"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for arm, recipe in arms.items():
@@ -87,6 +89,13 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
         assert arms[arm] == dataclasses.replace(long03, train=dataclasses.replace(long03.train, kl_untokened=weight))
     attention_only = [dataclasses.replace(method, targets="attention") for method in long03.methods]
     assert arms["pass_gen_replay_named_kl03_300_attention"] == dataclasses.replace(long03, methods=attention_only)
+    carried = {**long03.data.generate_options, "replay_carriers": True}
+    assert arms["pass_gen_replay_named_kl03_300_carriers"] == \
+        dataclasses.replace(long03, data=dataclasses.replace(long03.data, generate_options=carried))
+    carriers = arms["pass_gen_replay_named_kl03_300_carriers"]
+    wider = {**carried, "replay_rows": 400, "replay_relations": list(REPLAY_RELATIONS)}
+    assert arms["pass_gen_replay_all_kl03_300_carriers"] == \
+        dataclasses.replace(carriers, data=dataclasses.replace(carriers.data, generate_options=wider))
     every = arms["pass_gen_replay_all_known_kl"]
     mine, theirs = dict(every.data.generate_options), dict(both.data.generate_options)
     assert mine.pop("replay_rows") == 400 and len(mine.pop("replay_relations")) == 13
