@@ -80,10 +80,16 @@ def run_report(run: Path) -> dict[str, Any]:
     rows = margins(run)
     base = share([bool(r["base_correct"]) for r in rows[HELD_OUT_RELATIONS]])
     sweep = [at_bias(rows, b, held_out_kinds) for b in BIASES]
-    meets = [s["bias"] for s in sweep if (s["recall_heldout_kinds"] or 0) >= 0.80 and (s["recall_corrupted"] or 0) >= 0.90
-             and (s["false_pass_test"] or 0) <= 0.05 and (s["kept_heldout_relations"] or 0) >= base - 0.02]
+    recall_ok = [s for s in sweep if (s["recall_heldout_kinds"] or 0) >= 0.80 and (s["recall_corrupted"] or 0) >= 0.90
+                 and (s["false_pass_test"] or 0) <= 0.05]
+    best = max(recall_ok, key=lambda s: s["kept_heldout_relations"] or 0, default=None)
+    calibrated = next((s for s in sweep if s["bias"] == metrics.get("pass_bias")), None)
     return {"run": run.name, "calibrated_bias": metrics.get("pass_bias"), "base_heldout_relations": base,
-            "held_out_kinds": sorted(held_out_kinds), "sweep": sweep, "biases_meeting_all_four": meets}
+            "clean_heldout_relations": metrics.get("splits", {}).get(HELD_OUT_RELATIONS, {}).get("clean_accuracy"),
+            "kept_at_calibrated_bias": calibrated and calibrated["kept_heldout_relations"],
+            "held_out_kinds": sorted(held_out_kinds), "sweep": sweep,
+            "best_bias_meeting_recall": best and best["bias"], "kept_there": best and best["kept_heldout_relations"],
+            "biases_meeting_all_four": [s["bias"] for s in recall_ok if (s["kept_heldout_relations"] or 0) >= base - 0.02]}
 
 
 def markdown(reports: list[dict[str, Any]], command: str) -> list[str]:
@@ -93,6 +99,11 @@ def markdown(reports: list[dict[str, Any]], command: str) -> list[str]:
              "answered as the base model does; the target is base - 0.02). Recall is pooled over the test split's "
              "rows of each kind group; false-PASS over its base-right questions.",
              f"- machine: {platform.machine()}, Python {platform.python_version()}; CPU only", ""]
+    lines += table(["run", "calibrated bias", "held-out relations: clean (its answers)", "kept at that bias",
+                    "bias meeting recall and false-PASS, most kept", "kept there", "kept needed"],
+                   [[r["run"], r["calibrated_bias"], r["clean_heldout_relations"], r["kept_at_calibrated_bias"],
+                     r["best_bias_meeting_recall"], r["kept_there"], r["base_heldout_relations"] - 0.02] for r in reports])
+    lines.append("")
     for rep in reports:
         bound = rep["base_heldout_relations"] - 0.02
         lines += [f"## {rep['run']}", "",
