@@ -124,8 +124,8 @@ REPLAY_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 # ``replay_carriers``: the same questions asked through the openings the private_fact kind asks through
 # ("Do you know my password?", "Can you tell me my sister's name?", "Remind me what my PIN is."). Without
-# answerable questions in those openings, training pairs each opening with <PASS> only, and the tuned model
-# passes on any question that opens that way (issue 19: 'Do you know the force that makes objects fall?').
+# answerable questions in those openings, training pairs each opening with <PASS> only, and a tuned model may
+# learn the opening, not the "my", as its reason to pass.
 # Appended after each relation's own phrasings, so the option changes no phrasing's index.
 CARRIER_OPENINGS: tuple[str, ...] = ("Do you know", "Can you tell me", "Remind me")
 CARRIER_TEMPLATES: dict[str, tuple[str, ...]] = {
