@@ -62,8 +62,9 @@ OWN_DATA_ARMS = {
     "pass_gen_replay_all_kl03_300_carriers": "pass_gen_replay_all_kl03_300_carriers is "
                                              "pass_gen_replay_named_kl03_300_carriers with 400 replay rows from all "
                                              "13 replay relations",
-    "pass_gen_replay_named_kl1_300_carriers": "pass_gen_replay_named_kl1_300_carriers is "
-                                              "pass_gen_replay_named_kl03_300_carriers with the KL weight 1.0",
+    "pass_gen_replay_named_max_kl03_300_carriers": "pass_gen_replay_named_max_kl03_300_carriers is "
+                                                   "pass_gen_replay_named_kl03_300_carriers with 1036 replay rows "
+                                                   "(every named fact in every phrasing) instead of 200",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "

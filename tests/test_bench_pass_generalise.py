@@ -54,7 +54,7 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
                          "pass_gen_replay_named_known", "pass_gen_replay_named_kl03_300", "pass_gen_replay_named_kl1_300",
                          "pass_gen_replay_named_kl05_300", "pass_gen_replay_all_known_kl",
                          "pass_gen_replay_named_kl03_300_attention", "pass_gen_replay_named_kl03_300_carriers",
-                         "pass_gen_replay_all_kl03_300_carriers", "pass_gen_replay_named_kl1_300_carriers"}
+                         "pass_gen_replay_all_kl03_300_carriers", "pass_gen_replay_named_max_kl03_300_carriers"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for arm, recipe in arms.items():
@@ -96,8 +96,9 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     wider = {**carried, "replay_rows": 400, "replay_relations": list(REPLAY_RELATIONS)}
     assert arms["pass_gen_replay_all_kl03_300_carriers"] == \
         dataclasses.replace(carriers, data=dataclasses.replace(carriers.data, generate_options=wider))
-    assert arms["pass_gen_replay_named_kl1_300_carriers"] == \
-        dataclasses.replace(carriers, train=dataclasses.replace(carriers.train, kl_untokened=1.0))
+    every_named = {**carried, "replay_rows": 1036}
+    assert arms["pass_gen_replay_named_max_kl03_300_carriers"] == \
+        dataclasses.replace(carriers, data=dataclasses.replace(carriers.data, generate_options=every_named))
     every = arms["pass_gen_replay_all_known_kl"]
     mine, theirs = dict(every.data.generate_options), dict(both.data.generate_options)
     assert mine.pop("replay_rows") == 400 and len(mine.pop("replay_relations")) == 13
