@@ -33,7 +33,7 @@ from tokengraft.generation import generate_batch
 from tokengraft.rundir import load_base, load_graft, read_graft_meta, read_run_recipe
 from tokengraft.tasks.splits import read_jsonl
 
-BIASES = tuple(b / 2 for b in range(-12, 3))  # -6.0 .. +1.0, the eval's calibration grid in steps of 0.5
+BIASES = tuple(b / 2 for b in range(-12, 3))  # -6.0 .. +1.0 in the calibration grid's 0.5 steps (no run here calibrates above 0)
 SPLITS = ("test", HELD_OUT_RELATIONS)
 
 
