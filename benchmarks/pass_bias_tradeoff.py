@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from compare_results import table  # benchmarks/ is on sys.path when this script runs
-from pass_generalise import CORRUPTION_KINDS, HELD_OUT_RELATIONS, kind_sets
+from pass_generalise import (CLEAN_SLACK, CORRUPTION_KINDS, HELD_OUT_RELATIONS, MAX_FALSE_PASS, MIN_RECALL_CORRUPTED,
+                             MIN_RECALL_HELD_OUT_KINDS, kind_sets)
 
 from tokengraft.evaluation.generative import base_correctness
 from tokengraft.generation import generate_batch
@@ -80,8 +81,8 @@ def run_report(run: Path) -> dict[str, Any]:
     rows = margins(run)
     base = share([bool(r["base_correct"]) for r in rows[HELD_OUT_RELATIONS]])
     sweep = [at_bias(rows, b, held_out_kinds) for b in BIASES]
-    recall_ok = [s for s in sweep if (s["recall_heldout_kinds"] or 0) >= 0.80 and (s["recall_corrupted"] or 0) >= 0.90
-                 and (s["false_pass_test"] or 0) <= 0.05]
+    recall_ok = [s for s in sweep if (s["recall_heldout_kinds"] or 0) >= MIN_RECALL_HELD_OUT_KINDS
+                 and (s["recall_corrupted"] or 0) >= MIN_RECALL_CORRUPTED and (s["false_pass_test"] or 0) <= MAX_FALSE_PASS]
     best = max(recall_ok, key=lambda s: s["kept_heldout_relations"] or 0, default=None)
     calibrated = next((s for s in sweep if s["bias"] == metrics.get("pass_bias")), None)
     return {"run": run.name, "calibrated_bias": metrics.get("pass_bias"), "base_heldout_relations": base,
@@ -89,29 +90,31 @@ def run_report(run: Path) -> dict[str, Any]:
             "kept_at_calibrated_bias": calibrated and calibrated["kept_heldout_relations"],
             "held_out_kinds": sorted(held_out_kinds), "sweep": sweep,
             "best_bias_meeting_recall": best and best["bias"], "kept_there": best and best["kept_heldout_relations"],
-            "biases_meeting_all_four": [s["bias"] for s in recall_ok if (s["kept_heldout_relations"] or 0) >= base - 0.02]}
+            "biases_meeting_all_four": [s["bias"] for s in recall_ok
+                                        if (s["kept_heldout_relations"] or 0) >= base - CLEAN_SLACK]}
 
 
 def markdown(reports: list[dict[str, Any]], command: str) -> list[str]:
     lines = ["# <PASS> bias against recall and kept answers (issue 19)", "", "```", command, "```", "",
              "- Margins from one prefill per row; base correctness from the answers cache. `kept` = held-out-relation "
              "questions the base model answers right and the run does not pass (the clean accuracy of a run that "
-             "answered as the base model does; the target is base - 0.02). Recall is pooled over the test split's "
+             f"answered as the base model does; the target is base - {CLEAN_SLACK:.2f}). Recall is pooled over the test split's "
              "rows of each kind group; false-PASS over its base-right questions.",
              f"- machine: {platform.machine()}, Python {platform.python_version()}; CPU only", ""]
     lines += table(["run", "calibrated bias", "held-out relations: clean (its answers)", "kept at that bias",
                     "bias meeting recall and false-PASS, most kept", "kept there", "kept needed"],
                    [[r["run"], r["calibrated_bias"], r["clean_heldout_relations"], r["kept_at_calibrated_bias"],
-                     r["best_bias_meeting_recall"], r["kept_there"], r["base_heldout_relations"] - 0.02] for r in reports])
+                     r["best_bias_meeting_recall"], r["kept_there"], r["base_heldout_relations"] - CLEAN_SLACK] for r in reports])
     lines.append("")
     for rep in reports:
-        bound = rep["base_heldout_relations"] - 0.02
+        bound = rep["base_heldout_relations"] - CLEAN_SLACK
         lines += [f"## {rep['run']}", "",
                   f"Calibrated bias {rep['calibrated_bias']}; held-out relations: base {rep['base_heldout_relations']:.3f}, "
                   f"kept must be >= {bound:.3f}. Biases meeting the recall, false-PASS and kept bounds at once: "
                   f"{', '.join(map(str, rep['biases_meeting_all_four'])) or 'none'}.", ""]
-        lines += table(["bias", "recall held-out kinds (>= 0.80)", "recall corrupted/fictional (>= 0.90)",
-                        "false-PASS test (<= 0.05)", "held-out relations: base-right passed", "kept"],
+        lines += table(["bias", f"recall held-out kinds (>= {MIN_RECALL_HELD_OUT_KINDS:.2f})",
+                        f"recall corrupted/fictional (>= {MIN_RECALL_CORRUPTED:.2f})",
+                        f"false-PASS test (<= {MAX_FALSE_PASS:.2f})", "held-out relations: base-right passed", "kept"],
                        [[s["bias"], s["recall_heldout_kinds"], s["recall_corrupted"], s["false_pass_test"],
                          s["false_pass_heldout_relations"], s["kept_heldout_relations"]] for s in rep["sweep"]])
         lines.append("")
