@@ -76,9 +76,14 @@ HELD_OUT_RELATIONS = "test_heldout_relations"
 CORRUPTION_KINDS = ALL_KINDS
 """The corrupted / fictional kinds the <PASS> task had before issue 19 (their recall target stays 0.90)."""
 BASELINES = ("max_softmax", "min_token_prob")
-# The issue's bounds: recall on held-out kinds, recall on corrupted/fictional, false-PASS, how far below the base
-# model clean accuracy on held-out relations may fall, how far above the best baseline the AUROC must be.
-MIN_RECALL_HELD_OUT_KINDS, MIN_RECALL_CORRUPTED, MAX_FALSE_PASS, CLEAN_SLACK, AUROC_GAIN = 0.80, 0.90, 0.05, 0.02, 0.05
+# The issue's bounds.
+MIN_RECALL_HELD_OUT_KINDS = 0.80
+MIN_RECALL_CORRUPTED = 0.90
+MAX_FALSE_PASS = 0.05
+CLEAN_SLACK = 0.02
+"""How far below the base model's clean accuracy on held-out relations the tuned model may fall."""
+AUROC_GAIN = 0.05
+"""How far above the better base-confidence baseline the AUROC of p(<PASS>) must be."""
 QUICK = ["train.max_steps=2", "train.eval_steps=0", "train.batch_size=4", "data.generate_options.n_train=40",
          "data.generate_options.n_validation=12", "data.generate_options.n_test=16",
          "data.generate_options.read_rows=2", "eval.max_new_tokens=6", "eval.batch_size=16", "model.device=cpu"]
