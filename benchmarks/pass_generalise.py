@@ -62,6 +62,10 @@ OWN_DATA_ARMS = {
     "pass_gen_replay_all_kl03_300_carriers": "pass_gen_replay_all_kl03_300_carriers is "
                                              "pass_gen_replay_named_kl03_300_carriers with 400 replay rows from all "
                                              "13 replay relations",
+    "pass_gen_replay_all_kl03_300_carriers_gold": "pass_gen_replay_all_kl03_300_carriers_gold is "
+                                                  "pass_gen_replay_all_kl03_300_carriers with replay_gold: the "
+                                                  "replay questions the base model answers wrong train on their "
+                                                  "gold answer instead of being dropped",
     "pass_gen_replay_named_max_kl03_300_carriers": "pass_gen_replay_named_max_kl03_300_carriers is "
                                                    "pass_gen_replay_named_kl03_300_carriers with 1036 replay rows "
                                                    "(every named fact in every phrasing) instead of 200",

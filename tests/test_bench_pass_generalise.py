@@ -54,7 +54,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
                          "pass_gen_replay_named_known", "pass_gen_replay_named_kl03_300", "pass_gen_replay_named_kl1_300",
                          "pass_gen_replay_named_kl05_300", "pass_gen_replay_all_known_kl",
                          "pass_gen_replay_named_kl03_300_attention", "pass_gen_replay_named_kl03_300_carriers",
-                         "pass_gen_replay_all_kl03_300_carriers", "pass_gen_replay_named_max_kl03_300_carriers"}
+                         "pass_gen_replay_all_kl03_300_carriers", "pass_gen_replay_named_max_kl03_300_carriers",
+                         "pass_gen_replay_all_kl03_300_carriers_gold"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for arm, recipe in arms.items():
@@ -96,6 +97,10 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     wider = {**carried, "replay_rows": 400, "replay_relations": list(REPLAY_RELATIONS)}
     assert arms["pass_gen_replay_all_kl03_300_carriers"] == \
         dataclasses.replace(carriers, data=dataclasses.replace(carriers.data, generate_options=wider))
+    all_carriers = arms["pass_gen_replay_all_kl03_300_carriers"]
+    gold = {**wider, "replay_gold": True}
+    assert arms["pass_gen_replay_all_kl03_300_carriers_gold"] == \
+        dataclasses.replace(all_carriers, data=dataclasses.replace(all_carriers.data, generate_options=gold))
     every_named = {**carried, "replay_rows": 1036}
     assert arms["pass_gen_replay_named_max_kl03_300_carriers"] == \
         dataclasses.replace(carriers, data=dataclasses.replace(carriers.data, generate_options=every_named))

@@ -263,6 +263,10 @@ def test_drop_unknown_leaves_out_what_the_base_model_gets_wrong():
     assert [r["prompt"] for r in drop_unknown(rows)] == ["a", "c"]
     with pytest.raises(TokengraftError, match="none would be left"):
         drop_unknown(rows[1:])
+    # a replay_gold row stays with its gold answer, known or not
+    kept = {"prompt": "d", "answerable": True, "know_check": "wrong", "keep_unknown": True, "completion": "Gold."}
+    assert [r["prompt"] for r in drop_unknown([*rows, kept])] == ["a", "c", "d"]
+    assert drop_unknown([rows[1], kept]) == [kept]
 
 
 @pytest.mark.parametrize("change, message", [

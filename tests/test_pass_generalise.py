@@ -202,6 +202,8 @@ def test_a_split_of_new_kinds_only_and_its_limit():
     ({"replay_rows": 0, "replay_relations": ["painter"]}, "replay_relations needs replay_rows: N"),
     ({"replay_carriers": True}, "replay_carriers needs replay_rows: N"),
     ({"replay_rows": 20, "replay_carriers": "yes"}, "replay_carriers must be true or false, got 'yes'"),
+    ({"replay_gold": True}, "replay_gold needs replay_rows: N"),
+    ({"replay_rows": 20, "replay_gold": 1}, "replay_gold must be true or false, got 1"),
     ({"replay_rows": 1100, "replay_relations": ["painter", "composer", "inventor", "athlete_sport"],
       "replay_carriers": True}, "replay_rows must be a whole number from 0 to 1036 (replay facts x phrasings)"),
 ])
@@ -355,6 +357,19 @@ def test_replay_carriers_ask_answerable_questions_in_the_openings_private_facts_
         assert any(r["prompt"].startswith(opening) for r in rows), opening
     assert not any(r["prompt"].startswith(CARRIER_OPENINGS) for r in before["train"] if r.get("replay"))
     assert available_replay_rows(NAMED_REPLAY_RELATIONS, carriers=True) == 1036
+
+
+def test_replay_gold_marks_the_replay_rows_and_nothing_else():
+    before = P.generate_splits(seed=5, replay_rows=40, **REPLAY_OPTIONS)
+    assert P.generate_splits(seed=5, replay_rows=40, replay_gold=False, **REPLAY_OPTIONS) == before
+    gold = P.generate_splits(seed=5, replay_rows=40, replay_gold=True, **REPLAY_OPTIONS)
+    assert all(gold[s] == before[s] for s in gold if s != "train")
+    assert [r for r in gold["train"] if not r.get("replay")] == [r for r in before["train"] if not r.get("replay")]
+    replayed = [r for r in gold["train"] if r.get("replay")]
+    assert len(replayed) == 40 and all(r["keep_unknown"] is True for r in replayed)
+    assert [{k: v for k, v in r.items() if k != "keep_unknown"} for r in replayed] == \
+        [r for r in before["train"] if r.get("replay")]
+    assert not any("keep_unknown" in r for r in before["train"])
 
 
 def test_replay_rows_are_deterministic_for_a_seed_and_differ_between_seeds():

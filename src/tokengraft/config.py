@@ -168,7 +168,7 @@ class DataConfig:
     already know (fine-tuning on unknown facts teaches a model to make answers up: Gekhman et al., 2024). Task pass:
     answerable questions (neither their gold answer nor <PASS>); task style: terse rows (their verbose partner stays).
     With self_answers, what remains replays the base model's own right answers. Excludes know_check, which turns
-    those questions into <PASS> instead."""
+    those questions into <PASS> instead. Rows marked keep_unknown: true (the pass task's replay_gold) stay."""
     know_check_samples: int = option(0, lo=0)
     """Task pass, for know_check / drop_unknown / self_answers: 0 = a question is known when the base model's one
     greedy answer is right; N >= 2 = also sample N answers per answerable training question, and count it known

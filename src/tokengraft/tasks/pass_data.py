@@ -338,7 +338,7 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
                     read_rows: int = 0, heldout_relations: str | Sequence[str] | None = None,
                     validation_templates: int = 1, replay_rows: int = 0,
                     replay_relations: Sequence[str] | None = None,
-                    replay_carriers: bool = False) -> dict[str, list[dict[str, Any]]]:
+                    replay_carriers: bool = False, replay_gold: bool = False) -> dict[str, list[dict[str, Any]]]:
     """Train / validation / test rows for `<PASS>` training, deterministic for ``seed``.
 
     Defaults suit a few CPU minutes on a 135M model: 400 train rows, half `<PASS>`.
@@ -365,7 +365,11 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     paintings, musical works, inventions and athletes instead. ``replay_carriers`` (needs
     ``replay_rows``) also asks them through the openings the private_fact kind uses ("Do you
     know ...?", "Can you tell me ...?", "Remind me ..."; ``replay_relations.CARRIER_TEMPLATES``),
-    so no opening is a <PASS> cue by itself.
+    so no opening is a <PASS> cue by itself. ``replay_gold`` (needs ``replay_rows``) marks the
+    replay rows ``keep_unknown: true``: ``data.drop_unknown`` keeps the ones the base model
+    answers wrong, which then train on their gold answer, so every replay question, known
+    or not, says that a well-formed question of a relation training never judges is
+    answered, not passed (the facts they teach are graded nowhere).
     """
     train_kinds = _kind_list("train_kinds", train_kinds)
     test_only_kinds = _kind_list("test_only_kinds", test_only_kinds)
@@ -382,10 +386,11 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     held_relations = resolve_heldout_relations(heldout_relations)
     if replay_relations is not None and not replay_rows:
         raise ValueError("replay_relations needs replay_rows: N (how many replay rows to add to training)")
-    if not isinstance(replay_carriers, bool):
-        raise ValueError(f"replay_carriers must be true or false, got {replay_carriers!r}")
-    if replay_carriers and not replay_rows:
-        raise ValueError("replay_carriers needs replay_rows: N (how many replay rows to add to training)")
+    for flag, value in (("replay_carriers", replay_carriers), ("replay_gold", replay_gold)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{flag} must be true or false, got {value!r}")
+        if value and not replay_rows:
+            raise ValueError(f"{flag} needs replay_rows: N (how many replay rows to add to training)")
     replay_from = resolve_replay_relations(replay_relations)
     check_replay_rows(replay_rows, replay_from, replay_carriers)  # before any work: one error, not a late one
     bank = split_bank(seed, validation_templates=validation_templates)
@@ -406,7 +411,8 @@ def generate_splits(seed: int = 0, n_train: int = 400, n_validation: int = 100, 
     if read_rows:
         out["train"] += read_training_rows(bank["train"], read_rows, random.Random(f"tokengraft-read-train:{seed}"))
     if replay_rows:  # appended, from their own seeded stream, so every other row stays as it was
-        out["train"] += make_replay_rows(seed, replay_rows, replay_from, replay_carriers)
+        replayed = make_replay_rows(seed, replay_rows, replay_from, replay_carriers)
+        out["train"] += [{**r, "keep_unknown": True} for r in replayed] if replay_gold else replayed
     if held_relations:
         out[HELDOUT_SPLIT] = heldout_relation_rows(seed, held_relations)
     return out

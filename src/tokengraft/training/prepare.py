@@ -70,8 +70,9 @@ def _label(recipe: Recipe, rows: list[dict[str, Any]], tokenizer: Any, model: An
 
 def drop_unknown(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``data.drop_unknown``: the labelled rows without the questions the base model answered wrong
-    (``know_check: "wrong"``); refuses to leave none of the questions it checked."""
-    kept = [r for r in rows if r.get("know_check") != "wrong"]
+    (``know_check: "wrong"``), except rows marked ``keep_unknown: true`` (the pass task's
+    ``replay_gold``), which keep their gold answer; refuses to leave none of the questions it checked."""
+    kept = [r for r in rows if r.get("know_check") != "wrong" or r.get("keep_unknown") is True]
     if any("know_check" in r for r in rows) and not any("know_check" in r for r in kept):
         raise TokengraftError("data.drop_unknown: the base model answers none of the training questions it was asked "
                               "right, so none would be left; turn drop_unknown off")
