@@ -69,6 +69,10 @@ OWN_DATA_ARMS = {
     "pass_gen_replay_named_max_kl03_300_carriers": "pass_gen_replay_named_max_kl03_300_carriers is "
                                                    "pass_gen_replay_named_kl03_300_carriers with 1036 replay rows "
                                                    "(every named fact in every phrasing) instead of 200",
+    "pass_gen_gemma_replay_named_max_kl03_300_carriers": "pass_gen_gemma_replay_named_max_kl03_300_carriers is "
+                                                         "pass_gen_replay_named_max_kl03_300_carriers on Gemma 3 "
+                                                         "270M (its own answers label and replay; validation loss "
+                                                         "at the end only)",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "

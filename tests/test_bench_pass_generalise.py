@@ -55,7 +55,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
                          "pass_gen_replay_named_kl05_300", "pass_gen_replay_all_known_kl",
                          "pass_gen_replay_named_kl03_300_attention", "pass_gen_replay_named_kl03_300_carriers",
                          "pass_gen_replay_all_kl03_300_carriers", "pass_gen_replay_named_max_kl03_300_carriers",
-                         "pass_gen_replay_all_kl03_300_carriers_gold"}
+                         "pass_gen_replay_all_kl03_300_carriers_gold",
+                         "pass_gen_gemma_replay_named_max_kl03_300_carriers"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for arm, recipe in arms.items():
@@ -104,6 +105,11 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     every_named = {**carried, "replay_rows": 1036}
     assert arms["pass_gen_replay_named_max_kl03_300_carriers"] == \
         dataclasses.replace(carriers, data=dataclasses.replace(carriers.data, generate_options=every_named))
+    # the Gemma arm: the max-named recipe on the second family; validation loss measured once, at the end
+    max_named = arms["pass_gen_replay_named_max_kl03_300_carriers"]
+    on_gemma = arms["pass_gen_gemma_replay_named_max_kl03_300_carriers"]
+    assert on_gemma == dataclasses.replace(max_named, model=dataclasses.replace(max_named.model, name="gemma3-270m"),
+                                           train=dataclasses.replace(max_named.train, eval_steps=300))
     every = arms["pass_gen_replay_all_known_kl"]
     mine, theirs = dict(every.data.generate_options), dict(both.data.generate_options)
     assert mine.pop("replay_rows") == 400 and len(mine.pop("replay_relations")) == 13
