@@ -164,10 +164,14 @@ def relation_lines(metrics: dict[str, dict[str, Any]]) -> list[str]:
         return []
     sizes = {r: next(d[r]["n"] for d in per_run.values() if r in d) for r in relations}
     base = {r: next((d[r]["base_clean_accuracy"] for d in per_run.values() if r in d), None) for r in relations}
-    lines = ["", "Held-out relations one by one: passed share / clean accuracy (the base model's clean accuracy "
-             "in the header):", ""]
-    header = ["recipe", *[f"{r} (n={sizes[r]}, base {fmt(base[r])})" for r in relations]]
-    rows = [[n, *[f"{fmt(d[r]['passed'])} / {fmt(d[r]['clean_accuracy'])}" if r in d else "" for r in relations]]
+    # Runs of one base model share its accuracy (the header says it); runs of other bases say their own per cell.
+    shared = all(d[r]["base_clean_accuracy"] == base[r] for d in per_run.values() for r in d)
+    where = "in the header" if shared else "third, per run: the runs have different base models"
+    lines = ["", f"Held-out relations one by one: passed share / clean accuracy (the base model's clean accuracy {where}):",
+             ""]
+    header = ["recipe", *[f"{r} (n={sizes[r]}" + (f", base {fmt(base[r])})" if shared else ")") for r in relations]]
+    rows = [[n, *[f"{fmt(d[r]['passed'])} / {fmt(d[r]['clean_accuracy'])}" +
+                  ("" if shared else f" / {fmt(d[r]['base_clean_accuracy'])}") if r in d else "" for r in relations]]
             for n, d in per_run.items()]
     return lines + table(header, rows)
 
