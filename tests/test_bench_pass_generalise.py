@@ -162,6 +162,12 @@ def test_targets_pool_held_out_kinds_and_compare_with_the_better_baseline(tmp_pa
         "author": {"n": 4, "clean_accuracy": 0.25, "passed": 0.5, "base_clean_accuracy": 0.75}}
     text = "\n".join(bench.target_lines({"a": with_relations, "b": _metrics(0.6, 0.5)}, data))
     assert "| author (n=4, base 0.750) |" in text and "| a | 0.500 / 0.250 |" in text and "| b |  |" in text
+    # a run of another base model: each cell says its own base accuracy, the header none
+    other_base = _metrics(0.6, 0.5)
+    other_base["splits"]["test_heldout_relations"]["by_relation"] = {
+        "author": {"n": 4, "clean_accuracy": 0.5, "passed": 0.0, "base_clean_accuracy": 1.0}}
+    text = "\n".join(bench.target_lines({"a": with_relations, "b": other_base}, data))
+    assert "| author (n=4) |" in text and "| a | 0.500 / 0.250 / 0.750 |" in text and "| b | 0.000 / 0.500 / 1.000 |" in text
 
 
 @pytest.mark.slow  # two trainings and evaluations through `tokengraft compare` (child processes)
