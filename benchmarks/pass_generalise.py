@@ -73,6 +73,13 @@ OWN_DATA_ARMS = {
                                                          "pass_gen_replay_named_max_kl03_300_carriers on Gemma 3 "
                                                          "270M (its own answers label and replay; validation loss "
                                                          "at the end only)",
+    "pass_gen_replay_named_max_kl03_300_carriers_base_answers": "pass_gen_replay_named_max_kl03_300_carriers_base_"
+                                                                "answers is pass_gen_replay_named_max_kl03_300_"
+                                                                "carriers with eval.answers: base (the base model "
+                                                                "answers what the run does not pass on)",
+    "pass_gen_gemma_replay_named_max_kl03_300_carriers_base_answers": "pass_gen_gemma_replay_named_max_kl03_300_"
+                                                                      "carriers_base_answers is the Gemma arm with "
+                                                                      "eval.answers: base",
     "pass_gen_gemma": "pass_gen_gemma is Gemma 3 270M, whose own answers label its answerable training rows "
                       "(300 steps, as its demo recipe)",
     "pass_gen_consistency": "pass_gen_consistency turns answerable training questions into <PASS> unless the base "

@@ -56,7 +56,9 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
                          "pass_gen_replay_named_kl03_300_attention", "pass_gen_replay_named_kl03_300_carriers",
                          "pass_gen_replay_all_kl03_300_carriers", "pass_gen_replay_named_max_kl03_300_carriers",
                          "pass_gen_replay_all_kl03_300_carriers_gold",
-                         "pass_gen_gemma_replay_named_max_kl03_300_carriers"}
+                         "pass_gen_gemma_replay_named_max_kl03_300_carriers",
+                         "pass_gen_replay_named_max_kl03_300_carriers_base_answers",
+                         "pass_gen_gemma_replay_named_max_kl03_300_carriers_base_answers"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for arm, recipe in arms.items():
@@ -110,6 +112,10 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     on_gemma = arms["pass_gen_gemma_replay_named_max_kl03_300_carriers"]
     assert on_gemma == dataclasses.replace(max_named, model=dataclasses.replace(max_named.model, name="gemma3-270m"),
                                            train=dataclasses.replace(max_named.train, eval_steps=300))
+    # the base-answers arms: their arm with eval.answers: base, nothing else
+    for arm in ("pass_gen_replay_named_max_kl03_300_carriers", "pass_gen_gemma_replay_named_max_kl03_300_carriers"):
+        assert arms[f"{arm}_base_answers"] == dataclasses.replace(
+            arms[arm], eval=dataclasses.replace(arms[arm].eval, answers="base"))
     every = arms["pass_gen_replay_all_known_kl"]
     mine, theirs = dict(every.data.generate_options), dict(both.data.generate_options)
     assert mine.pop("replay_rows") == 400 and len(mine.pop("replay_relations")) == 13

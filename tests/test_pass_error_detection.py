@@ -11,6 +11,7 @@ general answering.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -19,15 +20,17 @@ import pytest
 import torch
 
 from tiny import tiny_model, tiny_tokenizer
-from tokengraft.api import load_graft, train
+from tokengraft.api import generate, load_graft, train
+from tokengraft.cli.main import main
 from tokengraft.cli.report import metrics_table
 from tokengraft.config import recipe_from_dict, validate_recipe
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.data import ChatFormat, Collator, encode_examples
 from tokengraft.errors import TokengraftError
-from tokengraft.evaluation.generative import eval_splits, evaluate_run
-from tokengraft.generation import answer_probabilities, generate_batch
+from tokengraft.evaluation.generative import base_greedy_answers, eval_splits, evaluate_run
+from tokengraft.generation import answer_probabilities, generate_batch, pass_gated_generate
 from tokengraft.models import load_model
+from tokengraft.rundir import read_graft_meta, read_run_recipe
 from tokengraft.tasks import metrics, read_jsonl, write_jsonl
 from tokengraft.tasks.bank import normalize_answer
 from tokengraft.training.lm import LMLoss, lm_loss
@@ -251,6 +254,66 @@ def test_eval_scores_every_held_out_split_with_error_detection(pass_runs, capsys
     assert saved["error_detection"] == result["error_detection"]
     table = metrics_table(result)
     assert "test_heldout_relations" in table and "finding the base model's wrong answers" in table
+
+
+# ----------------------------------------------------------------------------- eval.answers: base
+
+
+def test_answers_base_leaves_every_answer_to_the_base_model(pass_runs, model_dir: Path):
+    run = pass_runs["plain"]
+    # a bias no margin reaches: nothing passes, so the run answers exactly as often right as its base model
+    never = evaluate_run(run, limit=8, pass_bias=-1e4, answers="base")
+    assert never["answers"] == "base" and never["pass_recall"] == 0.0
+    assert never["clean_accuracy"] == never["base_clean_accuracy"]
+    g = load_graft(run, device="cpu")
+    base, _ = load_model(str(model_dir), device="cpu")
+    rows = read_jsonl(run / "data" / "test.jsonl")[:8]
+    recipe = read_run_recipe(run)
+    base_texts = [a["text"] for a in base_greedy_answers(base, g.tokenizer, rows, recipe)]
+    assert [e["generated"] for e in never["examples"]] == base_texts
+    tuned = evaluate_run(run, limit=8, pass_bias=-1e4)
+    assert tuned["answers"] == "tuned" and tuned["pass_recall"] == 0.0
+    with pytest.raises(TokengraftError, match="drop --no-base"):
+        evaluate_run(run, limit=8, base=False, answers="base")
+    with pytest.raises(TokengraftError, match="eval.answers must be one of tuned, base"):
+        evaluate_run(run, limit=8, answers="both")
+    # generation: the run's margin decides, the base model answers (the tuned model answers otherwise)
+    prompts = [r["prompt"] for r in rows[:6]]
+    own = [o["text"] for o in generate_batch(base, g.tokenizer, prompts, max_new_tokens=5)]
+    assert [o["text"] for o in generate_batch(g.model, g.tokenizer, prompts, max_new_tokens=5)] != own
+    answered = pass_gated_generate(g.model, base, g.tokenizer, prompts, bias=-1e4, max_new_tokens=5)
+    assert [o["text"] for o in answered] == own
+    passed = pass_gated_generate(g.model, base, g.tokenizer, prompts, bias=1e4, max_new_tokens=5)
+    assert [o["text"] for o in passed] == ["<PASS>"] * 6
+    assert [o["margin"] for o in passed] == [o["margin"] for o in answered]
+    # the API with the run's saved bias: each output is <PASS> or the base model's answer, as its margin says
+    bias = read_graft_meta(run).get("pass_bias") or 0.0
+    for out, base_text in zip(generate(run, prompts, max_new_tokens=5, answers="base"), own):
+        assert out["text"] == ("<PASS>" if out["margin"] + bias >= 0 else base_text)
+
+
+def test_a_run_that_answers_with_its_base_says_what_an_export_cannot_keep(model_dir: Path, tmp_path: Path, capsys):
+    recipe = _pass_recipe(model_dir)
+    recipe = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, answers="base"))
+    run = tmp_path / "run"
+    train(recipe, run, quiet=True)
+    # the recipe's eval.answers is generate's default: <PASS>, or the base model's own answer
+    prompt = "What is the capital of France?"
+    base, tok = load_model(str(model_dir), device="cpu")
+    own = generate_batch(base, tok, [prompt], max_new_tokens=4)[0]["text"]
+    capsys.readouterr()
+    assert main(["generate", str(run), prompt, "--max-new-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert printed in (f"> {prompt}\n{own}\n\n", f"> {prompt}\n<PASS>\n\n")
+    assert main(["export", str(run), "--merged", str(tmp_path / "merged")]) == 0
+    out = capsys.readouterr().out
+    assert "this run answers with eval.answers: base" in out and "export --lora-adapter" in out
+
+
+def test_answers_base_is_for_pass_runs_only():
+    raw = {"task": "style", "tokens": {"add": ["<STYLE_TERSE>"]}, "eval": {"answers": "base"}}
+    with pytest.raises(TokengraftError, match="eval.answers: base needs task: pass"):
+        validate_recipe(recipe_from_dict(raw))
 
 
 # ----------------------------------------------------------------------------- data.drop_unknown

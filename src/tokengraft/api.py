@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tokengraft.config import Recipe
+from tokengraft.config import Recipe, check_answers
 from tokengraft.core.graft import Graft
 from tokengraft.data import check_data_files
 from tokengraft.errors import TokengraftError
@@ -24,9 +24,9 @@ from tokengraft.evaluation.generative import evaluate_run
 from tokengraft.export.info import read_export_info
 from tokengraft.export.merged import check_output_dir, save_merged
 from tokengraft.export.visible import resolve_visible_tokens
-from tokengraft.generation import generate_batch
-from tokengraft.rundir import (CLASSIFICATION_TASK, CONFIG_FILE, GRAFT_FILE, is_classifier_meta, load_classifier,
-                               read_graft_meta, read_run_recipe, split_file)
+from tokengraft.generation import generate_batch, pass_gated_generate
+from tokengraft.rundir import (CLASSIFICATION_TASK, CONFIG_FILE, GRAFT_FILE, is_classifier_meta, load_base,
+                               load_classifier, read_graft_meta, read_run_recipe, split_file)
 from tokengraft.serving.adapters import AdapterCase, serve_check_adapters
 from tokengraft.serving.check import serve_check as check_export
 from tokengraft.serving.runner import vllm_python
@@ -74,26 +74,39 @@ def load(run_dir: str | Path, *, device: str = "auto", dtype: str | None = None,
 
 
 def evaluate(run_dir: str | Path, *, limit: int | None = None, base: bool = True,
-             pass_bias: float | None = None) -> dict[str, Any]:
+             pass_bias: float | None = None, answers: str | None = None) -> dict[str, Any]:
     """The task's metrics on the run's held-out test split, also written to ``RUN_DIR/metrics.json``.
 
-    ``base`` compares with the base model and ``pass_bias`` overrides the saved <PASS>
-    bias (generative tasks only: a classifier has neither).
+    ``base`` compares with the base model, ``pass_bias`` overrides the saved <PASS> bias and
+    ``answers`` the recipe's ``eval.answers`` (generative tasks only: a classifier has none of them).
     """
     if is_classifier_meta(read_graft_meta(run_dir)):
         return evaluate_classification(run_dir, limit=limit)
-    return evaluate_run(run_dir, limit=limit, base=base, pass_bias=pass_bias)
+    return evaluate_run(run_dir, limit=limit, base=base, pass_bias=pass_bias, answers=answers)
 
 
 def generate(run_dir: str | Path, prompts: list[str], *, max_new_tokens: int = 64,
-             system: str | None = None) -> list[dict[str, Any]]:
-    """Greedy answers from a trained causal-LM run, with its calibrated <PASS> bias applied (if any)."""
+             system: str | None = None, answers: str | None = None) -> list[dict[str, Any]]:
+    """Greedy answers from a trained causal-LM run, with its calibrated <PASS> bias applied (if any).
+
+    ``answers`` (default: the run's ``eval.answers``) "base": the tuned model only decides whether
+    to pass, and the base model the run was trained on writes every other answer."""
     meta = read_graft_meta(run_dir)
     if is_classifier_meta(meta):
         raise TokengraftError(f"{run_dir} is a classification run: a classifier has no LM head to generate "
                               "with; score it with `tokengraft eval RUN_DIR`")
+    has_recipe = (Path(run_dir) / CONFIG_FILE).is_file()
+    answers = answers or (read_run_recipe(run_dir).eval.answers if has_recipe else "tuned")
+    if answers == "base" and not has_recipe:
+        raise TokengraftError(f"answers: base needs a run directory (the tuned model beside its base); {run_dir} is "
+                              "an export, which holds the tuned model alone")
+    check_answers(answers, meta.get("task", "generic"))
     model, tokenizer = load(run_dir)
     bias = meta.get("pass_bias")
+    if answers == "base":
+        base, _ = load_base(meta)
+        return pass_gated_generate(model, base, tokenizer, prompts, bias=bias or 0.0, max_new_tokens=max_new_tokens,
+                                   system=system)
     logit_bias = {tokenizer.convert_tokens_to_ids("<PASS>"): bias} if bias else None
     return generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens, system=system,
                           logit_bias=logit_bias)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tokengraft.constants import BUILTIN_ALIAS, BUILTIN_ALIASES, INIT_STRATEGIES, Backend, Engine, Side
+from tokengraft.constants import ANSWERS, BUILTIN_ALIAS, BUILTIN_ALIASES, INIT_STRATEGIES, Answers, Backend, Engine, Side
 from tokengraft.errors import TokengraftError
 from tokengraft.files import read_utf8
 from tokengraft.methods.registry import REGISTRY
@@ -249,6 +249,12 @@ class EvalConfig:
     """Optional calibration target for <PASS> recall on unanswerable validation questions: of the
     biases that keep target_false_pass, the smallest that reaches it (fewest answers given up);
     unset or unreachable: the largest such bias (most recall)."""
+    answers: Answers = "tuned"
+    """Task pass: who writes the answer when the model does not pass. tuned: the tuned model. base: the tuned model
+    only decides whether to pass (its <PASS> margin at the first answer position plus the calibrated bias) and the
+    base model writes the answer, greedily, so answering stays exactly the base model's wherever the run answers:
+    what training changed can cost an answer only by passing on it. `tokengraft eval` / `generate` then load both
+    models; a merged or GGUF export holds the tuned model alone and answers as `tuned`."""
 
 
 @dataclass
@@ -555,6 +561,16 @@ def init_strategy_map(init: str | dict[str, str], tokens: list[str], label: str,
     return mapping
 
 
+def check_answers(answers: str, task: str) -> str:
+    """``answers`` (``eval.answers``, or eval's / generate's override) if it is one of ANSWERS and fits ``task``."""
+    if answers not in ANSWERS:
+        raise TokengraftError(f"eval.answers must be one of {', '.join(ANSWERS)}, got {answers!r}")
+    if answers == "base" and task != "pass":
+        raise TokengraftError(f"eval.answers: base needs task: pass (the base model answers what the tuned model does "
+                              f"not pass on); the task is {task}")
+    return answers
+
+
 def validate_recipe(recipe: Recipe) -> list[str]:
     """Check cross-field rules without a model (core/guard.py's ``check_recipe_on_model`` adds the model's).
 
@@ -632,6 +648,7 @@ def validate_recipe(recipe: Recipe) -> list[str]:
         notes.append("train.supervised_head_only is ignored for task classification")
     if recipe.eval.pass_bias is not None and recipe.task != "pass":
         notes.append("eval.pass_bias is ignored outside task pass")
+    check_answers(recipe.eval.answers, recipe.task)
     if tr.max_steps == 0 or tr.max_steps < -1:
         raise TokengraftError(f"train.max_steps must be -1 (use epochs) or a positive number of steps, got {tr.max_steps}")
     if recipe.model.device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", recipe.model.device):

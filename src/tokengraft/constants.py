@@ -45,3 +45,7 @@ def vllm_max_lora_rank(rank: int) -> int:
 Engine = Literal["ddp", "deepspeed", "fsdp"]
 ENGINES: tuple[str, ...] = typing.get_args(Engine)
 """How several processes share a training run: replicas (DDP), DeepSpeed ZeRO shards, or FSDP2 shards."""
+
+Answers = Literal["tuned", "base"]
+ANSWERS: tuple[str, ...] = typing.get_args(Answers)
+"""``eval.answers``: who writes a <PASS> run's answers: the tuned model, or the base model it was trained from."""

@@ -478,6 +478,24 @@ def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_ne
     return [r for r in results if r is not None]
 
 
+def pass_gated_generate(tuned: Any, base: Any, tokenizer: Any, prompts: Sequence[Any], *, bias: float = 0.0,
+                        max_new_tokens: int = 32, system: str | None = None,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> list[dict[str, Any]]:
+    """``eval.answers: base``: ``tuned`` decides at the first answer position whether to answer <PASS>
+    (its margin + ``bias`` >= 0: what its greedy decoding with the bias would emit first) and ``base``,
+    the model it was trained from, answers every other prompt greedily. Results as generate_batch's,
+    each with the tuned model's ``margin`` and ``p_token``; a pass is the <PASS> token alone."""
+    pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
+    gate = generate_batch(tuned, tokenizer, prompts, max_new_tokens=1, system=system, batch_size=batch_size,
+                          desc="tuned model: <PASS> margin", score_token_id=pass_id, logit_bias={pass_id: -1e4})
+    answering = [i for i, g in enumerate(gate) if g["margin"] + bias < 0]
+    answers = iter(generate_batch(base, tokenizer, [prompts[i] for i in answering], max_new_tokens=max_new_tokens,
+                                  system=system, batch_size=batch_size, desc="base model: answers"))
+    chosen = set(answering)
+    return [{**(next(answers) if i in chosen else {"text": tokenizer.convert_ids_to_tokens(pass_id), "ids": [pass_id]}),
+             "margin": g["margin"], "p_token": g["p_token"]} for i, g in enumerate(gate)]
+
+
 def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[Any], *, max_new_tokens: int = 32,
                    system: str | None = None, desc: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
     return [r["text"] for r in generate_batch(model, tokenizer, prompts, max_new_tokens=max_new_tokens,

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tokengraft.cli.demo import demo_tasks
-from tokengraft.constants import BUILTIN_ALIAS
+from tokengraft.constants import ANSWERS, BUILTIN_ALIAS
 from tokengraft.errors import TokengraftError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -193,6 +193,9 @@ def _configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test rows")
     parser.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
     parser.add_argument("--pass-bias", type=float, default=None, help="override the saved <PASS> logit bias")
+    parser.add_argument("--answers", choices=ANSWERS, default=None,
+                        help="<PASS> runs: who answers what the run does not pass on; base = the base model (the run "
+                             "only decides whether to pass). Default: the recipe's eval.answers")
 
 
 @command("eval", "task metrics on the run's held-out test split (pass / style / lexicon)", _configure_eval)
@@ -201,7 +204,8 @@ def _eval(args: argparse.Namespace) -> int:
     from tokengraft.cli.report import metrics_table
 
     _threads()
-    result = evaluate(args.run_dir, limit=args.limit, base=not args.no_base, pass_bias=args.pass_bias)
+    result = evaluate(args.run_dir, limit=args.limit, base=not args.no_base, pass_bias=args.pass_bias,
+                      answers=args.answers)
     print(json.dumps(result, indent=2) if args.json else metrics_table(result))
     return 0
 
@@ -211,6 +215,9 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="+", help="user message(s); each is answered separately")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--system", default=None, help="system prompt (default: the recipe's data.system)")
+    parser.add_argument("--answers", choices=ANSWERS, default=None,
+                        help="<PASS> runs: who answers what the run does not pass on; base = the base model (the run "
+                             "only decides whether to pass). Default: the recipe's eval.answers")
 
 
 @command("generate", "greedy answers from a trained run", _configure_generate)
@@ -218,7 +225,8 @@ def _generate(args: argparse.Namespace) -> int:
     from tokengraft.cli.generate import run_generate
 
     _threads()
-    return run_generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, system=args.system)
+    return run_generate(args.run_dir, args.prompt, max_new_tokens=args.max_new_tokens, system=args.system,
+                        answers=args.answers)
 
 
 def _configure_export(parser: argparse.ArgumentParser) -> None:
@@ -265,12 +273,27 @@ def _shown_note(out: Path) -> str:
     return "; ".join(parts)
 
 
+def _answers_note(run_dir: str) -> str | None:
+    """What an export of a run that answers with the base model (eval.answers: base) does not carry."""
+    from tokengraft.rundir import CONFIG_FILE, read_run_recipe
+
+    # a graft saved without `tokengraft train` has no recipe, so no eval.answers
+    if not (Path(run_dir) / CONFIG_FILE).is_file() or read_run_recipe(run_dir).eval.answers != "base":
+        return None
+    return ("this run answers with eval.answers: base, which a single checkpoint cannot: the merged and GGUF exports "
+            "answer as the tuned model does. To keep the base model's answers, export --lora-adapter, serve it beside "
+            "its base, ask the adapter for one token (<PASS> or not) and the base for every answer it does not pass on")
+
+
 @command("export", "merged transformers checkpoint or GGUF from a run directory", _configure_export)
 def _export(args: argparse.Namespace) -> int:
     if not args.merged and not args.gguf and not args.lora_adapter:
         raise TokengraftError("export needs --merged OUT, --gguf OUT.gguf or --lora-adapter OUT")
     if (args.adapter_name or args.rows_in_adapter) and not args.lora_adapter:
         raise TokengraftError("--adapter-name and --rows-in-adapter go with --lora-adapter OUT")
+    answers_note = _answers_note(args.run_dir)
+    if answers_note:
+        print(f"tokengraft: {answers_note}")
     if args.merged:
         from tokengraft.api import export_merged
 

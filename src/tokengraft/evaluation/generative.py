@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tokengraft.answer_cache import base_answers
-from tokengraft.config import Recipe
+from tokengraft.config import Recipe, check_answers
 from tokengraft.core.graft import TokenSettings, graft
 from tokengraft.errors import TokengraftError
 from tokengraft.generation import answer_probabilities, generate_batch, uses_generate
@@ -39,14 +39,19 @@ def _split_rows(run: Path, name: str) -> list[dict[str, Any]]:
 
 
 def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = True,
-                 pass_bias: float | None = None) -> dict[str, Any]:
-    """Compute a pass / style / lexicon run's metrics and write ``metrics.json``."""
+                 pass_bias: float | None = None, answers: str | None = None) -> dict[str, Any]:
+    """Compute a pass / style / lexicon run's metrics and write ``metrics.json``; ``answers`` overrides
+    the recipe's ``eval.answers`` (task pass: "tuned", or "base" for the base model's answers)."""
     run = Path(run_dir)
     meta = read_graft_meta(run)
     recipe = read_run_recipe(run)
     task = recipe.task
     if task not in GENERATIVE_TASKS:
         raise TokengraftError(f"task {task!r} has no metrics; eval supports pass, style, lexicon and classification runs")
+    answers = check_answers(answers or recipe.eval.answers, task)
+    if answers == "base" and not base:
+        raise TokengraftError("answers: base scores the base model's answers, so it needs the base model; "
+                              "drop --no-base")
     with phase("evaluation"):
         with phase("load the tuned run and the base model"):
             g = load_graft(run, device=recipe.model.device)
@@ -59,7 +64,8 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
                 bias = meta.get("pass_bias")
             if bias is None and base_model is not None:
                 bias = calibrate_pass_bias(g.model, g.tokenizer, base_model, run, recipe)
-            result = evaluate_pass(g.model, g.tokenizer, base_model, run, recipe, limit=limit, pass_bias=bias)
+            result = evaluate_pass(g.model, g.tokenizer, base_model, run, recipe, limit=limit, pass_bias=bias,
+                                   answerer=base_model if answers == "base" else None)
         elif task == "style":
             result = evaluate_style(g.model, g.tokenizer, base_model, run, recipe, limit=limit)
         else:
@@ -71,26 +77,31 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
 
 # ----------------------------------------------------------------------------- <PASS>
 
-
 def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, *,
-                 pass_bias: float | None = None, desc: str = "tuned model") -> list[dict[str, Any]]:
+                 pass_bias: float | None = None, desc: str = "tuned model",
+                 answerer: Any = None) -> list[dict[str, Any]]:
     """One record per row: the unbiased first-position ``margin`` and ``p_pass``, the answer the
     model gives when <PASS> is banned (``forced_answer``), and ``generated`` = what greedy
     decoding with ``pass_bias`` outputs: <PASS> when margin + bias >= 0, else the forced answer.
 
     One generation pass gives both: the margin is read from the first step's own logits,
-    before the ban (generate_batch's ``score_token_id``)."""
+    before the ban (generate_batch's ``score_token_id``). With ``answerer`` (the base model:
+    ``eval.answers: base``) the tuned model only gives the margin, in one step, and the
+    forced answer is the answerer's greedy one (base_greedy_answers, the answers cache)."""
     pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
-    outputs = generate_batch(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=recipe.eval.max_new_tokens,
+    outputs = generate_batch(model, tokenizer, [r["prompt"] for r in rows],
+                             max_new_tokens=1 if answerer is not None else recipe.eval.max_new_tokens,
                              system=recipe.data.system, batch_size=recipe.eval.batch_size,
-                             desc=f"{desc}: <PASS> margin and answers (<PASS> banned)", score_token_id=pass_id,
-                             logit_bias={pass_id: -1e4})
+                             desc=f"{desc}: <PASS> margin" + ("" if answerer is not None else " and answers (<PASS> banned)"),
+                             score_token_id=pass_id, logit_bias={pass_id: -1e4})
+    texts = ([a["text"] for a in base_greedy_answers(answerer, tokenizer, rows, recipe)] if answerer is not None
+             else [out["text"] for out in outputs])
     bias = pass_bias or 0.0
     records = []
-    for row, out in zip(rows, outputs):
+    for row, out, text in zip(rows, outputs, texts):
         passes = out["margin"] + bias >= 0
-        records.append({**row, "margin": out["margin"], "p_pass": out["p_token"], "forced_answer": out["text"],
-                        "generated": "<PASS>" if passes else out["text"]})
+        records.append({**row, "margin": out["margin"], "p_pass": out["p_token"], "forced_answer": text,
+                        "generated": "<PASS>" if passes else text})
     return records
 
 
@@ -161,11 +172,12 @@ SPLIT_KEYS = ("n_answerable", "n_unanswerable", "clean_accuracy", "base_clean_ac
 
 
 def score_pass_split(model: Any, tokenizer: Any, base_model: Any, rows: list[dict[str, Any]], recipe: Recipe, *,
-                     pass_bias: float | None, name: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                     pass_bias: float | None, name: str, answerer: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One split's records (tuned model, and the base model's answers when it is loaded) and metrics:
     pass_metrics, ``base_clean_accuracy`` and ``error_detection`` (metrics.error_detection)."""
     with phase(f"tuned model: {name}"):
-        records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias, desc=f"tuned model ({name})")
+        records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias, desc=f"tuned model ({name})",
+                               answerer=answerer)
     result: dict[str, Any] = {}
     answerable = [r for r in records if r["answerable"]]
     if base_model is not None and answerable:
@@ -183,11 +195,13 @@ def _scoreable(rows: list[dict[str, Any]]) -> bool:
 
 
 def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe: Recipe, *,
-                  limit: int | None = None, pass_bias: float | None = None) -> dict[str, Any]:
+                  limit: int | None = None, pass_bias: float | None = None, answerer: Any = None) -> dict[str, Any]:
     """The test split's metrics at the top level (as always), every held-out split's (``eval_splits``) under
-    ``splits``, and the error detection of each split under ``error_detection`` (by split name)."""
+    ``splits``, and the error detection of each split under ``error_detection`` (by split name). ``answerer``
+    (the base model, ``eval.answers: base``) writes the answers the tuned model does not pass on."""
     rows = _split_rows(run, "test")[:limit]
-    records, result = score_pass_split(model, tokenizer, base_model, rows, recipe, pass_bias=pass_bias, name="test")
+    records, result = score_pass_split(model, tokenizer, base_model, rows, recipe, pass_bias=pass_bias, name="test",
+                                       answerer=answerer)
     splits: dict[str, Any] = {"test": {k: result.get(k) for k in SPLIT_KEYS}}
     detection: dict[str, Any] = {}
     if "error_detection" in result:
@@ -196,7 +210,8 @@ def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe
         extra = read_jsonl(split_file(run, name))[:limit]
         if not _scoreable(extra):
             continue  # not <PASS> question rows (another tool's file in data/)
-        _, split_result = score_pass_split(model, tokenizer, base_model, extra, recipe, pass_bias=pass_bias, name=name)
+        _, split_result = score_pass_split(model, tokenizer, base_model, extra, recipe, pass_bias=pass_bias, name=name,
+                                           answerer=answerer)
         if "error_detection" in split_result:
             detection[name] = split_result.pop("error_detection")
         splits[name] = {k: split_result.get(k) for k in SPLIT_KEYS}
@@ -206,6 +221,7 @@ def evaluate_pass(model: Any, tokenizer: Any, base_model: Any, run: Path, recipe
         for score in metrics.ERROR_SCORES:  # flat keys for the test split: compare's and the report's columns
             result[f"error_auroc_{score}"] = detection.get("test", {}).get(score, {}).get("auroc")
     result["pass_bias"] = pass_bias or 0.0
+    result["answers"] = "tuned" if answerer is None else "base"
     result["sweep"] = bias_sweep(records)
     probe_rows = read_probe_rows(seed=recipe.seed)
     with phase("READ probe"):
