@@ -77,6 +77,9 @@ OWN_DATA_ARMS = {
                                                                 "answers is pass_gen_replay_named_max_kl03_300_"
                                                                 "carriers with eval.answers: base (the base model "
                                                                 "answers what the run does not pass on)",
+    "pass_gen_replay_named_max_kl03_600_carriers_base_answers": "pass_gen_replay_named_max_kl03_600_carriers_base_"
+                                                                "answers is pass_gen_replay_named_max_kl03_300_"
+                                                                "carriers_base_answers trained 600 steps",
     "pass_gen_gemma_replay_named_max_kl03_300_carriers_base_answers": "pass_gen_gemma_replay_named_max_kl03_300_"
                                                                       "carriers_base_answers is the Gemma arm with "
                                                                       "eval.answers: base",

@@ -58,7 +58,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
                          "pass_gen_replay_all_kl03_300_carriers_gold",
                          "pass_gen_gemma_replay_named_max_kl03_300_carriers",
                          "pass_gen_replay_named_max_kl03_300_carriers_base_answers",
-                         "pass_gen_gemma_replay_named_max_kl03_300_carriers_base_answers"}
+                         "pass_gen_gemma_replay_named_max_kl03_300_carriers_base_answers",
+                         "pass_gen_replay_named_max_kl03_600_carriers_base_answers"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for arm, recipe in arms.items():
@@ -116,6 +117,9 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     for arm in ("pass_gen_replay_named_max_kl03_300_carriers", "pass_gen_gemma_replay_named_max_kl03_300_carriers"):
         assert arms[f"{arm}_base_answers"] == dataclasses.replace(
             arms[arm], eval=dataclasses.replace(arms[arm].eval, answers="base"))
+    gated = arms["pass_gen_replay_named_max_kl03_300_carriers_base_answers"]
+    assert arms["pass_gen_replay_named_max_kl03_600_carriers_base_answers"] == \
+        dataclasses.replace(gated, train=dataclasses.replace(gated.train, max_steps=600))
     every = arms["pass_gen_replay_all_known_kl"]
     mine, theirs = dict(every.data.generate_options), dict(both.data.generate_options)
     assert mine.pop("replay_rows") == 400 and len(mine.pop("replay_relations")) == 13
