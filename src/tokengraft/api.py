@@ -26,7 +26,7 @@ from tokengraft.export.merged import check_output_dir, save_merged
 from tokengraft.export.visible import resolve_visible_tokens
 from tokengraft.generation import generate_batch, pass_gated_generate
 from tokengraft.rundir import (CLASSIFICATION_TASK, CONFIG_FILE, GRAFT_FILE, is_classifier_meta, load_base,
-                               load_classifier, read_graft_meta, read_run_recipe, split_file)
+                               load_classifier, read_graft_meta, read_run_recipe, run_answers, split_file)
 from tokengraft.serving.adapters import AdapterCase, serve_check_adapters
 from tokengraft.serving.check import serve_check as check_export
 from tokengraft.serving.runner import vllm_python
@@ -95,9 +95,8 @@ def generate(run_dir: str | Path, prompts: list[str], *, max_new_tokens: int = 6
     if is_classifier_meta(meta):
         raise TokengraftError(f"{run_dir} is a classification run: a classifier has no LM head to generate "
                               "with; score it with `tokengraft eval RUN_DIR`")
-    has_recipe = (Path(run_dir) / CONFIG_FILE).is_file()
-    answers = answers or (read_run_recipe(run_dir).eval.answers if has_recipe else "tuned")
-    if answers == "base" and not has_recipe:
+    answers = answers or run_answers(run_dir)
+    if answers == "base" and not (Path(run_dir) / CONFIG_FILE).is_file():
         raise TokengraftError(f"answers: base needs a run directory (the tuned model beside its base); {run_dir} is "
                               "an export, which holds the tuned model alone")
     check_answers(answers, meta.get("task", "generic"))

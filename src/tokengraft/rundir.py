@@ -120,6 +120,12 @@ def read_run_recipe(run_dir: str | Path) -> Recipe:
     return load_recipe(path, validate=False)
 
 
+def run_answers(run_dir: str | Path) -> str:
+    """The run's ``eval.answers``; "tuned" for a directory without a recipe (a graft saved through the
+    API, an export), whose model can only answer itself."""
+    return read_run_recipe(run_dir).eval.answers if (Path(run_dir) / CONFIG_FILE).is_file() else "tuned"
+
+
 # ----------------------------------------------------------------------------- save
 
 

@@ -187,15 +187,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_answers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--answers", choices=ANSWERS, default=None,
+                        help="<PASS> runs: who answers what the run does not pass on; base = the base model (the run "
+                             "only decides whether to pass). Default: the recipe's eval.answers")
+
+
 def _configure_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a run directory written by `tokengraft train`")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N test rows")
     parser.add_argument("--no-base", action="store_true", help="skip the base-model comparison")
     parser.add_argument("--pass-bias", type=float, default=None, help="override the saved <PASS> logit bias")
-    parser.add_argument("--answers", choices=ANSWERS, default=None,
-                        help="<PASS> runs: who answers what the run does not pass on; base = the base model (the run "
-                             "only decides whether to pass). Default: the recipe's eval.answers")
+    _add_answers_argument(parser)
 
 
 @command("eval", "task metrics on the run's held-out test split (pass / style / lexicon)", _configure_eval)
@@ -215,9 +219,7 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="+", help="user message(s); each is answered separately")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--system", default=None, help="system prompt (default: the recipe's data.system)")
-    parser.add_argument("--answers", choices=ANSWERS, default=None,
-                        help="<PASS> runs: who answers what the run does not pass on; base = the base model (the run "
-                             "only decides whether to pass). Default: the recipe's eval.answers")
+    _add_answers_argument(parser)
 
 
 @command("generate", "greedy answers from a trained run", _configure_generate)
@@ -275,10 +277,9 @@ def _shown_note(out: Path) -> str:
 
 def _answers_note(run_dir: str) -> str | None:
     """What an export of a run that answers with the base model (eval.answers: base) does not carry."""
-    from tokengraft.rundir import CONFIG_FILE, read_run_recipe
+    from tokengraft.rundir import run_answers
 
-    # a graft saved without `tokengraft train` has no recipe, so no eval.answers
-    if not (Path(run_dir) / CONFIG_FILE).is_file() or read_run_recipe(run_dir).eval.answers != "base":
+    if run_answers(run_dir) != "base":
         return None
     return ("this run answers with eval.answers: base, which a single checkpoint cannot: the merged and GGUF exports "
             "answer as the tuned model does. To keep the base model's answers, export --lora-adapter, serve it beside "
