@@ -77,6 +77,7 @@ def evaluate_run(run_dir: str | Path, *, limit: int | None = None, base: bool = 
 
 # ----------------------------------------------------------------------------- <PASS>
 
+
 def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe: Recipe, *,
                  pass_bias: float | None = None, desc: str = "tuned model",
                  answerer: Any = None) -> list[dict[str, Any]]:
@@ -89,12 +90,13 @@ def pass_records(model: Any, tokenizer: Any, rows: list[dict[str, Any]], recipe:
     ``eval.answers: base``) the tuned model only gives the margin, in one step, and the
     forced answer is the answerer's greedy one (base_greedy_answers, the answers cache)."""
     pass_id = tokenizer.convert_tokens_to_ids("<PASS>")
+    gated = answerer is not None
     outputs = generate_batch(model, tokenizer, [r["prompt"] for r in rows],
-                             max_new_tokens=1 if answerer is not None else recipe.eval.max_new_tokens,
+                             max_new_tokens=1 if gated else recipe.eval.max_new_tokens,
                              system=recipe.data.system, batch_size=recipe.eval.batch_size,
-                             desc=f"{desc}: <PASS> margin" + ("" if answerer is not None else " and answers (<PASS> banned)"),
+                             desc=f"{desc}: <PASS> margin" + ("" if gated else " and answers (<PASS> banned)"),
                              score_token_id=pass_id, logit_bias={pass_id: -1e4})
-    texts = ([a["text"] for a in base_greedy_answers(answerer, tokenizer, rows, recipe)] if answerer is not None
+    texts = ([a["text"] for a in base_greedy_answers(answerer, tokenizer, rows, recipe)] if gated
              else [out["text"] for out in outputs])
     bias = pass_bias or 0.0
     records = []
