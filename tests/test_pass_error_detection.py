@@ -265,6 +265,7 @@ def test_answers_base_leaves_every_answer_to_the_base_model(pass_runs, model_dir
     never = evaluate_run(run, limit=8, pass_bias=-1e4, answers="base")
     assert never["answers"] == "base" and never["pass_recall"] == 0.0
     assert never["clean_accuracy"] == never["base_clean_accuracy"]
+    assert "answers: the base model's" in metrics_table(never)
     g = load_graft(run, device="cpu")
     base, _ = load_model(str(model_dir), device="cpu")
     rows = read_jsonl(run / "data" / "test.jsonl")[:8]
@@ -273,6 +274,7 @@ def test_answers_base_leaves_every_answer_to_the_base_model(pass_runs, model_dir
     assert [e["generated"] for e in never["examples"]] == base_texts
     tuned = evaluate_run(run, limit=8, pass_bias=-1e4)
     assert tuned["answers"] == "tuned" and tuned["pass_recall"] == 0.0
+    assert "answers: the base model's" not in metrics_table(tuned)
     with pytest.raises(TokengraftError, match="drop --no-base"):
         evaluate_run(run, limit=8, base=False, answers="base")
     with pytest.raises(TokengraftError, match="eval.answers must be one of tuned, base"):

@@ -15,7 +15,10 @@ def _fmt(value: Any) -> str:
 
 def metrics_table(result: dict[str, Any]) -> str:
     """Flat numeric metrics as a two-column table, then the task's sweep and examples."""
-    lines = [f"task: {result.get('task')}", f"{'metric':<30} value", f"{'-' * 30} {'-' * 10}"]
+    lines = [f"task: {result.get('task')}"]
+    if result.get("answers") == "base":
+        lines.append("answers: the base model's (the run decides only whether to pass)")
+    lines += [f"{'metric':<30} value", f"{'-' * 30} {'-' * 10}"]
     for key, value in result.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lines.append(f"{key:<30} {_fmt(value)}")
