@@ -80,6 +80,10 @@ OWN_DATA_ARMS = {
     "pass_gen_replay_named_max_kl03_600_carriers_base_answers": "pass_gen_replay_named_max_kl03_600_carriers_base_"
                                                                 "answers is pass_gen_replay_named_max_kl03_300_"
                                                                 "carriers_base_answers trained 600 steps",
+    "pass_gen_replay_named_max_kl03_600_carriers_base_answers_recall90": "pass_gen_replay_named_max_kl03_600_"
+                                                                         "carriers_base_answers_recall90 is the "
+                                                                         "600-step arm calibrated with "
+                                                                         "eval.target_recall 0.90, as the demo recipe",
     "pass_gen_gemma_replay_named_max_kl03_300_carriers_base_answers": "pass_gen_gemma_replay_named_max_kl03_300_"
                                                                       "carriers_base_answers is the Gemma arm with "
                                                                       "eval.answers: base",

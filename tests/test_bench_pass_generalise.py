@@ -59,7 +59,8 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
                          "pass_gen_gemma_replay_named_max_kl03_300_carriers",
                          "pass_gen_replay_named_max_kl03_300_carriers_base_answers",
                          "pass_gen_gemma_replay_named_max_kl03_300_carriers_base_answers",
-                         "pass_gen_replay_named_max_kl03_600_carriers_base_answers"}
+                         "pass_gen_replay_named_max_kl03_600_carriers_base_answers",
+                         "pass_gen_replay_named_max_kl03_600_carriers_base_answers_recall90"}
     replay, gemma, consistency = arms["pass_gen_replay"], arms["pass_gen_gemma"], arms["pass_gen_consistency"]
     named = arms["pass_gen_replay_named"]
     for arm, recipe in arms.items():
@@ -120,6 +121,10 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     gated = arms["pass_gen_replay_named_max_kl03_300_carriers_base_answers"]
     assert arms["pass_gen_replay_named_max_kl03_600_carriers_base_answers"] == \
         dataclasses.replace(gated, train=dataclasses.replace(gated.train, max_steps=600))
+    longer = arms["pass_gen_replay_named_max_kl03_600_carriers_base_answers"]
+    assert arms["pass_gen_replay_named_max_kl03_600_carriers_base_answers_recall90"] == \
+        dataclasses.replace(longer, eval=dataclasses.replace(longer.eval, target_recall=0.90))
+    assert load_recipe(BENCHMARKS.parent / "src" / "tokengraft" / "configs" / "pass.yaml").eval.target_recall == 0.90
     every = arms["pass_gen_replay_all_known_kl"]
     mine, theirs = dict(every.data.generate_options), dict(both.data.generate_options)
     assert mine.pop("replay_rows") == 400 and len(mine.pop("replay_relations")) == 13
