@@ -19,6 +19,11 @@ writes its answer). Two feature sets:
 - ``layer_<k>``: the residual stream after ``k`` blocks (``--layers``; default the middle one),
   features a linear row cannot read directly (issue 19: "routed into the final state through LoRA").
 
+Both again after the answer (generation.answer_hidden_states over prompt + the base model's greedy
+answer): ``_end`` at the last answer token (what a token read after the answer sees) and ``_mean``
+averaged over the answer's positions (Orgad et al., 2025, find the answer tokens carry more of the
+error signal than the prompt).
+
 Labels: whether the base model's greedy answer is wrong, with the decoding and grading of
 `tokengraft eval` (evaluation.generative: the answers cache makes them free after an eval of
 the same recipe). Probes train on the training split's answerable questions, choose their L2
@@ -48,10 +53,11 @@ from compare_results import fmt, table  # benchmarks/ is on sys.path when this s
 from tokengraft.config import Recipe, load_recipe
 from tokengraft.constants import BUILTIN_ALIAS
 from tokengraft.errors import TokengraftError
-from tokengraft.evaluation.generative import add_base_answers, base_correctness
-from tokengraft.generation import first_answer_hidden_states, generate_batch
+from tokengraft.evaluation.generative import add_base_answers, base_greedy_answers
+from tokengraft.generation import answer_hidden_states, first_answer_hidden_states, generate_batch
 from tokengraft.models import load_model
 from tokengraft.tasks import get_task, metrics
+from tokengraft.tasks.pass_data import is_correct
 from tokengraft.tasks.heldout_relations import HELDOUT_SPLIT
 from tokengraft.timing import PhaseLog, phase, recording
 
@@ -291,32 +297,37 @@ def main(argv: list[str] | None = None) -> int:
             raise TokengraftError(f"--layers {' '.join(map(str, layers))}: {recipe.model.name} has {blocks} blocks; "
                                   f"choose layers from 1 to {blocks - 1}")
         errors: dict[str, list[bool]] = {}
+        answer_ids: dict[str, list[list[int]]] = {}
         records: dict[str, list[dict[str, Any]]] = {}
         for name, rows in splits.items():
             with phase(f"base model: {name}"):  # the answers come from the answers cache where it has them
-                if name in SCORED_SPLITS:
+                answers = base_greedy_answers(model, tokenizer, rows, recipe)
+                answer_ids[name] = [a["ids"] for a in answers]
+                errors[name] = [not is_correct(a["text"], r) for a, r in zip(answers, rows)]
+                if name in SCORED_SPLITS:  # the baselines: how sure the base model was of those answers
                     records[name] = [dict(r) for r in rows]
-                    add_base_answers(records[name], model, tokenizer, recipe)
-                    errors[name] = [not r["base_correct"] for r in records[name]]
-                else:
-                    errors[name] = [not right for right in base_correctness(model, tokenizer, rows, recipe)]
+                    add_base_answers(records[name], model, tokenizer, recipe, answers)
         states: dict[str, dict[str, torch.Tensor]] = {}
         for name, rows in splits.items():
             with phase(f"hidden states: {name}"):
-                states[name] = first_answer_hidden_states(model, tokenizer, [r["prompt"] for r in rows], layers=layers,
-                                                          system=recipe.data.system, batch_size=args.batch_size,
-                                                          desc=f"hidden states ({name})")
+                prompts = [r["prompt"] for r in rows]
+                states[name] = {
+                    **first_answer_hidden_states(model, tokenizer, prompts, layers=layers, system=recipe.data.system,
+                                                 batch_size=args.batch_size, desc=f"hidden states ({name})"),
+                    **answer_hidden_states(model, tokenizer, prompts, answer_ids[name], layers=layers,
+                                           system=recipe.data.system, batch_size=args.batch_size,
+                                           desc=f"hidden states over the answers ({name})")}
         result: dict[str, Any] = {"command": command, "recipe": str(args.recipe), "model": recipe.model.name,
                                   "seed": recipe.seed, "layers": layers, "blocks": blocks, "limit": args.limit,
                                   "run": args.run,
                                   "probes": {}, "scores": {s: {} for s in SCORED_SPLITS if s in splits}}
         fitted: dict[str, Probe] = {}
         with phase("fit the probes"):
-            for feature in ("final", *[f"layer_{k}" for k in layers]):
+            for feature in states["train"]:  # final, layer_<k>, then <both>@end and <both>@mean
                 x = {s: states[s][feature].double().numpy() for s in splits}
                 y = {s: np.array(errors[s], dtype=bool) for s in splits}
                 probe = fit_probe(x["train"], y["train"], x["validation"], y["validation"])
-                name = "probe_final" if feature == "final" else f"probe_{feature.replace('_', '')}"
+                name = "probe_" + feature.replace("layer_", "layer").replace("@", "_")
                 fitted[name] = probe
                 result["probes"][name] = {"features": feature, "lambda": probe.lam, "train_auroc": probe.train_auroc,
                                           "validation_auroc": probe.validation_auroc}
@@ -368,7 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         f"is wrong, graded as `tokengraft eval` grades it ({cached} of {needed} answers read from the answers cache).",
         "Probes: L2 logistic regression on standardised hidden states at the first answer position (the last prompt "
         "position of the chat template); `probe_final` reads the state after the final norm (what the LM head reads), "
-        + ", ".join(f"`probe_layer{k}` the residual stream after {k} blocks" for k in layers) + ".",
+        + ", ".join(f"`probe_layer{k}` the residual stream after {k} blocks" for k in layers) + ". The same "
+        "features read after the base model has written its greedy answer (teacher-forced, one forward over prompt + "
+        "answer): `_end` at its last answer token, where it decides the answer is complete (what an output row read "
+        "after the answer, a retraction token, would see), `_mean` averaged from the first answer position to that "
+        "token.",
         "`probe_final_row`: the final probe as an output row (`h . row + bias`, exact), installed as a new token in "
         "the base model's head: p(<PASS>) over the whole vocabulary at the first answer position, read by the "
         "generation path `tokengraft eval` uses for p(<PASS>); its order is that of the row's logit minus the "

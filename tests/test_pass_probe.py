@@ -16,7 +16,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.answer_cache import answer_keys
 from tokengraft.config import load_recipe
-from tokengraft.generation import first_answer_hidden_states, first_answer_states
+from tokengraft.generation import answer_hidden_states, first_answer_hidden_states, first_answer_states
 from tokengraft.models import fingerprint, load_model
 from tokengraft.tasks import get_task
 
@@ -73,6 +73,30 @@ def test_hidden_states_are_what_the_head_reads_and_the_residual_stream():
         first_answer_hidden_states(model, tok, prompts, layers=[3])
 
 
+
+def test_states_over_the_answer_are_its_last_token_and_its_mean():
+    model, tok = tiny_model("llama", seed=1, num_hidden_layers=3), tiny_tokenizer()
+    prompts = ["What is the capital of France?", "2 + 2?", "Who wrote Hamlet, the play?"]
+    answers = [tok("Paris.", add_special_tokens=False)["input_ids"], [], tok("Shakespeare wrote it", add_special_tokens=False)["input_ids"]]
+    states = answer_hidden_states(model, tok, prompts, answers, layers=[2], batch_size=2)
+    assert set(states) == {"final@end", "final@mean", "layer_2@end", "layer_2@mean"}
+    first = first_answer_hidden_states(model, tok, prompts, layers=[2])
+    head = model.get_output_embeddings()
+    for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+        prompt_ids = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
+                                             add_generation_prompt=True, return_dict=True)["input_ids"]
+        with torch.no_grad():  # one row alone, no padding
+            out = model(input_ids=torch.tensor([prompt_ids + answer]), output_hidden_states=True)
+        span = slice(len(prompt_ids) - 1, len(prompt_ids) + len(answer))
+        assert torch.allclose(out.hidden_states[2][0, -1], states["layer_2@end"][i], atol=1e-5)
+        assert torch.allclose(out.hidden_states[2][0, span].mean(0), states["layer_2@mean"][i], atol=1e-5)
+        assert torch.allclose(out.logits[0, -1], head(states["final@end"][i]), atol=1e-4)  # what the head reads there
+    for name in ("final", "layer_2"):  # no answer: both read the first answer position
+        assert torch.allclose(states[f"{name}@end"][1], first[name][1], atol=1e-5)
+        assert torch.allclose(states[f"{name}@mean"][1], first[name][1], atol=1e-5)
+    with pytest.raises(Exception, match="2 answers for 3 prompts"):
+        answer_hidden_states(model, tok, prompts, answers[:2])
+
 def _seed_answers(model_dir: Path, cache: Path, recipe_overrides: list[str]) -> int:
     """The answers cache as an earlier eval would leave it, for every other answerable question with its gold
     answer: a random tiny model answers none right, and a probe needs both classes. The rest the tiny model
@@ -111,7 +135,8 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
             *[x for o in SIZES for x in ("--set", o)]]
     assert bench.main(args) == 0
     saved = json.loads(results.with_suffix(".json").read_text())
-    assert saved["layers"] == [2] and set(saved["probes"]) == {"probe_final", "probe_layer2"}
+    assert saved["layers"] == [2] and set(saved["probes"]) == {
+        "probe_final", "probe_layer2", "probe_final_end", "probe_final_mean", "probe_layer2_end", "probe_layer2_mean"}
     assert set(saved["splits"]) == {"train", "validation", "test", "test_heldout_relations"}
     for split in saved["splits"].values():  # the seeded half is right, the tiny model's own answers are wrong
         assert 0 < split["base_errors"] < split["n"]

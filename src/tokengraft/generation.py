@@ -571,6 +571,66 @@ def first_answer_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Any
 
 
 @torch.no_grad()
+def answer_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[Sequence[int]], *,
+                         layers: Sequence[int] = (), system: str | None = None, batch_size: int = 16,
+                         desc: str | None = None) -> dict[str, torch.Tensor]:
+    """Hidden states ``[n, hidden]`` (float32, CPU) over each prompt's (already generated) answer ids.
+
+    For each feature (``"final"``, what the head reads; ``"layer_<k>"``, the residual stream after
+    ``k`` blocks, as in first_answer_hidden_states) two read-outs: ``"<feature>@end"``, the state at
+    the last answer token, where the model decides its answer is complete (what an output row read
+    after the answer sees), and ``"<feature>@mean"``, the mean of the states from the first answer
+    position (the last prompt position) to the last answer token. An empty answer reads the first
+    answer position for both. Rows are padded on the right, so positions and causal attention are
+    those of each row alone."""
+    if len(prompts) != len(answers):
+        raise TokengraftError(f"{len(answers)} answers for {len(prompts)} prompts")
+    fmt = ChatFormat(tokenizer, system=system)
+    pad = pad_id(tokenizer)
+    device = next(model.parameters()).device
+    encoded = [fmt.encode_prompt(p) for p in prompts]
+    full = [e + list(a) for e, a in zip(encoded, answers)]
+    check_prompt_lengths(model, full, 0)
+    features = ["final", *[f"layer_{k}" for k in layers]]
+    captured: dict[str, list[torch.Tensor]] = {f"{f}@{r}": [] for f in features for r in ("end", "mean")}
+    final: list[torch.Tensor] = []
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda module, args: final.append(args[0]))
+    size = max(1, batch_size)
+    try:
+        with tqdm(total=len(full), desc=desc, disable=desc is None, leave=False) as bar:
+            for start in range(0, len(full), size):
+                rows, prompt_rows = full[start:start + size], encoded[start:start + size]
+                width = max(len(r) for r in rows)
+                ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                span = torch.zeros((len(rows), width), dtype=torch.bool)  # first answer position .. last answer token
+                for i, (row, prompt) in enumerate(zip(rows, prompt_rows)):
+                    ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+                    span[i, len(prompt) - 1:len(row)] = True
+                mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
+                final.clear()
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                            output_hidden_states=bool(layers))
+                states = {"final": final[-1]}
+                for k in layers:
+                    if not 1 <= k < len(out.hidden_states) - 1:
+                        raise TokengraftError(f"layer {k}: this model has {len(out.hidden_states) - 1} blocks; "
+                                              f"choose layers from 1 to {len(out.hidden_states) - 2}")
+                    states[f"layer_{k}"] = out.hidden_states[k]
+                last = torch.tensor([len(r) - 1 for r in rows])
+                weights = (span.float() / span.sum(-1, keepdim=True)).to(device)
+                for name, h in states.items():
+                    h = h.float()
+                    captured[f"{name}@end"].append(h[torch.arange(len(rows)), last.to(device)].cpu())
+                    captured[f"{name}@mean"].append(torch.einsum("bt,bth->bh", weights, h).cpu())
+                bar.update(len(rows))
+    finally:
+        hook.remove()
+    if not full:
+        return {name: torch.empty(0) for name in captured}
+    return {name: torch.cat(parts) for name, parts in captured.items()}
+
+
+@torch.no_grad()
 def answer_probabilities(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[Sequence[int]], *,
                          system: str | None = None, batch_size: int = 16) -> list[dict[str, Any]]:
     """How sure the model was of each answer: one teacher-forced forward over prompt + answer ids.

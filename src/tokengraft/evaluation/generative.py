@@ -119,16 +119,21 @@ def base_correctness(base_model: Any, tokenizer: Any, rows: list[dict[str, Any]]
     return [is_correct(a["text"], r) for a, r in zip(base_greedy_answers(base_model, tokenizer, rows, recipe), rows)]
 
 
-def add_base_answers(records: list[dict[str, Any]], base_model: Any, tokenizer: Any, recipe: Recipe) -> None:
+def add_base_answers(records: list[dict[str, Any]], base_model: Any, tokenizer: Any, recipe: Recipe,
+                     answers: list[dict[str, Any]] | None = None) -> None:
     """Give each answerable record the base model's greedy answer, whether it is right (``base_correct``) and how
     sure the base model was of it (``base_first_max``, ``base_token_probs``: metrics.error_scores).
 
-    The answers come from the answers cache; their probabilities from one forward of the base
-    model over prompt + answer (generation.answer_probabilities), so the cache keeps storing text."""
+    The answers come from the answers cache (or ``answers``: base_greedy_answers of the answerable
+    records, already read); their probabilities from one forward of the base model over prompt +
+    answer (generation.answer_probabilities), so the cache keeps storing text."""
     rows = [r for r in records if r["answerable"]]
     if not rows:
         return
-    answers = base_greedy_answers(base_model, tokenizer, rows, recipe)
+    if answers is None:
+        answers = base_greedy_answers(base_model, tokenizer, rows, recipe)
+    elif len(answers) != len(rows):
+        raise TokengraftError(f"{len(answers)} base answers for {len(rows)} answerable records")
     with phase("base model: answer probabilities"):
         probs = answer_probabilities(base_model, tokenizer, [r["prompt"] for r in rows], [a["ids"] for a in answers],
                                      system=recipe.data.system, batch_size=recipe.eval.batch_size)
