@@ -153,3 +153,40 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
     text = results.with_suffix(".md").read_text()
     assert saved["command"] in text and "probe_final_row" in text and "test_heldout_relations (n=30)" in text
     assert "| p_pass (run) | 0.610 / 0.330 | n/a / n/a |" in text
+
+
+def _load_retract_script():
+    sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("pass_retract", BENCHMARKS / "pass_retract.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_retraction_benchmark_trains_keeps_its_best_validation_step_and_scores(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch):
+    model_dir = tmp_path / "model"
+    tiny_model("llama", max_position_embeddings=1024, num_hidden_layers=2).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    monkeypatch.setenv("TOKENGRAFT_ANSWER_CACHE", str(tmp_path / "answers"))
+    _seed_answers(model_dir, tmp_path / "answers", [*SIZES, f"model.name={model_dir}"])
+    bench = _load_retract_script()
+    results = tmp_path / "results" / "pass_retract"
+    args = ["--model", str(model_dir), "--recipe", str(BENCHMARKS.parent / "configs" / "pass_generalise.yaml"),
+            "--limit", "30", "--steps", "6", "--eval-every", "2", "--batch-size", "8", "--lr", "1e-2",
+            "--results", str(results), *[x for o in SIZES for x in ("--set", o)]]
+    assert bench.main(args) == 0
+    saved = json.loads(results.with_suffix(".json").read_text())
+    assert [p["step"] for p in saved["curve"]] == [0, 2, 4, 6] and sum(p["kept"] for p in saved["curve"]) == 1
+    kept = next(p for p in saved["curve"] if p["kept"])
+    assert kept["validation_auroc"] == max(p["validation_auroc"] for p in saved["curve"])
+    assert saved["kept_validation_auroc"] == pytest.approx(kept["validation_auroc"], abs=1e-9)  # weights restored
+    for split in ("test", "test_heldout_relations"):
+        scores = saved["scores"][split]
+        assert set(scores) == {"retraction_pass", "max_softmax", "min_token_prob"}
+        assert all(0 <= s["auroc"] <= 1 and s["n"] == saved["splits"][split]["n"] for s in scores.values())
+    text = results.with_suffix(".md").read_text()
+    assert saved["command"] in text and "retraction_pass" in text and f"step {kept['step']}" in text
+    with pytest.raises(SystemExit):
+        bench.main([*args[:-2 * len(SIZES)], "--steps", "0"])
