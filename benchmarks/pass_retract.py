@@ -127,7 +127,7 @@ def train(scorer: RetractionScorer, examples: dict[str, list[Example]], *, steps
             bar.update(1)
             if step % eval_every == 0 or step == steps:
                 value = auroc(score(scorer, examples["validation"], batch_size), examples["validation"])
-                curve.append({"step": step, "loss": float(loss), "validation_auroc": value})
+                curve.append({"step": step, "loss": loss.item(), "validation_auroc": value})
                 bar.set_postfix(val_auroc=fmt(value))
                 if (value or -1.0) > (best["validation_auroc"] or -1.0):
                     best, best_state = curve[-1], scorer.trainable_state()
