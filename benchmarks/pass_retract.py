@@ -32,7 +32,7 @@ import random
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -53,37 +53,52 @@ from tokengraft.tasks.pass_data import is_correct
 from tokengraft.timing import phase, recording
 
 ROOT = Path(__file__).resolve().parent.parent
-Example = tuple[list[int], bool]
-"""Prompt + the base model's answer ids (chat-templated), and whether that answer is wrong."""
+READS = ("last", "mean")
+
+
+class Example(NamedTuple):
+    ids: list[int]
+    """Prompt + the base model's answer ids (chat-templated)."""
+    first_answer_position: int
+    """The last prompt position, which predicts the answer's first token (pass_probe's "first answer position")."""
+    wrong: bool
+    """Whether that answer is wrong."""
 
 
 class RetractionScorer(torch.nn.Module):
-    """The LoRA-wrapped model and a linear read-out of what its head reads at the last answer token."""
+    """The LoRA-wrapped model and a linear read-out of what its head reads at the last answer token
+    (``read="last"``) or averaged from the first answer position to it (``read="mean"``, as
+    generation.answer_hidden_states' ``@mean``)."""
 
-    def __init__(self, model: Any, pad: int) -> None:
+    def __init__(self, model: Any, pad: int, read: str = "last") -> None:
         super().__init__()
+        if read not in READS:
+            raise TokengraftError(f"read must be one of {', '.join(READS)}, got {read!r}")
         self.model = model
         self.pad = pad
+        self.read = read
         self.readout = torch.nn.Linear(model.get_output_embeddings().weight.shape[1], 1)
         torch.nn.init.zeros_(self.readout.weight)  # step 0 scores every answer alike
         torch.nn.init.zeros_(self.readout.bias)
         self._states: list[torch.Tensor] = []
         model.get_output_embeddings().register_forward_pre_hook(lambda module, args: self._states.append(args[0]))
 
-    def forward(self, sequences: list[list[int]]) -> torch.Tensor:
-        """One logit per sequence: higher = the answer at its end is more likely wrong."""
-        width = max(len(s) for s in sequences)
+    def forward(self, examples: list[Example]) -> torch.Tensor:
+        """One logit per example: higher = the answer at its end is more likely wrong."""
+        width = max(len(e.ids) for e in examples)
         device = self.readout.weight.device
-        ids = torch.full((len(sequences), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for i, s in enumerate(sequences):  # right padding: positions and causal attention are each row's own
-            ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, :len(s)] = 1
+        ids = torch.full((len(examples), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        read = torch.zeros((len(examples), width), dtype=torch.float32)  # the positions the read-out averages
+        for i, e in enumerate(examples):  # right padding: positions and causal attention are each row's own
+            ids[i, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+            mask[i, :len(e.ids)] = 1
+            read[i, (e.first_answer_position if self.read == "mean" else len(e.ids) - 1):len(e.ids)] = 1.0
         self._states.clear()
         self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        last = self._states[-1][torch.arange(len(sequences), device=device),
-                                torch.tensor([len(s) - 1 for s in sequences], device=device)]
-        return self.readout(last.float()).squeeze(-1)
+        read = read.to(device)
+        pooled = (self._states[-1].float() * read.unsqueeze(-1)).sum(1) / read.sum(1, keepdim=True)
+        return self.readout(pooled).squeeze(-1)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.named_parameters() if p.requires_grad}
@@ -94,13 +109,13 @@ def score(scorer: RetractionScorer, examples: list[Example], batch_size: int) ->
     scorer.eval()
     out: list[float] = []
     for start in range(0, len(examples), batch_size):
-        out += scorer([s for s, _ in examples[start:start + batch_size]]).tolist()
+        out += scorer(examples[start:start + batch_size]).tolist()
     scorer.train()
     return out
 
 
 def auroc(values: list[float], examples: list[Example]) -> float | None:
-    return metrics.auroc(values, [wrong for _, wrong in examples])
+    return metrics.auroc(values, [e.wrong for e in examples])
 
 
 def train(scorer: RetractionScorer, examples: dict[str, list[Example]], *, steps: int, batch_size: int, lr: float,
@@ -119,8 +134,8 @@ def train(scorer: RetractionScorer, examples: dict[str, list[Example]], *, steps
     with tqdm(total=steps, desc="retraction <PASS>: training", leave=False) as bar:
         for step in range(1, steps + 1):
             batch = rng.sample(train_rows, min(batch_size, len(train_rows)))
-            logits = scorer([s for s, _ in batch])
-            loss = loss_fn(logits, torch.tensor([float(wrong) for _, wrong in batch], device=logits.device))
+            logits = scorer(batch)
+            loss = loss_fn(logits, torch.tensor([float(e.wrong) for e in batch], device=logits.device))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -170,6 +185,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="answers per step and per scoring forward")
     parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (LoRA and read-out)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank on attention + MLP")
+    parser.add_argument("--read", choices=READS, default="last",
+                        help="what the read-out reads: the head's input at the last answer token, or averaged over "
+                             "the answer from the first answer position")
     parser.add_argument("--eval-every", type=int, default=50, help="steps between validation AUROCs")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pass_retract"),
                         help="results path without extension")
@@ -201,23 +219,24 @@ def main(argv: list[str] | None = None) -> int:
         for name, rows in splits.items():
             with phase(f"base model: {name}"):  # the answers come from the answers cache where it has them
                 answers = base_greedy_answers(model, tokenizer, rows, recipe)
-                examples[name] = [(chat.encode_prompt(r["prompt"]) + list(a["ids"]), not is_correct(a["text"], r))
-                                  for a, r in zip(answers, rows)]
+                prompts = [chat.encode_prompt(r["prompt"]) for r in rows]
+                examples[name] = [Example(p + list(a["ids"]), len(p) - 1, not is_correct(a["text"], r))
+                                  for p, a, r in zip(prompts, answers, rows)]
                 if name in SCORED_SPLITS:  # the baselines: how sure the base model was of those answers
                     records[name] = [dict(r) for r in rows]
                     add_base_answers(records[name], model, tokenizer, recipe, answers)
         for name in ("train", "validation"):
-            wrong = [w for _, w in examples[name]]
+            wrong = [e.wrong for e in examples[name]]
             if all(wrong) or not any(wrong):
                 raise TokengraftError(f"the base model answers {'none' if all(wrong) else 'all'} of the {len(wrong)} "
                                       f"{name} questions right: nothing to learn its errors from; raise the data sizes")
         lora = LoraSpec(r=args.rank, alpha=2.0 * args.rank, dropout=0.0, targets="attention_mlp", seed=recipe.seed)
-        scorer = RetractionScorer(lora.apply(model, describe(model, tokenizer)), pad_id(tokenizer))
+        scorer = RetractionScorer(lora.apply(model, describe(model, tokenizer)), pad_id(tokenizer), args.read)
         with phase("train the retraction <PASS>", steps=args.steps):
             curve = train(scorer, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           eval_every=args.eval_every, seed=recipe.seed)
         result: dict[str, Any] = {"command": command, "recipe": str(args.recipe), "model": recipe.model.name,
-                                  "seed": recipe.seed, "steps": args.steps, "rank": args.rank, "lr": args.lr,
+                                  "seed": recipe.seed, "read": args.read, "steps": args.steps, "rank": args.rank, "lr": args.lr,
                                   "batch_size": args.batch_size, "curve": curve, "scores": {}, "splits": {}}
         # the restored weights score validation as they did when kept: the report is of that step
         result["kept_validation_auroc"] = auroc(score(scorer, examples["validation"], args.batch_size),
@@ -226,13 +245,13 @@ def main(argv: list[str] | None = None) -> int:
             for name in SCORED_SPLITS:
                 if name not in examples:
                     continue
-                errors = [wrong for _, wrong in examples[name]]
+                errors = [e.wrong for e in examples[name]]
                 baseline = [metrics.error_scores(r) for r in records[name]]
                 result["scores"][name] = {
                     "retraction_pass": scores_for(score(scorer, examples[name], args.batch_size), errors),
                     **{b: scores_for([x[b] for x in baseline], errors) for b in BASELINES}}
     for name, rows in examples.items():
-        result["splits"][name] = {"n": len(rows), "base_errors": sum(wrong for _, wrong in rows)}
+        result["splits"][name] = {"n": len(rows), "base_errors": sum(e.wrong for e in rows)}
     kept = next(p for p in curve if p["kept"])
     cached, needed = cache_counts(log)
     result["notes"] = [
@@ -243,10 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         f"cache). train {result['splits']['train']['n']} answers ({result['splits']['train']['base_errors']} wrong), "
         f"validation {result['splits']['validation']['n']}.",
         f"Model: {recipe.model.name}, LoRA rank {args.rank} (alpha {2 * args.rank}) on attention + MLP and one linear "
-        f"read-out of what the head reads at the last answer token; {args.steps} steps of {args.batch_size} answers, "
+        f"read-out of what the head reads "
+        + ("at the last answer token" if args.read == "last" else "averaged from the first answer position to the last "
+           "answer token") + f"; {args.steps} steps of {args.batch_size} answers, "
         f"AdamW lr {args.lr:g}; kept the step with the best validation AUROC (step {kept['step']}, "
-        f"{fmt(kept['validation_auroc'])}). The score is the read-out's logit (a retraction token's logit, before "
-        "the softmax over the vocabulary).",
+        f"{fmt(kept['validation_auroc'])}). The score is the read-out's logit" + (" (a retraction token's logit, "
+        "before the softmax over the vocabulary)." if args.read == "last" else "."),
         "Baselines from the base model's own probabilities (tasks.metrics.error_scores): max_softmax = 1 - its max "
         "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer.",
         f"machine: {platform.machine()}, Python {platform.python_version()}; CPU only, torch threads "

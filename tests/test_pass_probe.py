@@ -16,6 +16,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.answer_cache import answer_keys
 from tokengraft.config import load_recipe
+from tokengraft.errors import TokengraftError
 from tokengraft.generation import answer_hidden_states, first_answer_hidden_states, first_answer_states
 from tokengraft.models import fingerprint, load_model
 from tokengraft.tasks import get_task
@@ -190,3 +191,21 @@ def test_the_retraction_benchmark_trains_keeps_its_best_validation_step_and_scor
     assert saved["command"] in text and "retraction_pass" in text and f"step {kept['step']}" in text
     with pytest.raises(SystemExit):
         bench.main([*args[:-2 * len(SIZES)], "--steps", "0"])
+
+
+@pytest.mark.parametrize("read", ["last", "mean"])
+def test_the_retraction_read_out_reads_the_head_input_over_the_answer_whatever_the_padding(read: str):
+    bench = _load_retract_script()
+    model = tiny_model("llama", num_hidden_layers=2).eval()
+    scorer = bench.RetractionScorer(model, pad=0, read=read)
+    torch.nn.init.normal_(scorer.readout.weight)
+    short, long = bench.Example([5, 6, 7, 8], 1, False), bench.Example([9, 10, 11, 12, 13, 14, 15], 3, True)
+    with torch.no_grad():
+        together = scorer([short, long])
+        alone = torch.cat([scorer([short]), scorer([long])])
+        head_input = model(input_ids=torch.tensor([long.ids]), output_hidden_states=True).hidden_states[-1][0]
+    assert torch.allclose(together, alone, atol=1e-5)  # right padding changes nothing
+    read_positions = head_input[long.first_answer_position:] if read == "mean" else head_input[-1:]
+    assert torch.allclose(alone[1], scorer.readout(read_positions.mean(0)).squeeze(-1), atol=1e-5)
+    with pytest.raises(TokengraftError, match="read must be one of"):
+        bench.RetractionScorer(model, pad=0, read="first")
