@@ -1,6 +1,6 @@
 """Issue 19: a <PASS> read AFTER the answer, trained through LoRA: does it find the base model's errors on unseen relations?
 
-    python benchmarks/pass_retract.py [--steps 400]
+    python benchmarks/pass_retract.py [--steps 400] [--read mean --results benchmarks/results/pass_retract_mean]
     # end to end on a tiny saved model in seconds:  ... --model DIR --limit 24 --steps 4 --results /tmp/pr/pass_retract
 
 pass_probe.py measures linear read-outs of the untouched base model: at the first answer
@@ -236,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             curve = train(scorer, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           eval_every=args.eval_every, seed=recipe.seed)
         result: dict[str, Any] = {"command": command, "recipe": str(args.recipe), "model": recipe.model.name,
-                                  "seed": recipe.seed, "read": args.read, "steps": args.steps, "rank": args.rank, "lr": args.lr,
-                                  "batch_size": args.batch_size, "curve": curve, "scores": {}, "splits": {}}
+                                  "seed": recipe.seed, "read": args.read, "steps": args.steps, "rank": args.rank,
+                                  "lr": args.lr, "batch_size": args.batch_size, "curve": curve, "scores": {}, "splits": {}}
         # the restored weights score validation as they did when kept: the report is of that step
         result["kept_validation_auroc"] = auroc(score(scorer, examples["validation"], args.batch_size),
                                                 examples["validation"])
