@@ -1,6 +1,6 @@
 """Issue 19: a <PASS> read AFTER the answer, trained through LoRA: does it find the base model's errors on unseen relations?
 
-    python benchmarks/pass_retract.py [--steps 400] [--read mean --results benchmarks/results/pass_retract_mean]
+    python benchmarks/pass_retract.py [--steps 400] [--read mean|first --results benchmarks/results/pass_retract_READ]
     # end to end on a tiny saved model in seconds:  ... --model DIR --limit 24 --steps 4 --results /tmp/pr/pass_retract
 
 pass_probe.py measures linear read-outs of the untouched base model: at the first answer
@@ -53,7 +53,11 @@ from tokengraft.tasks.pass_data import is_correct
 from tokengraft.timing import phase, recording
 
 ROOT = Path(__file__).resolve().parent.parent
-READS = ("last", "mean")
+READS = {  # --read: where the read-out reads what the head reads, as the report says it
+    "last": "at the last answer token",
+    "mean": "averaged from the first answer position to the last answer token",
+    "first": "at the first answer position (before the answer, where `tokengraft eval` reads p(<PASS>))",
+}
 
 
 class Example(NamedTuple):
@@ -67,8 +71,9 @@ class Example(NamedTuple):
 
 class RetractionScorer(torch.nn.Module):
     """The LoRA-wrapped model and a linear read-out of what its head reads at the last answer token
-    (``read="last"``) or averaged from the first answer position to it (``read="mean"``, as
-    generation.answer_hidden_states' ``@mean``)."""
+    (``read="last"``), averaged from the first answer position to it (``read="mean"``, as
+    generation.answer_hidden_states' ``@mean``), or at the first answer position (``read="first"``: where
+    `tokengraft eval` reads p(<PASS>), before any answer token; the answer then changes nothing)."""
 
     def __init__(self, model: Any, pad: int, read: str = "last") -> None:
         super().__init__()
@@ -93,7 +98,9 @@ class RetractionScorer(torch.nn.Module):
         for i, e in enumerate(examples):  # right padding: positions and causal attention are each row's own
             ids[i, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
             mask[i, :len(e.ids)] = 1
-            read[i, (e.first_answer_position if self.read == "mean" else len(e.ids) - 1):len(e.ids)] = 1.0
+            start, end = {"last": (len(e.ids) - 1, len(e.ids)), "mean": (e.first_answer_position, len(e.ids)),
+                          "first": (e.first_answer_position, e.first_answer_position + 1)}[self.read]
+            read[i, start:end] = 1.0
         self._states.clear()
         self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
         read = read.to(device)
@@ -186,8 +193,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-4, help="AdamW learning rate (LoRA and read-out)")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank on attention + MLP")
     parser.add_argument("--read", choices=READS, default="last",
-                        help="what the read-out reads: the head's input at the last answer token, or averaged over "
-                             "the answer from the first answer position")
+                        help="what the read-out reads: the head's input at the last answer token, averaged over "
+                             "the answer from the first answer position, or at the first answer position (where "
+                             "`tokengraft eval` reads p(<PASS>))")
     parser.add_argument("--eval-every", type=int, default=50, help="steps between validation AUROCs")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pass_retract"),
                         help="results path without extension")
@@ -263,11 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         f"validation {result['splits']['validation']['n']}.",
         f"Model: {recipe.model.name}, LoRA rank {args.rank} (alpha {2 * args.rank}) on attention + MLP and one linear "
         f"read-out of what the head reads "
-        + ("at the last answer token" if args.read == "last" else "averaged from the first answer position to the last "
-           "answer token") + f"; {args.steps} steps of {args.batch_size} answers, "
+        + READS[args.read] + f"; {args.steps} steps of {args.batch_size} answers, "
         f"AdamW lr {args.lr:g}; kept the step with the best validation AUROC (step {kept['step']}, "
-        f"{fmt(kept['validation_auroc'])}). The score is the read-out's logit" + (" (a retraction token's logit, "
-        "before the softmax over the vocabulary)." if args.read == "last" else "."),
+        f"{fmt(kept['validation_auroc'])}). The score is the read-out's logit" + {
+            "last": " (a retraction token's logit, before the softmax over the vocabulary).",
+            "first": " (a <PASS> token's logit, before the softmax over the vocabulary).", "mean": "."}[args.read],
         "Baselines from the base model's own probabilities (tasks.metrics.error_scores): max_softmax = 1 - its max "
         "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer.",
         f"machine: {platform.machine()}, Python {platform.python_version()}; CPU only, torch threads "

@@ -193,7 +193,7 @@ def test_the_retraction_benchmark_trains_keeps_its_best_validation_step_and_scor
         bench.main([*args[:-2 * len(SIZES)], "--steps", "0"])
 
 
-@pytest.mark.parametrize("read", ["last", "mean"])
+@pytest.mark.parametrize("read", ["last", "mean", "first"])
 def test_the_retraction_read_out_reads_the_head_input_over_the_answer_whatever_the_padding(read: str):
     bench = _load_retract_script()
     model = tiny_model("llama", num_hidden_layers=2).eval()
@@ -205,7 +205,8 @@ def test_the_retraction_read_out_reads_the_head_input_over_the_answer_whatever_t
         alone = torch.cat([scorer([short]), scorer([long])])
         head_input = model(input_ids=torch.tensor([long.ids]), output_hidden_states=True).hidden_states[-1][0]
     assert torch.allclose(together, alone, atol=1e-5)  # right padding changes nothing
-    read_positions = head_input[long.first_answer_position:] if read == "mean" else head_input[-1:]
+    first = long.first_answer_position
+    read_positions = {"mean": head_input[first:], "last": head_input[-1:], "first": head_input[first:first + 1]}[read]
     assert torch.allclose(alone[1], scorer.readout(read_positions.mean(0)).squeeze(-1), atol=1e-5)
     with pytest.raises(TokengraftError, match="read must be one of"):
-        bench.RetractionScorer(model, pad=0, read="first")
+        bench.RetractionScorer(model, pad=0, read="middle")
