@@ -94,17 +94,18 @@ class RetractionScorer(torch.nn.Module):
         device = self.readout.weight.device
         ids = torch.full((len(examples), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(examples), width), dtype=torch.long)
-        read = torch.zeros((len(examples), width), dtype=torch.float32)  # the positions the read-out averages
+        weights = torch.zeros((len(examples), width), dtype=torch.float32)  # 1 where the read-out reads
         for i, e in enumerate(examples):  # right padding: positions and causal attention are each row's own
             ids[i, :len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
             mask[i, :len(e.ids)] = 1
-            start, end = {"last": (len(e.ids) - 1, len(e.ids)), "mean": (e.first_answer_position, len(e.ids)),
-                          "first": (e.first_answer_position, e.first_answer_position + 1)}[self.read]
-            read[i, start:end] = 1.0
+            first = e.first_answer_position
+            start, end = {"last": (len(e.ids) - 1, len(e.ids)), "mean": (first, len(e.ids)),
+                          "first": (first, first + 1)}[self.read]
+            weights[i, start:end] = 1.0
         self._states.clear()
         self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        read = read.to(device)
-        pooled = (self._states[-1].float() * read.unsqueeze(-1)).sum(1) / read.sum(1, keepdim=True)
+        weights = weights.to(device)
+        pooled = (self._states[-1].float() * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True)
         return self.readout(pooled).squeeze(-1)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
