@@ -70,6 +70,11 @@ LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 BASELINES = ("max_softmax", "min_token_prob")
 ROW_CHECK_ROWS = 64
 """Test rows on which the installed row's p(<PASS>) is compared with the one computed from the hidden states."""
+CONFIDENCE = ("logit of the first answer token's max softmax", "log of the smallest answer-token probability",
+              "mean answer-token log-probability", "log(1 + answer tokens)")
+"""The base model's confidence as probe features (`confidence_features`): what the baselines threshold, and more."""
+PROB_FLOOR = 1e-6
+BOOTSTRAP_RESAMPLES = 1000
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -205,6 +210,40 @@ def scores_for(values: list[float] | np.ndarray, errors: list[bool]) -> dict[str
     return {"n": len(values), "auroc": metrics.auroc(values, errors), "aurc": metrics.risk_coverage_area(values, errors)}
 
 
+def auroc_gain(values: np.ndarray, baseline: np.ndarray, errors: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES,
+               seed: int = 0) -> dict[str, Any]:
+    """AUROC of ``values`` minus AUROC of ``baseline`` on the same rows, with a paired percentile bootstrap
+    95% interval (questions resampled with both scores kept together; resamples with one class are skipped).
+
+    At a few hundred questions and a few dozen errors one AUROC moves by several hundredths from
+    sample to sample; the paired interval says whether a score beats the baseline beyond that."""
+    rng = np.random.default_rng(seed)
+    gains = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(errors), len(errors))
+        y = errors[idx]
+        if y.all() or not y.any():
+            continue
+        gains.append(metrics.auroc(values[idx].tolist(), y.tolist()) - metrics.auroc(baseline[idx].tolist(), y.tolist()))
+    gain = metrics.auroc(values.tolist(), errors.tolist()) - metrics.auroc(baseline.tolist(), errors.tolist())
+    low, high = np.percentile(gains, [2.5, 97.5])
+    return {"gain": float(gain), "ci95": [float(low), float(high)], "resamples": len(gains)}
+
+
+def confidence_features(records: list[dict[str, Any]]) -> np.ndarray:
+    """The base model's own confidence in each of its answers as probe features (``CONFIDENCE``, in order).
+
+    Probabilities are clipped away from 0 and 1 before their logs; an empty answer (the model
+    stopped at once) counts its first-position maximum as its only token (metrics.error_scores)."""
+    rows = []
+    for record in records:
+        first = float(np.clip(record["base_first_max"], PROB_FLOOR, 1 - PROB_FLOOR))
+        probs = np.clip(np.asarray(record["base_token_probs"] or [first], dtype=float), PROB_FLOOR, 1 - PROB_FLOOR)
+        rows.append([np.log(first / (1 - first)), np.log(probs.min()), np.log(probs).mean(),
+                     np.log1p(len(record["base_token_probs"]))])
+    return np.asarray(rows, dtype=float)
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -219,6 +258,15 @@ def score_names(result: dict[str, Any]) -> list[str]:
     return names + (["p_pass (run)"] if result.get("run") else [])
 
 
+def gain_cell(score: dict[str, Any]) -> str:
+    """``+0.040 [-0.021, +0.101]``: a score's AUROC gain over the better baseline and its interval ("" for none)."""
+    gain = score.get("over_baseline")
+    if not gain:
+        return ""
+    low, high = gain["ci95"]
+    return f"{gain['gain']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def report_lines(result: dict[str, Any]) -> list[str]:
     lines = ["# <PASS> as a probe: the base model's hidden state against its own confidence (issue 19)", "",
              "```", result["command"], "```", ""]
@@ -229,12 +277,14 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     scored = [s for s in SCORED_SPLITS if s in result["scores"]]
     lines += ["", "Finding the base model's wrong answers: AUROC (higher is better) / AURC (lower is better; "
               "risk of the answers kept least-suspect first):", ""]
-    rows = [[name, *[f"{fmt(result['scores'][s].get(name, {}).get('auroc'))} / "
-                     f"{fmt(result['scores'][s].get(name, {}).get('aurc'))}" for s in scored]]
+    rows = [[name, *[cell for s in scored for cell in (
+                f"{fmt(result['scores'][s].get(name, {}).get('auroc'))} / {fmt(result['scores'][s].get(name, {}).get('aurc'))}",
+                gain_cell(result["scores"][s].get(name, {})))]]
             for name in score_names(result)]
-    rows.append(["AURC random / oracle", *[f"{fmt(result['splits'][s]['error_rate'])} / "
-                                           f"{fmt(result['splits'][s]['aurc_optimal'])}" for s in scored]])
-    lines += table(["score", *[f"{s} (n={result['splits'][s]['n']})" for s in scored]], rows)
+    rows.append(["AURC random / oracle", *[cell for s in scored for cell in (
+        f"{fmt(result['splits'][s]['error_rate'])} / {fmt(result['splits'][s]['aurc_optimal'])}", "")]])
+    lines += table(["score", *[h for s in scored for h in (
+        f"{s} (n={result['splits'][s]['n']})", f"AUROC - {result['better_baseline'][s]} [95% CI]")]], rows)
     lines += ["", "Probes (L2 strength chosen on validation AUROC; train AUROC shows how much they fit):", ""]
     lams = [f"{lam:g}" for lam in LAMBDAS]
     lines += table(["probe", "features", "lambda", "train AUROC", *[f"val AUROC @ {lam}" for lam in lams]],
@@ -304,9 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                 answers = base_greedy_answers(model, tokenizer, rows, recipe)
                 answer_ids[name] = [a["ids"] for a in answers]
                 errors[name] = [not is_correct(a["text"], r) for a, r in zip(answers, rows)]
-                if name in SCORED_SPLITS:  # the baselines: how sure the base model was of those answers
-                    records[name] = [dict(r) for r in rows]
-                    add_base_answers(records[name], model, tokenizer, recipe, answers)
+                records[name] = [dict(r) for r in rows]  # + how sure the base model was of those answers
+                add_base_answers(records[name], model, tokenizer, recipe, answers)
         states: dict[str, dict[str, torch.Tensor]] = {}
         for name, rows in splits.items():
             with phase(f"hidden states: {name}"):
@@ -321,26 +370,29 @@ def main(argv: list[str] | None = None) -> int:
                                   "seed": recipe.seed, "layers": layers, "blocks": blocks, "limit": args.limit,
                                   "run": args.run,
                                   "probes": {}, "scores": {s: {} for s in SCORED_SPLITS if s in splits}}
+        features: dict[str, dict[str, np.ndarray]] = {}
+        for s in splits:  # final, layer_<k>, <both>@end, <both>@mean; confidence; each state beside the confidence
+            states_np = {f: t.double().numpy() for f, t in states[s].items()}
+            confidence = confidence_features(records[s])
+            features[s] = {**states_np, "confidence": confidence,
+                           **{f"{f}+confidence": np.hstack([x, confidence]) for f, x in states_np.items()}}
         fitted: dict[str, Probe] = {}
+        values: dict[str, dict[str, np.ndarray]] = {s: {} for s in result["scores"]}  # per-row scores
         with phase("fit the probes"):
-            for feature in states["train"]:  # final, layer_<k>, then <both>@end and <both>@mean
-                x = {s: states[s][feature].double().numpy() for s in splits}
+            for feature in features["train"]:
+                x = {s: features[s][feature] for s in splits}
                 y = {s: np.array(errors[s], dtype=bool) for s in splits}
                 probe = fit_probe(x["train"], y["train"], x["validation"], y["validation"])
                 name = "probe_" + feature.replace("layer_", "layer").replace("@", "_")
                 fitted[name] = probe
                 result["probes"][name] = {"features": feature, "lambda": probe.lam, "train_auroc": probe.train_auroc,
                                           "validation_auroc": probe.validation_auroc}
-                for s in result["scores"]:
-                    result["scores"][s][name] = scores_for(probe.logits(x[s]), errors[s])
-        for s in result["scores"]:
+                for s in values:
+                    values[s][name] = probe.logits(x[s])
+        for s in values:
             baseline = [metrics.error_scores(r) for r in records[s]]
             for score in BASELINES:
-                result["scores"][s][score] = scores_for([b[score] for b in baseline], errors[s])
-            if s in run:
-                result["scores"][s]["p_pass (run)"] = {**run[s].get("p_pass", {}),
-                                                       "run_base_errors": run[s].get("base_errors"),
-                                                       "run_n": run[s].get("n")}
+                values[s][score] = np.array([b[score] for b in baseline], dtype=float)
         row, bias = probe_as_row(fitted["probe_final"])
         final = {s: states[s]["final"] for s in result["scores"]}
         gap = max(float(np.max(np.abs(final[s].double().numpy() @ row + bias
@@ -353,7 +405,21 @@ def main(argv: list[str] | None = None) -> int:
                                           score_token_id=new_id, desc=f"p(<PASS>) of the row ({s})")
                         for s in final}
         for s in final:
-            result["scores"][s]["probe_final_row"] = scores_for([m["p_token"] for m in measured[s]], errors[s])
+            values[s]["probe_final_row"] = np.array([m["p_token"] for m in measured[s]], dtype=float)
+        result["better_baseline"] = {}
+        with phase("AUROC gains over the better baseline (paired bootstrap)"):
+            for s, by_name in values.items():
+                y = np.array(errors[s], dtype=bool)
+                result["scores"][s].update({name: scores_for(v, errors[s]) for name, v in by_name.items()})
+                better = max(BASELINES, key=lambda b: result["scores"][s][b]["auroc"] or 0.0)
+                result["better_baseline"][s] = better
+                for name, v in by_name.items():
+                    if name != better:
+                        result["scores"][s][name]["over_baseline"] = auroc_gain(v, by_name[better], y, seed=recipe.seed)
+                if s in run:  # the trained <PASS> from its own eval: no per-row scores here, so no interval
+                    result["scores"][s]["p_pass (run)"] = {**run[s].get("p_pass", {}),
+                                                           "run_base_errors": run[s].get("base_errors"),
+                                                           "run_n": run[s].get("n")}
         check = [(m, p, g) for s in final for m, p, g in zip(measured[s], *row_p[s])][:ROW_CHECK_ROWS]
         result["row_check"] = {
             "rows": len(check), "row_norm": float(np.linalg.norm(row)), "bias": bias,
@@ -390,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         "log-sum-exp of the base logits, not of the bare probe logit.",
         "Baselines from the base model's own probabilities (tasks.metrics.error_scores): max_softmax = 1 - its max "
         "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer.",
+        "`probe_confidence`: the same logistic probe on the base model's confidence alone (" + "; ".join(CONFIDENCE)
+        + "), a learned mix of what the baselines threshold; `+confidence` probes read a hidden state and those "
+        "four features together: whether the state adds anything to the model's own confidence. Neither is a "
+        "p(<PASS>) a token can produce (a token reads one state, not the answer's probabilities).",
+        f"`AUROC - <baseline>`: the score's AUROC minus the better baseline's on the same questions, with a paired "
+        f"percentile bootstrap 95% interval ({BOOTSTRAP_RESAMPLES} resamples of the questions, seed {recipe.seed}).",
         *([f"`p_pass (run)`: p(<PASS>) of the trained run {args.run} (its metrics.json, `tokengraft eval`); its "
            "base errors, which should be these labels: " + "; ".join(
                f"{s} {run[s].get('base_errors')}/{run[s].get('n')} there, {result['splits'][s]['base_errors']}/"

@@ -53,6 +53,25 @@ def test_the_probe_fits_and_is_exactly_an_output_row():
         bench.fit_probe(x, np.ones(200, dtype=bool), x, y)
 
 
+def test_confidence_features_and_the_paired_gain_over_a_baseline():
+    bench = _load_script()
+    records = [{"base_first_max": 0.8, "base_token_probs": [0.8, 0.5, 1.0]},
+               {"base_first_max": 0.3, "base_token_probs": []}]  # stopped at once: its first maximum stands in
+    x = bench.confidence_features(records)
+    floor = bench.PROB_FLOOR
+    assert x.shape == (2, len(bench.CONFIDENCE))
+    assert np.allclose(x[0], [np.log(4.0), np.log(0.5), np.mean(np.log([0.8, 0.5, 1 - floor])), np.log(4.0)])
+    assert np.allclose(x[1], [np.log(0.3 / 0.7), np.log(0.3), np.log(0.3), 0.0])
+    rng = np.random.default_rng(0)
+    errors = rng.random(120) < 0.3
+    noise = rng.normal(size=120)
+    same = bench.auroc_gain(noise, noise, errors, resamples=200)
+    assert same["gain"] == 0.0 and same["ci95"] == [0.0, 0.0]
+    better = bench.auroc_gain(errors + 0.3 * noise, noise, errors, resamples=200)
+    assert better["gain"] > 0.3 and 0.0 < better["ci95"][0] < better["gain"] < better["ci95"][1]
+    assert bench.auroc_gain(errors + 0.3 * noise, noise, errors, resamples=200) == better  # seeded
+
+
 def test_hidden_states_are_what_the_head_reads_and_the_residual_stream():
     model, tok = tiny_model("llama", seed=1, num_hidden_layers=3), tiny_tokenizer()
     prompts = ["What is the capital of France?", "2 + 2?", "Who wrote Hamlet, the play?"]
@@ -136,8 +155,10 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
             *[x for o in SIZES for x in ("--set", o)]]
     assert bench.main(args) == 0
     saved = json.loads(results.with_suffix(".json").read_text())
+    states = {"probe_final", "probe_layer2", "probe_final_end", "probe_final_mean", "probe_layer2_end", "probe_layer2_mean"}
     assert saved["layers"] == [2] and set(saved["probes"]) == {
-        "probe_final", "probe_layer2", "probe_final_end", "probe_final_mean", "probe_layer2_end", "probe_layer2_mean"}
+        *states, "probe_confidence", *(f"{name}+confidence" for name in states)}
+    assert saved["probes"]["probe_layer2_mean+confidence"]["features"] == "layer_2@mean+confidence"
     assert set(saved["splits"]) == {"train", "validation", "test", "test_heldout_relations"}
     for split in saved["splits"].values():  # the seeded half is right, the tiny model's own answers are wrong
         assert 0 < split["base_errors"] < split["n"]
@@ -146,6 +167,15 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
         assert {"probe_final", "probe_layer2", "probe_final_row", "max_softmax", "min_token_prob"} <= set(scores)
         assert all(0 <= s["auroc"] <= 1 and s["n"] == saved["splits"][split]["n"]
                    for name, s in scores.items() if name != "p_pass (run)")
+        better = saved["better_baseline"][split]
+        assert scores[better]["auroc"] >= max(scores[b]["auroc"] for b in ("max_softmax", "min_token_prob"))
+        for name, s in scores.items():  # every other per-row score against the better baseline, interval around it
+            if name in (better, "p_pass (run)"):
+                assert "over_baseline" not in s
+                continue
+            gain = s["over_baseline"]
+            assert gain["gain"] == pytest.approx(s["auroc"] - scores[better]["auroc"])
+            assert gain["ci95"][0] <= gain["ci95"][1] and 900 <= gain["resamples"] <= 1000
     assert saved["scores"]["test"]["p_pass (run)"]["auroc"] == 0.61
     check = saved["row_check"]  # the probe is an output row: exactly in float64, and through the model's own head
     assert check["max_abs_logit_difference"] < 1e-9
@@ -153,7 +183,7 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
     assert sum(p.get("detail", {}).get("cached", 0) for p in saved["phases"]) == seeded
     text = results.with_suffix(".md").read_text()
     assert saved["command"] in text and "probe_final_row" in text and "test_heldout_relations (n=30)" in text
-    assert "| p_pass (run) | 0.610 / 0.330 | n/a / n/a |" in text
+    assert "| p_pass (run) | 0.610 / 0.330 |  | n/a / n/a |  |" in text
 
 
 def _load_retract_script():
