@@ -34,11 +34,13 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from compare_results import fmt, table  # benchmarks/ is on sys.path when this script runs
-from pass_probe import BASELINES, RECIPE, SCORED_SPLITS, answerable_splits, cache_counts, scores_for
+from pass_probe import (BASELINES, BOOTSTRAP_RESAMPLES, RECIPE, SCORED_SPLITS, answerable_splits, auroc_gain,
+                        cache_counts, gain_cell, scores_for)
 
 from tokengraft.config import load_recipe
 from tokengraft.core.arch import describe
@@ -170,10 +172,12 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     scored = list(result["scores"])
     lines += ["", "Finding the base model's wrong answers: AUROC (higher is better) / AURC (lower is better):", ""]
     names = ["retraction_pass", *BASELINES]
-    lines += table(["score", *[f"{s} (n={result['splits'][s]['n']}, {result['splits'][s]['base_errors']} errors)"
-                               for s in scored]],
-                   [[name, *[f"{fmt(result['scores'][s][name]['auroc'])} / {fmt(result['scores'][s][name]['aurc'])}"
-                             for s in scored]] for name in names])
+    lines += table(["score", *[h for s in scored for h in (
+                        f"{s} (n={result['splits'][s]['n']}, {result['splits'][s]['base_errors']} errors)",
+                        f"AUROC - {result['better_baseline'][s]} [95% CI]")]],
+                   [[name, *[cell for s in scored for cell in (
+                       f"{fmt(result['scores'][s][name]['auroc'])} / {fmt(result['scores'][s][name]['aurc'])}",
+                       gain_cell(result["scores"][s][name]))]] for name in names])
     lines += ["", "Validation AUROC during training (the kept step is marked):", ""]
     lines += table(["step", "training loss (last batch)", "validation AUROC", "kept"],
                    [[p["step"], p.get("loss"), p["validation_auroc"], "yes" if p["kept"] else ""] for p in result["curve"]])
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                           eval_every=args.eval_every, seed=recipe.seed)
         result: dict[str, Any] = {"command": command, "recipe": str(args.recipe), "model": recipe.model.name,
                                   "seed": recipe.seed, "read": args.read, "steps": args.steps, "rank": args.rank,
-                                  "lr": args.lr, "batch_size": args.batch_size, "curve": curve, "scores": {}, "splits": {}}
+                                  "lr": args.lr, "batch_size": args.batch_size, "curve": curve, "scores": {}, "splits": {},
+                                  "better_baseline": {}}
         # the restored weights score validation as they did when kept: the report is of that step
         result["kept_validation_auroc"] = auroc(score(scorer, examples["validation"], args.batch_size),
                                                 examples["validation"])
@@ -256,9 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 errors = [e.wrong for e in examples[name]]
                 baseline = [metrics.error_scores(r) for r in records[name]]
-                result["scores"][name] = {
-                    "retraction_pass": scores_for(score(scorer, examples[name], args.batch_size), errors),
-                    **{b: scores_for([x[b] for x in baseline], errors) for b in BASELINES}}
+                values = {"retraction_pass": np.array(score(scorer, examples[name], args.batch_size)),
+                          **{b: np.array([x[b] for x in baseline], dtype=float) for b in BASELINES}}
+                result["scores"][name] = {n: scores_for(v, errors) for n, v in values.items()}
+                better = max(BASELINES, key=lambda b: result["scores"][name][b]["auroc"] or 0.0)
+                result["better_baseline"][name] = better
+                for n, v in values.items():
+                    if n != better:
+                        result["scores"][name][n]["over_baseline"] = auroc_gain(v, values[better], np.array(errors),
+                                                                                seed=recipe.seed)
     for name, rows in examples.items():
         result["splits"][name] = {"n": len(rows), "base_errors": sum(e.wrong for e in rows)}
     kept = next(p for p in curve if p["kept"])
@@ -278,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             "last": " (a retraction token's logit, before the softmax over the vocabulary).",
             "first": " (a <PASS> token's logit, before the softmax over the vocabulary).", "mean": "."}[args.read],
         "Baselines from the base model's own probabilities (tasks.metrics.error_scores): max_softmax = 1 - its max "
-        "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer.",
+        "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer. "
+        f"`AUROC - <baseline>`: minus the better baseline's AUROC on the same answers, paired percentile bootstrap "
+        f"95% interval ({BOOTSTRAP_RESAMPLES} resamples, seed {recipe.seed}).",
         f"machine: {platform.machine()}, Python {platform.python_version()}; CPU only, torch threads "
         f"{torch.get_num_threads()}; {log.seconds:.0f} s in all.",
     ]

@@ -217,6 +217,10 @@ def test_the_retraction_benchmark_trains_keeps_its_best_validation_step_and_scor
         scores = saved["scores"][split]
         assert set(scores) == {"retraction_pass", "max_softmax", "min_token_prob"}
         assert all(0 <= s["auroc"] <= 1 and s["n"] == saved["splits"][split]["n"] for s in scores.values())
+        better = saved["better_baseline"][split]
+        assert "over_baseline" not in scores[better]
+        gain = scores["retraction_pass"]["over_baseline"]
+        assert gain["gain"] == pytest.approx(scores["retraction_pass"]["auroc"] - scores[better]["auroc"])
     text = results.with_suffix(".md").read_text()
     assert saved["command"] in text and "retraction_pass" in text and f"step {kept['step']}" in text
     with pytest.raises(SystemExit):
