@@ -632,7 +632,8 @@ def answer_hidden_states(model: Any, tokenizer: Any, prompts: Sequence[Any], ans
 
 @torch.no_grad()
 def answer_probabilities(model: Any, tokenizer: Any, prompts: Sequence[Any], answers: Sequence[Sequence[int]], *,
-                         system: str | None = None, batch_size: int = 16) -> list[dict[str, Any]]:
+                         system: str | None = None, batch_size: int = 16,
+                         desc: str | None = None) -> list[dict[str, Any]]:
     """How sure the model was of each answer: one teacher-forced forward over prompt + answer ids.
 
     For each prompt and its (already generated, e.g. cached greedy) answer ids, ``first_max`` is
@@ -652,34 +653,37 @@ def answer_probabilities(model: Any, tokenizer: Any, prompts: Sequence[Any], ans
     check_prompt_lengths(model, full, 0)
     head = model.get_output_embeddings()
     out: list[dict[str, Any]] = []
-    for start in range(0, len(full), max(1, batch_size)):
-        rows = full[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        keep = torch.zeros((len(rows), width), dtype=torch.bool)  # positions that predict an answer token / the first
-        for i, (row, prompt) in enumerate(zip(rows, encoded[start:start + batch_size])):
-            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, :len(row)] = 1
-            keep[i, len(prompt) - 1:max(len(row) - 1, len(prompt))] = True
-        selected = keep.to(device)
+    with tqdm(total=len(full), desc=desc, disable=desc is None, leave=False) as bar:
+        for start in range(0, len(full), max(1, batch_size)):
+            rows = full[start:start + batch_size]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            # positions that predict an answer token (the first answer position for an empty answer)
+            keep = torch.zeros((len(rows), width), dtype=torch.bool)
+            for i, (row, prompt) in enumerate(zip(rows, encoded[start:start + batch_size])):
+                ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+                mask[i, :len(row)] = 1
+                keep[i, len(prompt) - 1:max(len(row) - 1, len(prompt))] = True
+            selected = keep.to(device)
 
-        def select(module: Any, args: tuple, selected: torch.Tensor = selected) -> tuple:
-            return (args[0][selected],) + tuple(args[1:])
+            def select(module: Any, args: tuple, selected: torch.Tensor = selected) -> tuple:
+                return (args[0][selected],) + tuple(args[1:])
 
-        handle = head.register_forward_pre_hook(select)
-        try:
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        finally:
-            handle.remove()
-        probs = torch.softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)  # [kept positions, V]
-        cursor = 0
-        for i, (row, prompt) in enumerate(zip(rows, encoded[start:start + batch_size])):
-            n = max(len(row) - len(prompt), 1)
-            here = probs[cursor:cursor + n]
-            answer = row[len(prompt):]
-            token_probs = here[torch.arange(len(answer), device=here.device),
-                               torch.tensor(answer, dtype=torch.long, device=here.device)] if answer else here.new_zeros(0)
-            out.append({"first_max": float(here[0].max()), "token_probs": [float(p) for p in token_probs]})
-            cursor += n
+            handle = head.register_forward_pre_hook(select)
+            try:
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+            finally:
+                handle.remove()
+            probs = torch.softmax(logits.reshape(-1, logits.shape[-1]).float(), dim=-1)  # [kept positions, V]
+            cursor = 0
+            for i, (row, prompt) in enumerate(zip(rows, encoded[start:start + batch_size])):
+                n = max(len(row) - len(prompt), 1)
+                here = probs[cursor:cursor + n]
+                answer = row[len(prompt):]
+                picked = torch.tensor(answer, dtype=torch.long, device=here.device)
+                token_probs = here[torch.arange(len(answer), device=here.device), picked] if answer else here.new_zeros(0)
+                out.append({"first_max": float(here[0].max()), "token_probs": [float(p) for p in token_probs]})
+                cursor += n
+            bar.update(len(rows))
     return out

@@ -136,7 +136,8 @@ def add_base_answers(records: list[dict[str, Any]], base_model: Any, tokenizer: 
         raise TokengraftError(f"{len(answers)} base answers for {len(rows)} answerable records")
     with phase("base model: answer probabilities"):
         probs = answer_probabilities(base_model, tokenizer, [r["prompt"] for r in rows], [a["ids"] for a in answers],
-                                     system=recipe.data.system, batch_size=recipe.eval.batch_size)
+                                     system=recipe.data.system, batch_size=recipe.eval.batch_size,
+                                     desc="base model: answer probabilities")
     for record, answer, p in zip(rows, answers, probs):
         record.update(base_answer=answer["text"], base_correct=is_correct(answer["text"], record),
                       base_first_max=p["first_max"], base_token_probs=p["token_probs"])
