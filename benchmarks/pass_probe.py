@@ -67,14 +67,13 @@ FIT_SPLITS = ("train", "validation")
 SCORED_SPLITS = ("test", HELDOUT_SPLIT)
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 """L2 strengths tried (on standardised features, mean log-loss); validation AUROC chooses, ties to the larger."""
-BASELINES = ("max_softmax", "min_token_prob")
+BASELINES = metrics.BASELINE_SCORES
 ROW_CHECK_ROWS = 64
 """Test rows on which the installed row's p(<PASS>) is compared with the one computed from the hidden states."""
 CONFIDENCE = ("logit of the first answer token's max softmax", "log of the smallest answer-token probability",
               "mean answer-token log-probability", "log(1 + answer tokens)")
 """The base model's confidence as probe features (`confidence_features`): what the baselines threshold, and more."""
 PROB_FLOOR = 1e-6
-BOOTSTRAP_RESAMPLES = 1000
 
 
 # ----------------------------------------------------------------------------- the probe
@@ -208,26 +207,6 @@ def row_scores(model: Any, states: torch.Tensor, row: np.ndarray) -> tuple[np.nd
 def scores_for(values: list[float] | np.ndarray, errors: list[bool]) -> dict[str, Any]:
     values = [float(v) for v in values]
     return {"n": len(values), "auroc": metrics.auroc(values, errors), "aurc": metrics.risk_coverage_area(values, errors)}
-
-
-def auroc_gain(values: np.ndarray, baseline: np.ndarray, errors: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES,
-               seed: int = 0) -> dict[str, Any]:
-    """AUROC of ``values`` minus AUROC of ``baseline`` on the same rows, with a paired percentile bootstrap
-    95% interval (questions resampled with both scores kept together; resamples with one class are skipped).
-
-    At a few hundred questions and a few dozen errors one AUROC moves by several hundredths from
-    sample to sample; the paired interval says whether a score beats the baseline beyond that."""
-    rng = np.random.default_rng(seed)
-    gains = []
-    for _ in range(resamples):
-        idx = rng.integers(0, len(errors), len(errors))
-        y = errors[idx]
-        if y.all() or not y.any():
-            continue
-        gains.append(metrics.auroc(values[idx].tolist(), y.tolist()) - metrics.auroc(baseline[idx].tolist(), y.tolist()))
-    gain = metrics.auroc(values.tolist(), errors.tolist()) - metrics.auroc(baseline.tolist(), errors.tolist())
-    low, high = np.percentile(gains, [2.5, 97.5])
-    return {"gain": float(gain), "ci95": [float(low), float(high)], "resamples": len(gains)}
 
 
 def confidence_features(records: list[dict[str, Any]]) -> np.ndarray:
@@ -415,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["better_baseline"][s] = better
                 for name, v in by_name.items():
                     if name != better:
-                        result["scores"][s][name]["over_baseline"] = auroc_gain(v, by_name[better], y, seed=recipe.seed)
+                        result["scores"][s][name]["over_baseline"] = metrics.auroc_gain(v, by_name[better], y,
+                                                                                           seed=recipe.seed)
                 if s in run:  # the trained <PASS> from its own eval: no per-row scores here, so no interval
                     result["scores"][s]["p_pass (run)"] = {**run[s].get("p_pass", {}),
                                                            "run_base_errors": run[s].get("base_errors"),
@@ -460,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
         + "), a learned mix of what the baselines threshold; `+confidence` probes read a hidden state and those "
         "four features together: whether the state adds anything to the model's own confidence. Neither is a "
         "p(<PASS>) a token can produce (a token reads one state, not the answer's probabilities).",
-        f"`AUROC - <baseline>`: the score's AUROC minus the better baseline's on the same questions, with a paired "
-        f"percentile bootstrap 95% interval ({BOOTSTRAP_RESAMPLES} resamples of the questions, seed {recipe.seed}).",
+        "`AUROC - <baseline>`: the score's AUROC minus the better baseline's on the same questions, with a paired "
+        f"percentile bootstrap 95% interval (tasks.metrics.auroc_gain: {metrics.AUROC_GAIN_RESAMPLES} resamples of the "
+        f"questions, seed {recipe.seed}).",
         *([f"`p_pass (run)`: p(<PASS>) of the trained run {args.run} (its metrics.json, `tokengraft eval`); its "
            "base errors, which should be these labels: " + "; ".join(
                f"{s} {run[s].get('base_errors')}/{run[s].get('n')} there, {result['splits'][s]['base_errors']}/"

@@ -39,8 +39,7 @@ import torch
 from tqdm import tqdm
 
 from compare_results import fmt, table  # benchmarks/ is on sys.path when this script runs
-from pass_probe import (BASELINES, BOOTSTRAP_RESAMPLES, RECIPE, SCORED_SPLITS, answerable_splits, auroc_gain,
-                        cache_counts, gain_cell, scores_for)
+from pass_probe import BASELINES, RECIPE, SCORED_SPLITS, answerable_splits, cache_counts, gain_cell, scores_for
 
 from tokengraft.config import load_recipe
 from tokengraft.core.arch import describe
@@ -268,8 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["better_baseline"][name] = better
                 for n, v in values.items():
                     if n != better:
-                        result["scores"][name][n]["over_baseline"] = auroc_gain(v, values[better], np.array(errors),
-                                                                                seed=recipe.seed)
+                        result["scores"][name][n]["over_baseline"] = metrics.auroc_gain(v, values[better], errors,
+                                                                                        seed=recipe.seed)
     for name, rows in examples.items():
         result["splits"][name] = {"n": len(rows), "base_errors": sum(e.wrong for e in rows)}
     kept = next(p for p in curve if p["kept"])
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "Baselines from the base model's own probabilities (tasks.metrics.error_scores): max_softmax = 1 - its max "
         "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer. "
         f"`AUROC - <baseline>`: minus the better baseline's AUROC on the same answers, paired percentile bootstrap "
-        f"95% interval ({BOOTSTRAP_RESAMPLES} resamples, seed {recipe.seed}).",
+        f"95% interval ({metrics.AUROC_GAIN_RESAMPLES} resamples, seed {recipe.seed}).",
         f"machine: {platform.machine()}, Python {platform.python_version()}; CPU only, torch threads "
         f"{torch.get_num_threads()}; {log.seconds:.0f} s in all.",
     ]

@@ -16,6 +16,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,6 +101,24 @@ def test_error_detection_compares_p_pass_with_the_base_models_confidence():
     assert metrics.error_scores(records[3])["min_token_prob"] == pytest.approx(0.4)
     assert set(d) >= set(metrics.ERROR_SCORES)
     assert metrics.error_detection([_record(True, 0.1, 0.9, [0.9])])["p_pass"]["auroc"] is None  # one class only
+    gain = d["p_pass_gain"]  # against the better baseline, min token prob: 0.75 - 1
+    assert gain["over"] == "min_token_prob" and gain["gain"] == pytest.approx(-0.25)
+    assert gain["ci95"][0] <= gain["gain"] <= gain["ci95"][1] and 0 < gain["resamples"] <= metrics.AUROC_GAIN_RESAMPLES
+    assert "p_pass_gain" not in metrics.error_detection([dict(r, p_pass=None) for r in records])  # nothing to compare
+
+
+def test_the_auroc_gain_is_paired_and_its_interval_excludes_zero_for_a_real_gain():
+    rng = np.random.default_rng(0)
+    errors = rng.random(120) < 0.3
+    noise = rng.normal(size=120)
+    same = metrics.auroc_gain(noise, noise, errors, resamples=200)
+    assert same["gain"] == 0.0 and same["ci95"] == [0.0, 0.0]  # paired: the same scores never differ
+    better = metrics.auroc_gain(errors + 0.3 * noise, noise, errors, resamples=200)
+    assert better["gain"] > 0.3 and 0.0 < better["ci95"][0] < better["gain"] < better["ci95"][1]
+    assert metrics.auroc_gain(errors + 0.3 * noise, noise, errors, resamples=200) == better  # seeded
+    swapped = metrics.auroc_gain(noise, errors + 0.3 * noise, errors, resamples=200)
+    assert swapped["gain"] == -better["gain"] and swapped["ci95"][1] < 0.0
+    assert metrics.auroc_gain([0.1, 0.2], [0.3, 0.4], [True, True]) is None  # one class: no area
 
 
 # ----------------------------------------------------------------------------- the base model's answer probabilities
@@ -254,6 +273,8 @@ def test_eval_scores_every_held_out_split_with_error_detection(pass_runs, capsys
     assert saved["error_detection"] == result["error_detection"]
     table = metrics_table(result)
     assert "test_heldout_relations" in table and "finding the base model's wrong answers" in table
+    gain = detection["p_pass_gain"]
+    assert f"p_pass AUROC - {gain['over']}: {gain['gain']:+.3f}" in table
 
 
 # ----------------------------------------------------------------------------- eval.answers: base

@@ -43,8 +43,12 @@ def metrics_table(result: dict[str, Any]) -> str:
                   "AURC (lower is better)"]
         for name, d in result["error_detection"].items():
             scores = " | ".join(f"{score} {_fmt(v['auroc'])} / {_fmt(v['aurc'])}"
-                                for score, v in d.items() if isinstance(v, dict))
+                                for score, v in d.items() if isinstance(v, dict) and "auroc" in v)
             lines.append(f"  {name} ({d['base_errors']}/{d['n']} wrong): {scores}")
+            if d.get("p_pass_gain"):
+                g = d["p_pass_gain"]
+                lines.append(f"    p_pass AUROC - {g['over']}: {g['gain']:+.3f} "
+                             f"(95% CI {g['ci95'][0]:+.3f} to {g['ci95'][1]:+.3f})")
     if result.get("examples"):
         lines += ["", "examples:"]
         for ex in result["examples"]:
