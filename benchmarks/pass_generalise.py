@@ -221,12 +221,16 @@ def target_lines(metrics: dict[str, dict[str, Any]], data: Path) -> list[str]:
               "AUROC (higher is better) / AURC (lower is better) of p(<PASS>) at the first answer position (the raw "
               "probability; the calibrated bias does not change either area) against 1 - the base model's max "
               "softmax at its first answer token and 1 - its minimum token probability over its answer:", ""]
-    header = ["recipe", "split", "base errors", "p(<PASS>)", "max softmax", "min token prob", "AURC random / oracle"]
+    header = ["recipe", "split", "base errors", "p(<PASS>)", "max softmax", "min token prob",
+              "p(<PASS>) AUROC - better baseline [95% CI]", "AURC random / oracle"]
     rows = []
     for n in names:
         for s, d in metrics[n].get("error_detection", {}).items():
+            gain = d.get("p_pass_gain")  # evals before tokengraft reported it have none
             rows.append([n, s, f"{d['base_errors']}/{d['n']}",
                          *[f"{fmt(d[k]['auroc'])} / {fmt(d[k]['aurc'])}" for k in ("p_pass", *BASELINES)],
+                         f"{gain['gain']:+.3f} vs {gain['over']} [{gain['ci95'][0]:+.3f}, {gain['ci95'][1]:+.3f}]"
+                         if gain else "n/a",
                          f"{fmt(d['error_rate'])} / {fmt(d['aurc_optimal'])}"])
     lines += table(header, rows)
     return lines

@@ -172,6 +172,12 @@ def test_targets_pool_held_out_kinds_and_compare_with_the_better_baseline(tmp_pa
     text = "\n".join(bench.target_lines({"a": _metrics(0.73, 0.68), "b": _metrics(0.6, 0.5)}, data))
     assert "future_event* (n=4)" in text and "test_heldout_relations (n=10)" in text and "0.730 / 0.200" in text
     assert "Held-out relations one by one" not in text  # runs evaluated before by_relation: no empty table
+    assert "| a | test | 4/10 | 0.730 / 0.200 | 0.650 / 0.300 | 0.670 / 0.300 | n/a |" in text  # evaluated before p_pass_gain
+    with_gain = _metrics(0.73, 0.68)
+    with_gain["error_detection"]["test"] = dict(with_gain["error_detection"]["test"], p_pass_gain={
+        "over": "min_token_prob", "gain": 0.06, "ci95": [-0.01, 0.131], "resamples": 1000})
+    text = "\n".join(bench.target_lines({"a": with_gain}, data))
+    assert "| a | test | 4/10 | 0.730 / 0.200 | 0.650 / 0.300 | 0.670 / 0.300 | +0.060 vs min_token_prob [-0.010, +0.131] |" in text
     with_relations = _metrics(0.73, 0.68)
     with_relations["splits"]["test_heldout_relations"]["by_relation"] = {
         "author": {"n": 4, "clean_accuracy": 0.25, "passed": 0.5, "base_clean_accuracy": 0.75}}
