@@ -107,6 +107,18 @@ def test_error_detection_compares_p_pass_with_the_base_models_confidence():
     assert "p_pass_gain" not in metrics.error_detection([dict(r, p_pass=None) for r in records])  # nothing to compare
 
 
+def test_the_paired_rate_change_counts_each_question_once_with_an_interval():
+    before = [True] * 50 + [False] * 50
+    assert metrics.paired_rate_change(before, before) == {"change": 0.0, "ci95": [0.0, 0.0], "n": 100}  # paired
+    after = [True] * 40 + [False] * 10 + [True] * 5 + [False] * 45  # 10 answers lost, 5 gained
+    change = metrics.paired_rate_change(after, before)
+    assert change["change"] == pytest.approx(-0.05) and change["ci95"][0] < -0.05 < change["ci95"][1] < 0.05
+    assert metrics.paired_rate_change(after, before) == change  # seeded
+    assert metrics.paired_rate_change([], []) is None
+    with pytest.raises(TokengraftError, match="one pair per row"):
+        metrics.paired_rate_change([True], [True, False])
+
+
 def test_the_auroc_gain_is_paired_and_its_interval_excludes_zero_for_a_real_gain():
     rng = np.random.default_rng(0)
     errors = rng.random(120) < 0.3
@@ -264,6 +276,9 @@ def test_eval_scores_every_held_out_split_with_error_detection(pass_runs, capsys
     assert held_out["n_answerable"] == 8 and held_out["pass_recall"] is None
     assert isinstance(held_out["clean_accuracy"], float) and isinstance(held_out["base_clean_accuracy"], float)
     assert result["splits"]["test"]["clean_accuracy"] == result["clean_accuracy"]
+    change = held_out["clean_accuracy_change"]  # the tuned answers minus the base model's, question by question
+    assert change["n"] == 8 and change["change"] == pytest.approx(held_out["clean_accuracy"] - held_out["base_clean_accuracy"])
+    assert change["ci95"][0] <= change["change"] <= change["ci95"][1]
     detection = result["error_detection"]["test_heldout_relations"]
     assert 0 < detection["base_errors"] < detection["n"] == 8
     for score in metrics.ERROR_SCORES:
@@ -275,6 +290,7 @@ def test_eval_scores_every_held_out_split_with_error_detection(pass_runs, capsys
     assert "test_heldout_relations" in table and "finding the base model's wrong answers" in table
     gain = detection["p_pass_gain"]
     assert f"p_pass AUROC - {gain['over']}: {gain['gain']:+.3f}" in table
+    assert f"(tuned - base {change['change']:+.3f}, 95% CI" in table
 
 
 # ----------------------------------------------------------------------------- eval.answers: base

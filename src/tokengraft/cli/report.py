@@ -36,7 +36,7 @@ def metrics_table(result: dict[str, Any]) -> str:
     if len(splits) > 1:
         keys = ("n_answerable", "clean_accuracy", "base_clean_accuracy", "false_pass_rate", "pass_recall")
         lines += ["", "held-out splits: " + " / ".join(keys)]
-        lines += [f"  {name:<20} " + " / ".join(_fmt(m.get(k)) for k in keys)
+        lines += [f"  {name:<20} " + " / ".join(_fmt(m.get(k)) for k in keys) + _change_note(m)
                   for name, m in splits.items()]
     if result.get("error_detection"):
         lines += ["", "finding the base model's wrong answers (answerable rows): AUROC (higher is better) / "
@@ -54,6 +54,14 @@ def metrics_table(result: dict[str, Any]) -> str:
         for ex in result["examples"]:
             lines.append("  " + " | ".join(f"{k}: {str(v)[:80]!r}" for k, v in ex.items() if v is not None))
     return "\n".join(lines)
+
+
+def _change_note(split: dict[str, Any]) -> str:
+    """``  (tuned - base -0.014, 95% CI -0.053 to +0.024)`` for a split whose base model was asked, else ""."""
+    change = split.get("clean_accuracy_change")
+    if not change:
+        return ""
+    return f"  (tuned - base {change['change']:+.3f}, 95% CI {change['ci95'][0]:+.3f} to {change['ci95'][1]:+.3f})"
 
 
 def _phase_note(detail: dict[str, Any]) -> str:

@@ -173,7 +173,8 @@ def calibrate_pass_bias(model: Any, tokenizer: Any, base_model: Any, run: Path, 
     return bias
 
 
-SPLIT_KEYS = ("n_answerable", "n_unanswerable", "clean_accuracy", "base_clean_accuracy", "pass_recall",
+SPLIT_KEYS = ("n_answerable", "n_unanswerable", "clean_accuracy", "base_clean_accuracy", "clean_accuracy_change",
+              "pass_recall",
               "pass_recall_by_kind", "false_pass_rate", "coverage", "selective_accuracy", "wrong_answer_rate", "aurc",
               "by_relation")
 """What each held-out split reports (``result["splits"][name]``) beside its error detection."""
@@ -182,7 +183,9 @@ SPLIT_KEYS = ("n_answerable", "n_unanswerable", "clean_accuracy", "base_clean_ac
 def score_pass_split(model: Any, tokenizer: Any, base_model: Any, rows: list[dict[str, Any]], recipe: Recipe, *,
                      pass_bias: float | None, name: str, answerer: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One split's records (tuned model, and the base model's answers when it is loaded) and metrics:
-    pass_metrics, ``base_clean_accuracy`` and ``error_detection`` (metrics.error_detection)."""
+    pass_metrics, ``base_clean_accuracy``, ``clean_accuracy_change`` (tuned minus base on the same answerable
+    questions, with a paired bootstrap interval: metrics.paired_rate_change) and ``error_detection``
+    (metrics.error_detection)."""
     with phase(f"tuned model: {name}"):
         records = pass_records(model, tokenizer, rows, recipe, pass_bias=pass_bias, desc=f"tuned model ({name})",
                                answerer=answerer)
@@ -194,6 +197,9 @@ def score_pass_split(model: Any, tokenizer: Any, base_model: Any, rows: list[dic
         result["base_clean_accuracy"] = sum(r["base_correct"] for r in answerable) / len(answerable)
     result.update(metrics.pass_metrics(records))
     if base_model is not None and answerable:
+        # forgetting beyond sampling noise? the tuned run's right answers minus the base model's, question by question
+        result["clean_accuracy_change"] = metrics.paired_rate_change(
+            [metrics.answer_correct(r["generated"], r) for r in answerable], [r["base_correct"] for r in answerable])
         result["error_detection"] = metrics.error_detection(records)
     return records, result
 

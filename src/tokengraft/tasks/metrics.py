@@ -219,6 +219,24 @@ def auroc_gain(scores: Sequence[float], baseline: Sequence[float], labels: Seque
     return {"gain": gain - auroc(b, y), "ci95": [float(low), float(high)], "resamples": len(gains)}
 
 
+def paired_rate_change(after: Sequence[bool], before: Sequence[bool], *, resamples: int = AUROC_GAIN_RESAMPLES,
+                       seed: int = 0) -> dict[str, Any] | None:
+    """Mean of ``after`` minus mean of ``before`` over the same rows (e.g. the tuned model's right answers
+    against the base model's on the same questions), with a paired percentile bootstrap 95% interval.
+    None without rows."""
+    a = np.asarray(after, dtype=float)
+    b = np.asarray(before, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise TokengraftError(f"need one pair per row; got {a.shape} and {b.shape}")
+    if not len(a):
+        return None
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    boot = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"change": float(diff.mean()), "ci95": [float(low), float(high)], "n": int(len(diff))}
+
+
 def risk_coverage_area(scores: Sequence[float], errors: Sequence[bool]) -> float | None:
     """AURC when rows are kept least-suspect first: ``scores`` say how likely each row is an error
     (higher = dropped first), ``errors`` whether it is one. Mean selective risk over coverages
