@@ -24,13 +24,18 @@ answer): ``_end`` at the last answer token (what a token read after the answer s
 averaged over the answer's positions (Orgad et al., 2025, find the answer tokens carry more of the
 error signal than the prompt).
 
+Beside the states: ``confidence``, the base model's own answer probabilities as features (``CONFIDENCE``:
+what the baselines threshold, mixed by a probe), and every state feature with them (``+confidence``):
+does the state add anything to what the model's probabilities already say?
+
 Labels: whether the base model's greedy answer is wrong, with the decoding and grading of
 `tokengraft eval` (evaluation.generative: the answers cache makes them free after an eval of
 the same recipe). Probes train on the training split's answerable questions, choose their L2
 strength on the validation split's AUROC, and are scored (AUROC, AURC) on the test split
 (held-out entities and phrasings of the trained relations) and on the relations no split
 trains on, beside the base model's max softmax and minimum token probability (tasks.metrics)
-and, with ``--run``, the trained `<PASS>` of a run evaluated by `tokengraft eval`.
+and, with ``--run``, the trained `<PASS>` of a run evaluated by `tokengraft eval`; each per-row score
+also gets its AUROC gain over the better baseline with a paired bootstrap interval (metrics.auroc_gain).
 Results: ``benchmarks/results/pass_probe.{md,json}``.
 """
 
@@ -237,6 +242,16 @@ def score_names(result: dict[str, Any]) -> list[str]:
     return names + (["p_pass (run)"] if result.get("run") else [])
 
 
+def add_gains(scores: dict[str, dict[str, Any]], values: dict[str, np.ndarray], errors: list[bool], seed: int) -> str:
+    """Give every score in ``scores`` but the better baseline its ``over_baseline`` (metrics.auroc_gain against
+    that baseline, from the per-row ``values``); returns the better baseline's name."""
+    better = max(BASELINES, key=lambda b: scores[b]["auroc"] or 0.0)
+    for name, v in values.items():
+        if name != better:
+            scores[name]["over_baseline"] = metrics.auroc_gain(v, values[better], errors, seed=seed)
+    return better
+
+
 def gain_cell(score: dict[str, Any]) -> str:
     """``+0.040 [-0.021, +0.101]``: a score's AUROC gain over the better baseline and its interval ("" for none)."""
     gain = score.get("over_baseline")
@@ -388,14 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         result["better_baseline"] = {}
         with phase("AUROC gains over the better baseline (paired bootstrap)"):
             for s, by_name in values.items():
-                y = np.array(errors[s], dtype=bool)
                 result["scores"][s].update({name: scores_for(v, errors[s]) for name, v in by_name.items()})
-                better = max(BASELINES, key=lambda b: result["scores"][s][b]["auroc"] or 0.0)
-                result["better_baseline"][s] = better
-                for name, v in by_name.items():
-                    if name != better:
-                        result["scores"][s][name]["over_baseline"] = metrics.auroc_gain(v, by_name[better], y,
-                                                                                           seed=recipe.seed)
+                result["better_baseline"][s] = add_gains(result["scores"][s], by_name, errors[s], recipe.seed)
                 if s in run:  # the trained <PASS> from its own eval: no per-row scores here, so no interval
                     result["scores"][s]["p_pass (run)"] = {**run[s].get("p_pass", {}),
                                                            "run_base_errors": run[s].get("base_errors"),
@@ -441,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "four features together: whether the state adds anything to the model's own confidence. Neither is a "
         "p(<PASS>) a token can produce (a token reads one state, not the answer's probabilities).",
         "`AUROC - <baseline>`: the score's AUROC minus the better baseline's on the same questions, with a paired "
-        f"percentile bootstrap 95% interval (tasks.metrics.auroc_gain: {metrics.AUROC_GAIN_RESAMPLES} resamples of the "
+        f"percentile bootstrap 95% interval (tasks.metrics.auroc_gain: {metrics.BOOTSTRAP_RESAMPLES} resamples of the "
         f"questions, seed {recipe.seed}).",
         *([f"`p_pass (run)`: p(<PASS>) of the trained run {args.run} (its metrics.json, `tokengraft eval`); its "
            "base errors, which should be these labels: " + "; ".join(

@@ -39,7 +39,8 @@ import torch
 from tqdm import tqdm
 
 from compare_results import fmt, table  # benchmarks/ is on sys.path when this script runs
-from pass_probe import BASELINES, RECIPE, SCORED_SPLITS, answerable_splits, cache_counts, gain_cell, scores_for
+from pass_probe import (BASELINES, RECIPE, SCORED_SPLITS, add_gains, answerable_splits, cache_counts, gain_cell,
+                        scores_for)
 
 from tokengraft.config import load_recipe
 from tokengraft.core.arch import describe
@@ -263,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 values = {"retraction_pass": np.array(score(scorer, examples[name], args.batch_size)),
                           **{b: np.array([x[b] for x in baseline], dtype=float) for b in BASELINES}}
                 result["scores"][name] = {n: scores_for(v, errors) for n, v in values.items()}
-                better = max(BASELINES, key=lambda b: result["scores"][name][b]["auroc"] or 0.0)
-                result["better_baseline"][name] = better
-                for n, v in values.items():
-                    if n != better:
-                        result["scores"][name][n]["over_baseline"] = metrics.auroc_gain(v, values[better], errors,
-                                                                                        seed=recipe.seed)
+                result["better_baseline"][name] = add_gains(result["scores"][name], values, errors, recipe.seed)
     for name, rows in examples.items():
         result["splits"][name] = {"n": len(rows), "base_errors": sum(e.wrong for e in rows)}
     kept = next(p for p in curve if p["kept"])
@@ -290,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "Baselines from the base model's own probabilities (tasks.metrics.error_scores): max_softmax = 1 - its max "
         "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer. "
         f"`AUROC - <baseline>`: minus the better baseline's AUROC on the same answers, paired percentile bootstrap "
-        f"95% interval ({metrics.AUROC_GAIN_RESAMPLES} resamples, seed {recipe.seed}).",
+        f"95% interval ({metrics.BOOTSTRAP_RESAMPLES} resamples, seed {recipe.seed}).",
         f"machine: {platform.machine()}, Python {platform.python_version()}; CPU only, torch threads "
         f"{torch.get_num_threads()}; {log.seconds:.0f} s in all.",
     ]

@@ -103,7 +103,7 @@ def test_error_detection_compares_p_pass_with_the_base_models_confidence():
     assert metrics.error_detection([_record(True, 0.1, 0.9, [0.9])])["p_pass"]["auroc"] is None  # one class only
     gain = d["p_pass_gain"]  # against the better baseline, min token prob: 0.75 - 1
     assert gain["over"] == "min_token_prob" and gain["gain"] == pytest.approx(-0.25)
-    assert gain["ci95"][0] <= gain["gain"] <= gain["ci95"][1] and 0 < gain["resamples"] <= metrics.AUROC_GAIN_RESAMPLES
+    assert gain["ci95"][0] <= gain["gain"] <= gain["ci95"][1] and 0 < gain["resamples"] <= metrics.BOOTSTRAP_RESAMPLES
     assert "p_pass_gain" not in metrics.error_detection([dict(r, p_pass=None) for r in records])  # nothing to compare
 
 

@@ -192,11 +192,11 @@ def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-AUROC_GAIN_RESAMPLES = 1000
+BOOTSTRAP_RESAMPLES = 1000
 
 
 def auroc_gain(scores: Sequence[float], baseline: Sequence[float], labels: Sequence[bool], *,
-               resamples: int = AUROC_GAIN_RESAMPLES, seed: int = 0) -> dict[str, Any] | None:
+               resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, Any] | None:
     """``auroc(scores) - auroc(baseline)`` on the same rows, with a paired percentile bootstrap 95% interval.
 
     Rows are resampled with both scores kept together (resamples that hold one class only are
@@ -205,8 +205,7 @@ def auroc_gain(scores: Sequence[float], baseline: Sequence[float], labels: Seque
     whether a score beats a baseline beyond that. None when either class is empty."""
     s, y = _scored(scores, labels)
     b, _ = _scored(baseline, labels)
-    gain = auroc(s, y)
-    if gain is None:
+    if y.all() or not y.any():
         return None
     rng = np.random.default_rng(seed)
     gains = []
@@ -216,10 +215,10 @@ def auroc_gain(scores: Sequence[float], baseline: Sequence[float], labels: Seque
             continue
         gains.append(auroc(s[idx], y[idx]) - auroc(b[idx], y[idx]))
     low, high = np.percentile(gains, [2.5, 97.5]) if gains else (float("nan"), float("nan"))
-    return {"gain": gain - auroc(b, y), "ci95": [float(low), float(high)], "resamples": len(gains)}
+    return {"gain": auroc(s, y) - auroc(b, y), "ci95": [float(low), float(high)], "resamples": len(gains)}
 
 
-def paired_rate_change(after: Sequence[bool], before: Sequence[bool], *, resamples: int = AUROC_GAIN_RESAMPLES,
+def paired_rate_change(after: Sequence[bool], before: Sequence[bool], *, resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = 0) -> dict[str, Any] | None:
     """Mean of ``after`` minus mean of ``before`` over the same rows (e.g. the tuned model's right answers
     against the base model's on the same questions), with a paired percentile bootstrap 95% interval.
