@@ -84,27 +84,30 @@ PROB_FLOOR = 1e-6
 # ----------------------------------------------------------------------------- the probe
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, lam: float, max_iter: int = 200) -> tuple[np.ndarray, float]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, lam: float, max_iter: int = 200,
+                 weights: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression by Newton's method with a backtracking line search (float64,
-    deterministic): minimises mean log-loss + ``lam`` / 2 * ||w||^2 (the intercept is not penalised)."""
+    deterministic): minimises the (``weights``-weighted) mean log-loss + ``lam`` / 2 * ||w||^2 (the intercept
+    is not penalised)."""
     n, d = x.shape
     a = np.hstack([x, np.ones((n, 1))])
     target = y.astype(float)
+    share = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=float) / float(np.sum(weights))
     penalty = np.full(d + 1, float(lam))
     penalty[-1] = 0.0
     w = np.zeros(d + 1)
 
     def loss(v: np.ndarray) -> float:
         z = a @ v
-        return float(np.mean(np.logaddexp(0.0, z) - target * z) + 0.5 * np.sum(penalty * v * v))
+        return float(share @ (np.logaddexp(0.0, z) - target * z) + 0.5 * np.sum(penalty * v * v))
 
     current = loss(w)
     for _ in range(max_iter):
         p = 1.0 / (1.0 + np.exp(-(a @ w)))
-        grad = a.T @ (p - target) / n + penalty * w
+        grad = a.T @ (share * (p - target)) + penalty * w
         if np.max(np.abs(grad)) < 1e-9:
             break
-        hessian = (a * (p * (1 - p))[:, None]).T @ a / n + np.diag(penalty) + 1e-10 * np.eye(d + 1)
+        hessian = (a * (share * p * (1 - p))[:, None]).T @ a + np.diag(penalty) + 1e-10 * np.eye(d + 1)
         step = np.linalg.solve(hessian, grad)
         t = 1.0
         while t > 1e-10:
@@ -136,8 +139,9 @@ class Probe:
 
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-              lambdas: tuple[float, ...] = LAMBDAS) -> Probe:
-    """Standardise on the training rows, fit one probe per L2 strength, keep the best validation AUROC."""
+              lambdas: tuple[float, ...] = LAMBDAS, weights: np.ndarray | None = None) -> Probe:
+    """Standardise on the training rows, fit one probe per L2 strength (rows weighted by ``weights``),
+    keep the best validation AUROC."""
     if train_y.all() or not train_y.any():
         raise TokengraftError(f"the base model answers {'none' if train_y.all() else 'all'} of the {len(train_y)} "
                               "training questions right: no probe can learn its errors from one class")
@@ -148,7 +152,7 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y
     best: Probe | None = None
     scores: dict[str, float | None] = {}
     for lam in lambdas:
-        weight, bias = fit_logistic(z_train, train_y, lam)
+        weight, bias = fit_logistic(z_train, train_y, lam, weights=weights)
         scores[f"{lam:g}"] = metrics.auroc((z_val @ weight + bias).tolist(), val_y.tolist()) if len(val_y) else None
         probe = Probe(mean, scale, weight, bias, lam)
         if best is None or (scores[f"{lam:g}"] or -1.0) >= (scores[f"{best.lam:g}"] or -1.0):
@@ -167,6 +171,26 @@ def probe_as_row(probe: Probe) -> tuple[np.ndarray, float]:
     bias entry where the head has one): the standardisation folds into the row."""
     row = probe.weight / probe.scale
     return row, float(probe.bias - row @ probe.mean)
+
+
+def relation_balanced_weights(relations: list[str], errors: np.ndarray) -> np.ndarray:
+    """Row weights under which, inside every relation, the base model's wrong and right answers weigh the
+    same, and every relation weighs the same; relations it answers all right or all wrong weigh nothing.
+
+    Why: the training relations differ in how often the base model is wrong, so an unweighted probe can
+    score well by recognising the relation; that does not carry over to relations it never saw. Balanced,
+    only what tells a wrong answer from a right one inside a relation lowers the loss."""
+    weights = np.zeros(len(relations))
+    names = np.asarray(relations)
+    both = [r for r in sorted(set(relations)) if 0 < errors[names == r].sum() < (names == r).sum()]
+    if not both:
+        raise TokengraftError("no training relation has both right and wrong base answers: a relation-balanced "
+                              "probe has nothing to learn from; drop --balance-relations or add questions")
+    for relation in both:
+        for label in (True, False):
+            cell = (names == relation) & (errors == label)
+            weights[cell] = 1.0 / (2 * len(both) * cell.sum())
+    return weights * len(relations)
 
 
 # ----------------------------------------------------------------------------- data and labels
@@ -268,6 +292,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines += ["", "Answerable questions per split; label = the base model's greedy answer is wrong:", ""]
     lines += table(["split", "role", "questions", "base errors", "error rate"],
                    [[s, d["role"], d["n"], d["base_errors"], d["error_rate"]] for s, d in result["splits"].items()])
+    lines += ["", "Base-model error rate per training relation (what an unweighted probe can learn to recognise):", ""]
+    lines += table(["relation", "train questions", "base errors", "error rate"],
+                   [[r, c["n"], c["base_errors"], c["base_errors"] / c["n"]]
+                    for r, c in sorted(result["train_relations"].items())])
     scored = [s for s in SCORED_SPLITS if s in result["scores"]]
     lines += ["", "Finding the base model's wrong answers: AUROC (higher is better) / AURC (lower is better; "
               "risk of the answers kept least-suspect first):", ""]
@@ -302,6 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, nargs="+", default=None,
                         help="middle layers to probe: the residual stream after K blocks (default: half the blocks)")
     parser.add_argument("--run", default=None, help="a run directory evaluated by `tokengraft eval`: its p(<PASS>)")
+    parser.add_argument("--balance-relations", action="store_true",
+                        help="weigh wrong and right answers equally inside each training relation "
+                             "(relation_balanced_weights), so no probe can learn which relations are hard")
     parser.add_argument("--limit", type=int, default=None, help="only the first N answerable rows of each split")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward for the hidden states")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pass_probe"),
@@ -362,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                                            desc=f"hidden states over the answers ({name})")}
         result: dict[str, Any] = {"command": command, "recipe": str(args.recipe), "model": recipe.model.name,
                                   "seed": recipe.seed, "layers": layers, "blocks": blocks, "limit": args.limit,
-                                  "run": args.run,
+                                  "run": args.run, "balance_relations": args.balance_relations,
                                   "probes": {}, "scores": {s: {} for s in SCORED_SPLITS if s in splits}}
         features: dict[str, dict[str, np.ndarray]] = {}
         for s in splits:  # final, layer_<k>, <both>@end, <both>@mean; confidence; each state beside the confidence
@@ -371,12 +402,15 @@ def main(argv: list[str] | None = None) -> int:
             features[s] = {**states_np, "confidence": confidence,
                            **{f"{f}+confidence": np.hstack([x, confidence]) for f, x in states_np.items()}}
         fitted: dict[str, Probe] = {}
+        train_weights = (relation_balanced_weights([r.get("relation", "") for r in splits["train"]],
+                                                   np.array(errors["train"], dtype=bool))
+                         if args.balance_relations else None)
         values: dict[str, dict[str, np.ndarray]] = {s: {} for s in result["scores"]}  # per-row scores
         with phase("fit the probes"):
             for feature in features["train"]:
                 x = {s: features[s][feature] for s in splits}
                 y = {s: np.array(errors[s], dtype=bool) for s in splits}
-                probe = fit_probe(x["train"], y["train"], x["validation"], y["validation"])
+                probe = fit_probe(x["train"], y["train"], x["validation"], y["validation"], weights=train_weights)
                 name = "probe_" + feature.replace("layer_", "layer").replace("@", "_")
                 fitted[name] = probe
                 result["probes"][name] = {"features": feature, "lambda": probe.lam, "train_auroc": probe.train_auroc,
@@ -416,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
             "max_abs_p_difference": max(abs(m["p_token"] - p) for m, p, _ in check),
             "max_abs_margin_difference": max(abs(m["margin"] - g) for m, _, g in check)}
     result["splits"] = {}
+    result["train_relations"] = {}  # how often the base model is wrong on each relation the probes train on
+    for row, wrong in zip(splits["train"], errors["train"]):
+        cell = result["train_relations"].setdefault(row.get("relation", ""), {"n": 0, "base_errors": 0})
+        cell["n"] += 1
+        cell["base_errors"] += int(wrong)
     for s in splits:
         e = errors[s]
         result["splits"][s] = {
@@ -445,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
         "log-sum-exp of the base logits, not of the bare probe logit.",
         "Baselines from the base model's own probabilities (tasks.metrics.error_scores): max_softmax = 1 - its max "
         "softmax at the first answer token, min_token_prob = 1 - its smallest token probability over its answer.",
+        *(["Training rows weighted by relation (--balance-relations, relation_balanced_weights): inside each "
+            "training relation the base model's wrong and right answers weigh the same and every relation weighs "
+            "the same, so recognising which relations are hard lowers no probe's loss; "
+            f"{sum(1 for c in result['train_relations'].values() if 0 < c['base_errors'] < c['n'])} of "
+            f"{len(result['train_relations'])} training relations have both kinds of answer and count."]
+          if args.balance_relations else []),
         "`probe_confidence`: the same logistic probe on the base model's confidence alone (" + "; ".join(CONFIDENCE)
         + "), a learned mix of what the baselines threshold; `+confidence` probes read a hidden state and those "
         "four features together: whether the state adds anything to the model's own confidence. Neither is a "

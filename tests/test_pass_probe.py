@@ -53,6 +53,23 @@ def test_the_probe_fits_and_is_exactly_an_output_row():
         bench.fit_probe(x, np.ones(200, dtype=bool), x, y)
 
 
+def test_weighted_fit_is_the_fit_on_repeated_rows_and_relation_weights_balance_by_hand():
+    bench = _load_script()
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 3))
+    y = x[:, 0] + rng.normal(size=60) > 0
+    counts = rng.integers(1, 4, size=60)  # integer weights = each row repeated that many times
+    weighted = bench.fit_logistic(x, y, lam=0.01, weights=counts.astype(float))
+    repeated = bench.fit_logistic(np.repeat(x, counts, axis=0), np.repeat(y, counts), lam=0.01)
+    assert np.allclose(weighted[0], repeated[0], atol=1e-8) and weighted[1] == pytest.approx(repeated[1], abs=1e-8)
+    relations = ["a", "a", "a", "b", "b", "c", "c"]
+    errors = np.array([True, False, False, True, False, True, True])  # "c": always wrong, nothing to learn inside it
+    w = bench.relation_balanced_weights(relations, errors)
+    assert np.allclose(w, np.array([1 / 4, 1 / 8, 1 / 8, 1 / 4, 1 / 4, 0, 0]) * 7)
+    with pytest.raises(Exception, match="both right and wrong"):
+        bench.relation_balanced_weights(["c", "c"], np.array([True, True]))
+
+
 def test_confidence_features_are_the_answer_probabilities_by_hand():
     bench = _load_script()
     records = [{"base_first_max": 0.8, "base_token_probs": [0.8, 0.5, 1.0]},
@@ -176,6 +193,14 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
     text = results.with_suffix(".md").read_text()
     assert saved["command"] in text and "probe_final_row" in text and "test_heldout_relations (n=30)" in text
     assert "| p_pass (run) | 0.610 / 0.330 |  | n/a / n/a |  |" in text
+    assert sum(c["n"] for c in saved["train_relations"].values()) == saved["splits"]["train"]["n"]
+    assert sum(c["base_errors"] for c in saved["train_relations"].values()) == saved["splits"]["train"]["base_errors"]
+    assert "Base-model error rate per training relation" in text and not saved["balance_relations"]
+    balanced = tmp_path / "results" / "balanced"  # the same, each training relation's errors weighed like its right answers
+    assert bench.main([*args[:5], str(balanced), *args[6:], "--balance-relations"]) == 0
+    saved_balanced = json.loads(balanced.with_suffix(".json").read_text())
+    assert saved_balanced["balance_relations"] and "--balance-relations" in balanced.with_suffix(".md").read_text()
+    assert saved_balanced["scores"]["test"]["probe_final"] != saved["scores"]["test"]["probe_final"]
 
 
 def _load_retract_script():
