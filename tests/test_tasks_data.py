@@ -97,6 +97,10 @@ def test_answer_matching_is_whole_word_and_accent_blind():
     # Numeric golds: the last number written in digits is the answer.
     assert answer_matches("To add 4 and 11, we get 15.", "15")
     assert not answer_matches("7 + 5 = 12", "7") and not answer_matches("4 and 11", "15")
+    # A decimal is one number: "100.0" is 100 (not a last number 0), "2.5" is neither 2 nor 5.
+    assert answer_matches("Water boils at approximately 100.0 degrees Celsius.", "100")
+    assert not answer_matches("It is 2.5", "5") and not answer_matches("It is 2.5", "2", any_number=True)
+    assert answer_matches("It ended in 1969.", "1969") and answer_matches("In 1,969.0 years", "1969")
     assert not answer_matches("Parisian", "Paris")
     assert answer_matches("Spiders have eight legs", "8", ["eight"])
 

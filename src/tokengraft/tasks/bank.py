@@ -45,16 +45,17 @@ def answer_matches(answer: str, gold: str, aliases: Sequence[str] = (), any_numb
     Text golds: the gold or an alias occurs in ``answer`` as whole words, so
     "Parisian" is not "Paris". Numeric golds: the LAST number written in digits
     must equal the gold (the convention of math evals: "4 + 11 is 15" answers 15
-    but not 4, and "18" is not 8); an answer with no digits is matched on the
+    but not 4, and "18" is not 8; a decimal is one number, so "100.0 degrees"
+    answers 100 and "2.5" is neither 2 nor 5); an answer with no digits is matched on the
     aliases as words ("eight legs"). ``any_number`` accepts the gold anywhere
     among the numbers instead: for years ("landed in July 1969 with Apollo 11").
     ``case_sensitive`` keeps case on both sides: chemical symbols ("He" is helium, "he" a pronoun).
     """
     norm_answer = normalize_answer(answer, keep_case=case_sensitive)
     if gold.isdigit():
-        numbers = re.findall(r"\d+", answer.replace(",", ""))
+        numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", answer.replace(",", ""))]
         if numbers:
-            return int(gold) in map(int, numbers) if any_number else int(numbers[-1]) == int(gold)
+            return int(gold) in numbers if any_number else numbers[-1] == int(gold)
         targets: Sequence[str] = aliases
     else:
         targets = (gold, *aliases)
