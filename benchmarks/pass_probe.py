@@ -402,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             features[s] = {**states_np, "confidence": confidence,
                            **{f"{f}+confidence": np.hstack([x, confidence]) for f, x in states_np.items()}}
         fitted: dict[str, Probe] = {}
-        train_weights = (relation_balanced_weights([r.get("relation", "") for r in splits["train"]],
-                                                   np.array(errors["train"], dtype=bool))
+        train_relations = [r.get("relation", "") for r in splits["train"]]
+        train_weights = (relation_balanced_weights(train_relations, np.array(errors["train"], dtype=bool))
                          if args.balance_relations else None)
         values: dict[str, dict[str, np.ndarray]] = {s: {} for s in result["scores"]}  # per-row scores
         with phase("fit the probes"):
@@ -451,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_abs_margin_difference": max(abs(m["margin"] - g) for m, _, g in check)}
     result["splits"] = {}
     result["train_relations"] = {}  # how often the base model is wrong on each relation the probes train on
-    for row, wrong in zip(splits["train"], errors["train"]):
-        cell = result["train_relations"].setdefault(row.get("relation", ""), {"n": 0, "base_errors": 0})
+    for relation, wrong in zip(train_relations, errors["train"]):
+        cell = result["train_relations"].setdefault(relation, {"n": 0, "base_errors": 0})
         cell["n"] += 1
         cell["base_errors"] += int(wrong)
     for s in splits:
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         *(["Training rows weighted by relation (--balance-relations, relation_balanced_weights): inside each "
             "training relation the base model's wrong and right answers weigh the same and every relation weighs "
             "the same, so recognising which relations are hard lowers no probe's loss; "
-            f"{sum(1 for c in result['train_relations'].values() if 0 < c['base_errors'] < c['n'])} of "
+            f"{len({r for r, w in zip(train_relations, train_weights) if w > 0})} of "
             f"{len(result['train_relations'])} training relations have both kinds of answer and count."]
           if args.balance_relations else []),
         "`probe_confidence`: the same logistic probe on the base model's confidence alone (" + "; ".join(CONFIDENCE)
