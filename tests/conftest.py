@@ -10,8 +10,11 @@ import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# The CLI picks its thread count from the idle cores (threads.choose_threads): tests keep one.
-os.environ.setdefault("TOKENGRAFT_THREADS", "1")
+# The CLI picks its thread count from the idle cores (threads.choose_threads): tests keep one,
+# even when the shell exports more for benchmarks. A second intra-op thread in this process
+# would also deadlock the training children test_run_dir_safety.py forks from it (a forked
+# child inherits OpenMP's pool state but not its worker threads).
+os.environ["TOKENGRAFT_THREADS"] = "1"
 # Tiny models' answers must not land in the user's answers cache (answer_cache.py).
 if "TOKENGRAFT_ANSWER_CACHE" not in os.environ:
     os.environ["TOKENGRAFT_ANSWER_CACHE"] = tempfile.mkdtemp(prefix="tokengraft-test-answers-")
