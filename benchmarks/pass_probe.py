@@ -193,6 +193,38 @@ def relation_balanced_weights(relations: list[str], errors: np.ndarray) -> np.nd
     return weights * len(relations)
 
 
+def relation_curve(x: dict[str, np.ndarray], y: dict[str, np.ndarray], relations: dict[str, np.ndarray],
+                   sizes: list[int], draws: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """Does a probe carry over to unseen relations better when it learns from more relations?
+
+    For each size ``k``: ``draws`` seeded draws of ``k`` training relations (one draw when ``k`` is all of them);
+    the probe trains on those relations' training rows, chooses its L2 strength on their validation rows (all
+    validation rows when those lack a class) and is scored on the held-out relations. Returns, per size, each
+    draw's relations and AUROC (None when the drawn rows hold one class only)."""
+    names = sorted(set(relations["train"].tolist()))
+    too_big = [k for k in sizes if not 1 <= k <= len(names)]
+    if too_big:
+        raise TokengraftError(f"--relation-curve {' '.join(map(str, too_big))}: the training split has "
+                              f"{len(names)} relations; choose sizes from 1 to {len(names)}")
+    curve: dict[str, list[dict[str, Any]]] = {}
+    for k in sizes:
+        rng = np.random.default_rng([seed, k])  # the same draws for every feature and every run
+        for _ in range(1 if k == len(names) else draws):
+            chosen = sorted(rng.choice(names, size=k, replace=False).tolist())
+            train_rows = np.isin(relations["train"], chosen)
+            val_rows = np.isin(relations["validation"], chosen)
+            if not (0 < y["validation"][val_rows].sum() < val_rows.sum()):
+                val_rows = np.ones_like(val_rows)
+            auroc = None
+            if 0 < y["train"][train_rows].sum() < train_rows.sum():
+                probe = fit_probe(x["train"][train_rows], y["train"][train_rows], x["validation"][val_rows],
+                                  y["validation"][val_rows])
+                auroc = metrics.auroc(probe.logits(x[HELDOUT_SPLIT]).tolist(), y[HELDOUT_SPLIT].tolist())
+            curve.setdefault(str(k), []).append({"relations": chosen, "train_rows": int(train_rows.sum()),
+                                                 "auroc": auroc})
+    return curve
+
+
 # ----------------------------------------------------------------------------- data and labels
 
 
@@ -285,6 +317,23 @@ def gain_cell(score: dict[str, Any]) -> str:
     return f"{gain['gain']:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def relation_curve_table(result: dict[str, Any]) -> list[str]:
+    curve = result["relation_curve"]
+    sizes = list(next(iter(curve.values())))
+    draws = {k: len(next(iter(curve.values()))[k]) for k in sizes}
+
+    def cell(points: list[dict[str, Any]]) -> str:
+        values = [p["auroc"] for p in points if p["auroc"] is not None]
+        if not values:
+            return "n/a"
+        return fmt(float(np.mean(values))) + (f" ({fmt(min(values))} - {fmt(max(values))})" if len(values) > 1 else "")
+
+    rows = [[feature, *[cell(by_size[k]) for k in sizes]] for feature, by_size in curve.items()]
+    better = result["better_baseline"][HELDOUT_SPLIT]
+    rows.append([f"{better} (no training)", *[fmt(result["scores"][HELDOUT_SPLIT][better]["auroc"])] * len(sizes)])
+    return table(["features", *[f"K={k} ({draws[k]} draw{'s' * (draws[k] > 1)})" for k in sizes]], rows)
+
+
 def report_lines(result: dict[str, Any]) -> list[str]:
     lines = ["# <PASS> as a probe: the base model's hidden state against its own confidence (issue 19)", "",
              "```", result["command"], "```", ""]
@@ -312,6 +361,10 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines += table(["probe", "features", "lambda", "train AUROC", *[f"val AUROC @ {lam}" for lam in lams]],
                    [[name, p["features"], f"{p['lambda']:g}", p["train_auroc"], *[p["validation_auroc"].get(lam) for lam in lams]]
                     for name, p in result["probes"].items()])
+    if result.get("relation_curve"):
+        lines += ["", f"Relation curve (--relation-curve): AUROC on {HELDOUT_SPLIT} of probes trained on K of the "
+                  "training relations, mean over the draws (lowest - highest):", ""]
+        lines += relation_curve_table(result)
     check = result["row_check"]
     lines += ["", f"The final-layer probe as an output row: |probe logit - (h . row + bias)| <= "
               f"{check['max_abs_logit_difference']:.2e} over every scored row; installed as a new token in the base "
@@ -333,6 +386,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--balance-relations", action="store_true",
                         help="weigh wrong and right answers equally inside each training relation "
                              "(relation_balanced_weights), so no probe can learn which relations are hard")
+    parser.add_argument("--relation-curve", type=int, nargs="+", default=None, metavar="K",
+                        help="also fit probes on K randomly drawn training relations (each K) and score them on the "
+                             "held-out relations: does transfer grow with the number of relations learnt from?")
+    parser.add_argument("--curve-features", nargs="+", default=None,
+                        help="features of the relation curve (default: final, final@mean, the deepest --layers "
+                             "layer @mean, that with +confidence, and confidence)")
+    parser.add_argument("--curve-draws", type=int, default=5, help="relation draws per curve size (default 5)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N answerable rows of each split")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per forward for the hidden states")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "pass_probe"),
@@ -417,6 +477,22 @@ def main(argv: list[str] | None = None) -> int:
                                           "validation_auroc": probe.validation_auroc}
                 for s in values:
                     values[s][name] = probe.logits(x[s])
+        if args.relation_curve:
+            if HELDOUT_SPLIT not in splits:
+                raise TokengraftError(f"--relation-curve scores on {HELDOUT_SPLIT}; the recipe's data has none")
+            curve_features = args.curve_features or [
+                "final", "final@mean", f"layer_{max(layers)}@mean", f"layer_{max(layers)}@mean+confidence",
+                "confidence"]
+            unknown = [f for f in curve_features if f not in features["train"]]
+            if unknown:
+                raise TokengraftError(f"--curve-features {' '.join(unknown)}: not a feature here; choose from "
+                                      + ", ".join(features["train"]))
+            relations = {s: np.asarray([r.get("relation", "") for r in splits[s]]) for s in splits}
+            labels = {s: np.array(errors[s], dtype=bool) for s in splits}
+            with phase("relation curve"):
+                result["relation_curve"] = {
+                    f: relation_curve({s: features[s][f] for s in splits}, labels, relations, args.relation_curve,
+                                      args.curve_draws, recipe.seed) for f in curve_features}
         for s in values:
             baseline = [metrics.error_scores(r) for r in records[s]]
             for score in BASELINES:
@@ -494,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         + "), a learned mix of what the baselines threshold; `+confidence` probes read a hidden state and those "
         "four features together: whether the state adds anything to the model's own confidence. Neither is a "
         "p(<PASS>) a token can produce (a token reads one state, not the answer's probabilities).",
+        *([f"Relation curve: for each K, {args.curve_draws} seeded draws of K training relations (one when K is all "
+           "of them, the same draws for every feature); each probe trains on the drawn relations' training rows, "
+           "chooses its L2 strength on their validation rows, and is scored on the relations no split trains on "
+           "(pass_probe.relation_curve)."] if args.relation_curve else []),
         "`AUROC - <baseline>`: the score's AUROC minus the better baseline's on the same questions, with a paired "
         f"percentile bootstrap 95% interval (tasks.metrics.auroc_gain: {metrics.BOOTSTRAP_RESAMPLES} resamples of the "
         f"questions, seed {recipe.seed}).",

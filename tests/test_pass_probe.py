@@ -70,6 +70,31 @@ def test_weighted_fit_is_the_fit_on_repeated_rows_and_relation_weights_balance_b
         bench.relation_balanced_weights(["c", "c"], np.array([True, True]))
 
 
+def test_relation_curve_draws_seeded_relation_subsets_and_scores_the_unseen_relations():
+    bench = _load_script()
+    rng = np.random.default_rng(2)
+    split_relations = {"train": [f"r{i}" for i in range(6) for _ in range(40)], "validation": [f"r{i}" for i in range(6)
+                       for _ in range(10)], "test_heldout_relations": ["new"] * 80}
+    relations = {s: np.asarray(r) for s, r in split_relations.items()}
+    x = {s: rng.normal(size=(len(r), 4)) for s, r in relations.items()}
+    y = {s: x[s][:, 0] + 0.5 * rng.normal(size=len(x[s])) > 0 for s in x}  # the same signal in every relation
+    y["train"][relations["train"] == "r5"] = True  # r5: the base model is always wrong there
+    curve = bench.relation_curve(x, y, relations, [1, 3, 6], draws=4, seed=7)
+    assert [len(curve[k]) for k in ("1", "3", "6")] == [4, 4, 1]  # all six relations: one draw
+    for k, draws in curve.items():
+        for draw in draws:
+            assert len(draw["relations"]) == int(k) and draw["relations"] == sorted(set(draw["relations"]))
+            assert draw["train_rows"] == 40 * int(k)
+            if draw["relations"] == ["r5"]:  # one class only: nothing to learn
+                assert draw["auroc"] is None
+            else:
+                assert draw["auroc"] > 0.8
+    assert curve == bench.relation_curve(x, y, relations, [1, 3, 6], draws=4, seed=7)  # seeded
+    assert curve != bench.relation_curve(x, y, relations, [1, 3, 6], draws=4, seed=8)
+    with pytest.raises(Exception, match="has 6 relations"):
+        bench.relation_curve(x, y, relations, [7], draws=1, seed=7)
+
+
 def test_confidence_features_are_the_answer_probabilities_by_hand():
     bench = _load_script()
     records = [{"base_first_max": 0.8, "base_token_probs": [0.8, 0.5, 1.0]},
@@ -197,8 +222,15 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
     assert sum(c["base_errors"] for c in saved["train_relations"].values()) == saved["splits"]["train"]["base_errors"]
     assert "Base-model error rate per training relation" in text and not saved["balance_relations"]
     balanced = tmp_path / "results" / "balanced"  # the same, each training relation's errors weighed like its right answers
-    assert bench.main([*args[:5], str(balanced), *args[6:], "--balance-relations"]) == 0
+    assert bench.main([*args[:5], str(balanced), *args[6:], "--balance-relations", "--relation-curve", "1",
+                       "--curve-draws", "2", "--curve-features", "final", "confidence"]) == 0
     saved_balanced = json.loads(balanced.with_suffix(".json").read_text())
+    assert set(saved_balanced["relation_curve"]) == {"final", "confidence"}
+    assert all(len(c["1"]) == 2 for c in saved_balanced["relation_curve"].values())
+    assert "Relation curve" in balanced.with_suffix(".md").read_text()
+    assert "relation_curve" not in saved
+    with pytest.raises(Exception, match="not a feature here"):
+        bench.main([*args, "--relation-curve", "1", "--curve-features", "nope"])
     assert saved_balanced["balance_relations"] and "--balance-relations" in balanced.with_suffix(".md").read_text()
     assert saved_balanced["scores"]["test"]["probe_final"] != saved["scores"]["test"]["probe_final"]
 
