@@ -15,7 +15,7 @@ import pytest
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.config import load_recipe, validate_recipe
 from tokengraft.tasks.pass_data import generate_splits
-from tokengraft.tasks.replay_relations import REPLAY_RELATIONS
+from tokengraft.tasks.replay_relations import BROAD_REPLAY_RELATIONS, NAMED_REPLAY_RELATIONS
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -99,7 +99,7 @@ def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
     assert arms["pass_gen_replay_named_kl03_300_carriers"] == \
         dataclasses.replace(long03, data=dataclasses.replace(long03.data, generate_options=carried))
     carriers = arms["pass_gen_replay_named_kl03_300_carriers"]
-    wider = {**carried, "replay_rows": 400, "replay_relations": list(REPLAY_RELATIONS)}
+    wider = {**carried, "replay_rows": 400, "replay_relations": [*BROAD_REPLAY_RELATIONS, *NAMED_REPLAY_RELATIONS]}
     assert arms["pass_gen_replay_all_kl03_300_carriers"] == \
         dataclasses.replace(carriers, data=dataclasses.replace(carriers.data, generate_options=wider))
     all_carriers = arms["pass_gen_replay_all_kl03_300_carriers"]

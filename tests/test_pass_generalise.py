@@ -22,6 +22,7 @@ from tokengraft.tasks.heldout_relations import (HELDOUT_RELATIONS, HELDOUT_SPLIT
                                                 load_heldout_facts)
 from tokengraft.tasks.metrics import pass_metrics
 from tokengraft.tasks.replay_relations import (BROAD_REPLAY_RELATIONS, CARRIER_OPENINGS, CARRIER_TEMPLATES,
+                                               EXTRA_REPLAY_RELATIONS,
                                                NAMED_REPLAY_RELATIONS, REPLAY_RELATIONS, REPLAY_TEMPLATES,
                                                available_replay_rows, replay_entities, replay_rows)
 from tokengraft.tasks.splits import SPLITS, check_disjoint
@@ -381,13 +382,15 @@ def test_replay_rows_are_deterministic_for_a_seed_and_differ_between_seeds():
 
 def test_every_replay_question_exists_once_and_grades_like_the_rest():
     assert available_replay_rows() == 972 and available_replay_rows(NAMED_REPLAY_RELATIONS) == 592
-    assert BROAD_REPLAY_RELATIONS + NAMED_REPLAY_RELATIONS == REPLAY_RELATIONS
+    assert available_replay_rows(EXTRA_REPLAY_RELATIONS) == 2056 and len(EXTRA_REPLAY_RELATIONS) == 20
+    assert BROAD_REPLAY_RELATIONS + NAMED_REPLAY_RELATIONS + EXTRA_REPLAY_RELATIONS == REPLAY_RELATIONS
     rows = [r for r in P.generate_splits(seed=1, n_train=20, n_validation=10, n_test=10,
                                          replay_rows=available_replay_rows(REPLAY_RELATIONS),
                                          replay_relations=REPLAY_RELATIONS)["train"] if r.get("replay")]
-    assert available_replay_rows(REPLAY_RELATIONS) == 972 + 592 == len(rows) == len({r["prompt"] for r in rows})
+    assert available_replay_rows(REPLAY_RELATIONS) == 972 + 592 + 2056 == len(rows) == len({r["prompt"] for r in rows})
     for rel in REPLAY_RELATIONS:
-        low, high = (30, 40) if rel in NAMED_REPLAY_RELATIONS else (20, 30)
+        low, high = {**dict.fromkeys(NAMED_REPLAY_RELATIONS, (30, 40)), **dict.fromkeys(EXTRA_REPLAY_RELATIONS, (12, 30))
+                     }.get(rel, (20, 30))
         assert low <= len(replay_entities(rel)) <= high and len(REPLAY_TEMPLATES[rel]) >= 4, rel
         assert len({e.variants[0]["slot"] for e in replay_entities(rel)}) == len(replay_entities(rel)), rel
     for r in rows:
@@ -412,6 +415,11 @@ def test_every_replay_question_exists_once_and_grades_like_the_rest():
     assert P.is_correct("Michael Jordan is famous for basketball.", jordan) and not P.is_correct("Baseball.", jordan)
     assert P.is_correct("He was a footballer.", by_prompt["Which sport is Pelé famous for?"])
     assert P.is_correct("Soccer.", by_prompt["Which sport is Pelé famous for?"])
+    # The extra relations: surnames, numbers in words or digits, and no word that matches by accident.
+    assert P.is_correct("It was directed by Spielberg.", by_prompt["Who directed the film Jaws?"])
+    assert P.is_correct("Seven players.", by_prompt["How many players does a handball team have on the field or court at once?"])
+    assert not P.is_correct("It is 11.", by_prompt["How many players does a handball team have on the field or court at once?"])
+    assert P.is_correct("Zeus, king of the gods.", by_prompt["Who is the Greek god or goddess of thunder?"])
 
 
 def test_replay_relations_never_overlap_trained_or_held_out_ones():

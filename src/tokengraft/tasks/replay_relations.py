@@ -7,7 +7,7 @@ answered in the base model's own words (``data.self_answers`` relabels them like
 every other answerable training row), teaches that an unfamiliar relation is not a
 reason to pass.
 
-Two groups of relations (``data/replay_facts.tsv``):
+Three groups of relations (``data/replay_facts.tsv``):
 
 - ``BROAD_REPLAY_RELATIONS``, the default: plurals, past tenses, young animals,
   workers, body parts, what things are made of, calendar order, collective nouns,
@@ -19,6 +19,12 @@ Two groups of relations (``data/replay_facts.tsv``):
   fictional-entity kind it trains on ("What is the capital of Blorvania?"); these rows
   test whether answering questions about REAL names of other relations teaches that an
   unfamiliar-looking real name is not a reason to pass.
+- ``EXTRA_REPLAY_RELATIONS``, twenty more (Greek gods, sport terms, instrument families,
+  superheroes, film directors, songs, cartoon animals, female counterparts, comparatives,
+  holiday months, Roman numerals, tools, dishes' main ingredients, colour mixing, animated
+  films' characters, Greek letters, product makers, company founders, animal products, team
+  sizes): with them the probes of ``benchmarks/pass_probe.py`` learn from 44 relations instead
+  of 24 (does detecting the base model's errors carry over better from more relations?).
 
 Neither group is a question-bank relation or a held-out relation
 (``tasks.heldout_relations``), nor near one: no authors, books or writers, chemistry,
@@ -121,6 +127,126 @@ REPLAY_TEMPLATES: dict[str, tuple[str, ...]] = {
         "In which sport did {slot} become famous?",
         "Which sport made {slot} famous?",
     ),
+    "greek_god": (
+        "Who is the Greek god or goddess of {slot}?",
+        "In Greek mythology, who is the god or goddess of {slot}?",
+        "Which deity of Greek mythology rules over {slot}?",
+        "Name the Greek god or goddess of {slot}.",
+    ),
+    "sport_term": (
+        "In which sport can you score {slot}?",
+        "In which sport can a player score {slot}?",
+        "Which sport lets players score {slot}?",
+        "{Slot} can be scored in which sport?",
+    ),
+    "instrument_family": (
+        "To which family of musical instruments does {slot} belong?",
+        "Which instrument family does {slot} belong to?",
+        "{Slot} belongs to which family of instruments?",
+        "What family of musical instruments is {slot} part of?",
+    ),
+    "superhero_identity": (
+        "What is the secret identity of {slot}?",
+        "What is the real name of {slot}?",
+        "Who is secretly {slot}?",
+        "What is the civilian name of {slot}?",
+    ),
+    "film_director": (
+        "Who directed the film {slot}?",
+        "Who is the director of the film {slot}?",
+        "Which filmmaker directed {slot}?",
+        "Name the director of the film {slot}.",
+    ),
+    "singer_song": (
+        "Which singer or band recorded the song {slot}?",
+        "Who recorded the song {slot}?",
+        "Which artist is known for the song {slot}?",
+        "Name the singer or band behind the song {slot}.",
+    ),
+    "cartoon_animal": (
+        "What kind of animal is {slot}?",
+        "What type of animal is {slot}?",
+        "{Slot} is what kind of animal?",
+        "What animal is {slot}?",
+    ),
+    "gender_counterpart": (
+        "What is the female counterpart of {slot}?",
+        "What is the female equivalent of {slot}?",
+        "If he is {slot}, what is she?",
+        "{Slot} is male; what is the female called?",
+    ),
+    "comparative": (
+        "What is the comparative form of {slot}?",
+        'What is the comparative of the word "{slot}"?',
+        "What is the comparative degree of {slot}?",
+        "Give the comparative form of {slot}.",
+    ),
+    "holiday_month": (
+        "In which month is {slot} celebrated?",
+        "{Slot} falls in which month?",
+        "In what month of the year is {slot}?",
+        "Which month is {slot} in?",
+    ),
+    "roman_numeral": (
+        "What is the Roman numeral for {slot}?",
+        "How do you write {slot} in Roman numerals?",
+        "What is {slot} in Roman numerals?",
+        "How is the number {slot} written in Roman numerals?",
+    ),
+    "tool_use": (
+        "Which tool do you use to {slot}?",
+        "What tool do you need to {slot}?",
+        "What do you use to {slot}?",
+        "Name the tool used to {slot}.",
+    ),
+    "main_ingredient": (
+        "What is the main ingredient of {slot}?",
+        "What is the key ingredient in {slot}?",
+        "Which ingredient is the basis of {slot}?",
+        "What is the chief ingredient used to make {slot}?",
+    ),
+    "colour_mix": (
+        "What colour do you get when you mix {slot}?",
+        "Which colour do you get by mixing {slot}?",
+        "What colour does mixing {slot} make?",
+        "If you mix {slot}, what colour do you get?",
+    ),
+    "film_character": (
+        "In which animated film does {slot} appear?",
+        "Which animated film features {slot}?",
+        "{Slot} is a character from which animated film?",
+        "What animated movie is {slot} from?",
+    ),
+    "greek_letter": (
+        "Which Greek letter comes after {slot}?",
+        "What is the next letter of the Greek alphabet after {slot}?",
+        "In the Greek alphabet, which letter follows {slot}?",
+        "What Greek letter follows {slot}?",
+    ),
+    "product_maker": (
+        "Which company makes {slot}?",
+        "What company produces {slot}?",
+        "Who is the maker of {slot}?",
+        "Name the company that makes {slot}.",
+    ),
+    "company_founder": (
+        "Who founded {slot}?",
+        "Who is the founder of {slot}?",
+        "Which person founded {slot}?",
+        "Name the founder of {slot}.",
+    ),
+    "animal_product": (
+        "Which animal gives us {slot}?",
+        "Which animal do we get {slot} from?",
+        "From which animal do we get {slot}?",
+        "Which animal is the source of {slot}?",
+    ),
+    "team_size": (
+        "How many players does {slot} team have on the field or court at once?",
+        "How many players are on {slot} team during play?",
+        "{Slot} team plays with how many players at a time?",
+        "How many players from {slot} team are on the field or court at the same time?",
+    ),
 }
 # ``replay_carriers``: the same questions asked through the openings the private_fact kind asks through
 # ("Do you know my password?", "Can you tell me my sister's name?", "Remind me what my PIN is."). Without
@@ -157,6 +283,66 @@ CARRIER_TEMPLATES: dict[str, tuple[str, ...]] = {
     "athlete_sport": ("Do you know which sport {slot} is famous for?",
                       "Can you tell me which sport {slot} is known for?",
                       "Remind me which sport {slot} played."),
+    "greek_god": ("Do you know the Greek god or goddess of {slot}?",
+                  "Can you tell me who the Greek god or goddess of {slot} is?",
+                  "Remind me who the Greek god or goddess of {slot} is."),
+    "sport_term": ("Do you know in which sport you can score {slot}?",
+                   "Can you tell me which sport lets you score {slot}?",
+                   "Remind me in which sport you can score {slot}."),
+    "instrument_family": ("Do you know which family of instruments {slot} belongs to?",
+                          "Can you tell me which instrument family {slot} belongs to?",
+                          "Remind me which family of instruments {slot} belongs to."),
+    "superhero_identity": ("Do you know the secret identity of {slot}?",
+                           "Can you tell me the real name of {slot}?",
+                           "Remind me who {slot} really is."),
+    "film_director": ("Do you know who directed the film {slot}?",
+                      "Can you tell me who directed the film {slot}?",
+                      "Remind me who directed the film {slot}."),
+    "singer_song": ("Do you know who recorded the song {slot}?",
+                    "Can you tell me which singer or band recorded the song {slot}?",
+                    "Remind me who recorded the song {slot}."),
+    "cartoon_animal": ("Do you know what kind of animal {slot} is?",
+                       "Can you tell me what type of animal {slot} is?",
+                       "Remind me what kind of animal {slot} is."),
+    "gender_counterpart": ("Do you know the female counterpart of {slot}?",
+                           "Can you tell me the female equivalent of {slot}?",
+                           "Remind me what the female counterpart of {slot} is."),
+    "comparative": ("Do you know the comparative form of {slot}?",
+                    "Can you tell me the comparative of {slot}?",
+                    "Remind me what the comparative form of {slot} is."),
+    "holiday_month": ("Do you know which month {slot} is in?",
+                      "Can you tell me in which month {slot} is celebrated?",
+                      "Remind me which month {slot} falls in."),
+    "roman_numeral": ("Do you know the Roman numeral for {slot}?",
+                      "Can you tell me how to write {slot} in Roman numerals?",
+                      "Remind me what the Roman numeral for {slot} is."),
+    "tool_use": ("Do you know which tool you use to {slot}?",
+                 "Can you tell me which tool is used to {slot}?",
+                 "Remind me which tool I need to {slot}."),
+    "main_ingredient": ("Do you know the main ingredient of {slot}?",
+                        "Can you tell me the main ingredient in {slot}?",
+                        "Remind me what the main ingredient of {slot} is."),
+    "colour_mix": ("Do you know what colour you get when you mix {slot}?",
+                   "Can you tell me what colour mixing {slot} makes?",
+                   "Remind me what colour you get if you mix {slot}."),
+    "film_character": ("Do you know which animated film {slot} appears in?",
+                       "Can you tell me which animated film features {slot}?",
+                       "Remind me which animated film {slot} is from."),
+    "greek_letter": ("Do you know which Greek letter comes after {slot}?",
+                     "Can you tell me which Greek letter follows {slot}?",
+                     "Remind me which Greek letter comes after {slot}."),
+    "product_maker": ("Do you know which company makes {slot}?",
+                      "Can you tell me which company produces {slot}?",
+                      "Remind me which company makes {slot}."),
+    "company_founder": ("Do you know who founded {slot}?",
+                        "Can you tell me who founded {slot}?",
+                        "Remind me who founded {slot}."),
+    "animal_product": ("Do you know which animal gives us {slot}?",
+                       "Can you tell me which animal we get {slot} from?",
+                       "Remind me which animal gives us {slot}."),
+    "team_size": ("Do you know how many players {slot} team has on the field or court at once?",
+                  "Can you tell me how many players {slot} team has on the field or court at once?",
+                  "Remind me how many players {slot} team has on the field or court at once."),
 }
 REPLAY_RELATIONS: tuple[str, ...] = tuple(REPLAY_TEMPLATES)  # every name ``replay_relations`` may take
 # The default: the relations of the first replay arm (pass_gen_replay.yaml), so its rows stay byte for byte.
@@ -164,6 +350,13 @@ BROAD_REPLAY_RELATIONS: tuple[str, ...] = ("plural", "past_tense", "young_animal
                                            "calendar", "collective_noun", "animal_home")
 # Questions about real named works, inventions and people (pass_gen_replay_named.yaml).
 NAMED_REPLAY_RELATIONS: tuple[str, ...] = ("painter", "composer", "inventor", "athlete_sport")
+# Twenty more relations for the relation curve of benchmarks/pass_probe.py (does a probe of the base model's
+# errors carry over to unseen relations better when it learns from more relations?): mythology, sport, music,
+# comics, films, songs, grammar, holidays, numerals, tools, dishes, colours, companies, animals' products.
+EXTRA_REPLAY_RELATIONS: tuple[str, ...] = ("greek_god", "sport_term", "instrument_family", "superhero_identity",
+    "film_director", "singer_song", "cartoon_animal", "gender_counterpart", "comparative", "holiday_month",
+    "roman_numeral", "tool_use", "main_ingredient", "colour_mix", "film_character", "greek_letter",
+    "product_maker", "company_founder", "animal_product", "team_size")
 
 
 def replay_entities(relation: str) -> list[Entity]:
