@@ -400,6 +400,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_relation_curve(args: argparse.Namespace, layers: list[int], splits: dict[str, Any]) -> list[str]:
+    """The relation curve's features (``--curve-features`` or the default set), checked before any forward pass."""
+    if not args.relation_curve:
+        return []
+    if HELDOUT_SPLIT not in splits:
+        raise TokengraftError(f"--relation-curve scores on {HELDOUT_SPLIT}; the recipe's data has none")
+    if args.curve_draws < 1:
+        raise TokengraftError(f"--curve-draws {args.curve_draws}: draw at least one set of relations per size")
+    states = [name for base in ("final", *[f"layer_{k}" for k in layers])
+              for name in (base, f"{base}@end", f"{base}@mean")]
+    known = [*states, "confidence", *[f"{name}+confidence" for name in states]]
+    deepest = f"layer_{max(layers)}" if layers else "final"
+    chosen = args.curve_features or ["final", "final@mean", f"{deepest}@mean", f"{deepest}@mean+confidence",
+                                     "confidence"]
+    unknown = [f for f in chosen if f not in known]
+    if unknown:
+        raise TokengraftError(f"--curve-features {' '.join(unknown)}: not a feature here; choose from {', '.join(known)}")
+    return chosen
+
+
 def run_metrics(run: str | None) -> dict[str, Any]:
     if run is None:
         return {}
@@ -431,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         if blocks and not all(1 <= k < blocks for k in layers):
             raise TokengraftError(f"--layers {' '.join(map(str, layers))}: {recipe.model.name} has {blocks} blocks; "
                                   f"choose layers from 1 to {blocks - 1}")
+        curve_features = check_relation_curve(args, layers, splits)
         errors: dict[str, list[bool]] = {}
         answer_ids: dict[str, list[list[int]]] = {}
         records: dict[str, list[dict[str, Any]]] = {}
@@ -478,15 +499,6 @@ def main(argv: list[str] | None = None) -> int:
                 for s in values:
                     values[s][name] = probe.logits(x[s])
         if args.relation_curve:
-            if HELDOUT_SPLIT not in splits:
-                raise TokengraftError(f"--relation-curve scores on {HELDOUT_SPLIT}; the recipe's data has none")
-            curve_features = args.curve_features or [
-                "final", "final@mean", f"layer_{max(layers)}@mean", f"layer_{max(layers)}@mean+confidence",
-                "confidence"]
-            unknown = [f for f in curve_features if f not in features["train"]]
-            if unknown:
-                raise TokengraftError(f"--curve-features {' '.join(unknown)}: not a feature here; choose from "
-                                      + ", ".join(features["train"]))
             relations = {s: np.asarray([r.get("relation", "") for r in splits[s]]) for s in splits}
             labels = {s: np.array(errors[s], dtype=bool) for s in splits}
             with phase("relation curve"):

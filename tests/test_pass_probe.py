@@ -231,6 +231,8 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
     assert "relation_curve" not in saved
     with pytest.raises(Exception, match="not a feature here"):
         bench.main([*args, "--relation-curve", "1", "--curve-features", "nope"])
+    with pytest.raises(Exception, match="at least one"):
+        bench.main([*args, "--relation-curve", "1", "--curve-draws", "0"])
     assert saved_balanced["balance_relations"] and "--balance-relations" in balanced.with_suffix(".md").read_text()
     assert saved_balanced["scores"]["test"]["probe_final"] != saved["scores"]["test"]["probe_final"]
 
