@@ -319,8 +319,8 @@ def gain_cell(score: dict[str, Any]) -> str:
 
 def relation_curve_table(result: dict[str, Any]) -> list[str]:
     curve = result["relation_curve"]
-    sizes = list(next(iter(curve.values())))
-    draws = {k: len(next(iter(curve.values()))[k]) for k in sizes}
+    draws = {k: len(points) for k, points in next(iter(curve.values())).items()}  # the same draws for every feature
+    sizes = list(draws)
 
     def cell(points: list[dict[str, Any]]) -> str:
         values = [p["auroc"] for p in points if p["auroc"] is not None]
