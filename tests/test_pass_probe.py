@@ -295,3 +295,53 @@ def test_the_retraction_read_out_reads_the_head_input_over_the_answer_whatever_t
     assert torch.allclose(alone[1], scorer.readout(read_positions.mean(0)).squeeze(-1), atol=1e-5)
     with pytest.raises(TokengraftError, match="read must be one of"):
         bench.RetractionScorer(model, pad=0, read="middle")
+
+
+def _load_consistency_script():
+    _load_script()  # pass_consistency imports pass_probe's helpers
+    spec = importlib.util.spec_from_file_location("pass_consistency", BENCHMARKS / "pass_consistency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_consistency_scores_by_hand():
+    bench = _load_consistency_script()
+    assert bench.answers_agree("Paris.", "The capital of France is Paris.")
+    assert bench.answers_agree("The capital of France is Paris.", "paris")
+    assert not bench.answers_agree("Paris.", "Lyon.") and not bench.answers_agree("Parisian food.", "Paris")
+    assert bench.answers_agree("", "")
+    assert bench.disagreement("Paris.", ["Paris", "It is Paris.", "Lyon", "Marseille."]) == 0.5
+    assert bench.sample_entropy(["Paris.", "paris", "PARIS!"]) == 0.0
+    assert bench.sample_entropy(["a", "b", "a", "b"]) == pytest.approx(np.log(2))
+
+
+def test_the_consistency_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    model_dir = tmp_path / "model"
+    tiny_model("llama", max_position_embeddings=1024, num_hidden_layers=2).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    sizes = [*SIZES, "eval.max_new_tokens=8"]
+    monkeypatch.setenv("TOKENGRAFT_ANSWER_CACHE", str(tmp_path / "answers"))
+    _seed_answers(model_dir, tmp_path / "answers", [*sizes, f"model.name={model_dir}"])
+    bench = _load_consistency_script()
+    results = tmp_path / "results" / "pass_consistency"
+    args = ["--model", str(model_dir), "--limit", "12", "--samples", "3", "--temperatures", "0.7", "1.5",
+            "--results", str(results), *[x for o in sizes for x in ("--set", o)]]
+    assert bench.main(args) == 0
+    saved = json.loads(results.with_suffix(".json").read_text())
+    assert set(saved["scores"]) == {"test", "test_heldout_relations"}
+    for split, scores in saved["scores"].items():
+        assert 0 < saved["splits"][split]["base_errors"] < saved["splits"][split]["n"] == 12
+        assert set(scores) == {"max_softmax", "min_token_prob", "disagreement@0.7", "entropy@0.7",
+                               "disagreement@1.5", "entropy@1.5"}
+        better = saved["better_baseline"][split]
+        for name, s in scores.items():
+            assert 0 <= s["auroc"] <= 1 and s["n"] == 12
+            assert ("over_baseline" in s) == (name != better)
+    text = results.with_suffix(".md").read_text()
+    assert saved["command"] in text and "entropy@1.5" in text and "test_heldout_relations (n=12" in text
+    again = tmp_path / "results" / "again"  # seeded samples through the cache: the same scores
+    assert bench.main([*args[:10], str(again), *args[11:]]) == 0
+    assert json.loads(again.with_suffix(".json").read_text())["scores"] == saved["scores"]
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--samples", "1"])
