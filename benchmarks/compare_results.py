@@ -16,9 +16,12 @@ import argparse
 import json
 import platform
 import shutil
+import sys
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
+
+from tokengraft.errors import TokengraftError
 
 
 def fmt(value: Any) -> str:
@@ -152,6 +155,24 @@ def write_results(out: Path, prefix: Path, command: str, notes: list[str],
     saved = {"command": command, "notes": notes, **result, "metrics": slim}
     prefix.with_suffix(".json").write_text(json.dumps(saved, indent=2))
     return saved
+
+
+def save_report(prefix: str | Path, lines: list[str], result: dict[str, Any]) -> None:
+    """A benchmark script's results: ``prefix``.md (the report's ``lines``) and ``prefix``.json (``result``)."""
+    prefix = Path(prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    prefix.with_suffix(".md").write_text("\n".join(lines))
+    prefix.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {prefix}.md and .json", file=sys.stderr)
+
+
+def run_script(main: Callable[[], int]) -> NoReturn:
+    """A benchmark script's entry point: a user mistake (TokengraftError) is one line on stderr and exit code 2."""
+    try:
+        raise SystemExit(main())
+    except TokengraftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ Results: ``benchmarks/results/pass_consistency.{md,json}``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shlex
@@ -35,13 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from compare_results import fmt, table  # benchmarks/ is on sys.path when this script runs
+from compare_results import fmt, run_script, save_report, table  # benchmarks/ is on sys.path when this script runs
 from pass_probe import RECIPE, SCORED_SPLITS, add_gains, answerable_splits, gain_cell, scores_for
 
 from tokengraft.answer_cache import sampled_answers
 from tokengraft.config import load_recipe
 from tokengraft.constants import BUILTIN_ALIAS
-from tokengraft.errors import TokengraftError
 from tokengraft.evaluation.generative import add_base_answers, base_greedy_answers
 from tokengraft.models import load_model
 from tokengraft.tasks import metrics
@@ -157,17 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {platform.machine()}, Python {platform.python_version()}; CPU only; {log.seconds:.0f} s in all.",
     ]
     result["phases"] = log.to_dict()["phases"]
-    prefix = Path(args.results)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".md").write_text("\n".join(report_lines(result)))
-    prefix.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {prefix}.md and .json", file=sys.stderr)
+    save_report(args.results, report_lines(result), result)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except TokengraftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compare_results import fmt, table  # benchmarks/ is on sys.path when this script runs
+from compare_results import fmt, run_script, save_report, table  # benchmarks/ is on sys.path when this script runs
 
 from tokengraft.config import Recipe, load_recipe
 from tokengraft.constants import BUILTIN_ALIAS
@@ -597,17 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{log.seconds:.0f} s in all.",
     ]
     result["phases"] = log.to_dict()["phases"]
-    prefix = Path(args.results)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    prefix.with_suffix(".md").write_text("\n".join(report_lines(result)))
-    prefix.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {prefix}.md and .json", file=sys.stderr)
+    save_report(args.results, report_lines(result), result)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except TokengraftError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_script(main)

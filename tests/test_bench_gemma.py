@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_benchmark
 from tiny_gemma import tiny_gemma, write_gemma_gguf
 from tokengraft import builtin
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gemma_rows.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gemma_rows", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow  # four child processes, each loading torch and transformers
 def test_bench_gemma_rows_runs_the_matrix_and_writes_json_and_markdown(tmp_path: Path) -> None:
     gguf_dir = tmp_path / "gguf"
     gguf_dir.mkdir()
     builtin.convert_gguf_to_hf(write_gemma_gguf(tiny_gemma(), gguf_dir / "tiny.gguf"), tmp_path / "model")
-    bench = _load_script()
+    bench = load_benchmark("bench_gemma_rows")
     assert [r for r in bench.runs(bench.argparse.Namespace(heads=["supervised", "full"], configs=list(bench.CONFIGS),
                                                            tokens=[1, 20000]))][:5] == [
         ("lora", 0, "supervised"), ("rows", 1, "supervised"), ("peft", 1, "supervised"), ("full", 1, "supervised"),

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load_script():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports compare_results and pass_generalise beside it
-    spec = importlib.util.spec_from_file_location("pass_bias_tradeoff", BENCHMARKS / "pass_bias_tradeoff.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_benchmark
 
 
 def _rows():
@@ -35,7 +23,7 @@ def _rows():
 
 
 def test_each_bias_counts_passes_where_the_margin_plus_bias_reaches_zero():
-    bench = _load_script()
+    bench = load_benchmark("pass_bias_tradeoff")
     held_out = {"missing_referent", "category_error"}
     at_zero = bench.at_bias(_rows(), 0.0, held_out)
     assert at_zero == {"bias": 0.0, "recall_heldout_kinds": 0.5, "recall_corrupted": 0.5, "false_pass_test": 0.0,
@@ -49,7 +37,7 @@ def test_each_bias_counts_passes_where_the_margin_plus_bias_reaches_zero():
 
 
 def test_a_run_without_metrics_or_held_out_relations_is_one_clear_error(tmp_path, capsys):
-    bench = _load_script()
+    bench = load_benchmark("pass_bias_tradeoff")
     with pytest.raises(SystemExit):
         bench.main([str(tmp_path), "--results", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -4,32 +4,22 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import inspect
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench_scripts import BENCHMARKS, load_benchmark
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.config import load_recipe, validate_recipe
 from tokengraft.tasks.pass_data import generate_splits
 from tokengraft.tasks.replay_relations import BROAD_REPLAY_RELATIONS, NAMED_REPLAY_RELATIONS
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load_script():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports compare_results beside it
-    spec = importlib.util.spec_from_file_location("pass_generalise", BENCHMARKS / "pass_generalise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_arms_validate_and_differ_only_in_their_knob():
-    bench = _load_script()
+    bench = load_benchmark("pass_generalise")
     recipes = {arm: load_recipe(BENCHMARKS.parent / "configs" / "compare" / f"{arm}.yaml") for arm in bench.ARMS}
     for recipe in recipes.values():
         validate_recipe(recipe)
@@ -45,7 +35,7 @@ def test_the_arms_validate_and_differ_only_in_their_knob():
 
 
 def test_the_own_data_arms_differ_from_the_control_only_in_what_they_add():
-    bench = _load_script()
+    bench = load_benchmark("pass_generalise")
     folder = BENCHMARKS.parent / "configs" / "compare"
     default = load_recipe(folder / "pass_gen_default.yaml")
     arms = {arm: load_recipe(folder / f"{arm}.yaml") for arm in bench.OWN_DATA_ARMS}
@@ -153,7 +143,7 @@ def _metrics(p_pass: float, clean: float) -> dict:
 
 
 def test_targets_pool_held_out_kinds_and_compare_with_the_better_baseline(tmp_path: Path):
-    bench = _load_script()
+    bench = load_benchmark("pass_generalise")
     counts = {"char_noise": 3, "truncated": 1, "future_event": 4}
     rows = {name: (value, bound, met) for name, value, bound, met in
             bench.targets(_metrics(0.73, 0.68), counts, {"truncated", "future_event"})}
@@ -198,7 +188,7 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path):
     model_dir = tmp_path / "model"
     tiny_model("llama", max_position_embeddings=1024).save_pretrained(model_dir)
     tiny_tokenizer().save_pretrained(model_dir)
-    bench = _load_script()
+    bench = load_benchmark("pass_generalise")
     results = tmp_path / "results" / "pass_generalise"
     # the third arm (data.drop_unknown) refuses a base model that answers nothing right, as a random one does
     assert bench.main(["--quick", "--model", str(model_dir), "--output", str(tmp_path / "runs"), "--results",

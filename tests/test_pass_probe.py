@@ -4,15 +4,14 @@ tiny saved model (the real run is the lead's: the built-in model on issue 19's r
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bench_scripts import BENCHMARKS, load_benchmark
 from tiny import tiny_model, tiny_tokenizer
 from tokengraft.answer_cache import answer_keys
 from tokengraft.config import load_recipe
@@ -21,22 +20,12 @@ from tokengraft.generation import answer_hidden_states, first_answer_hidden_stat
 from tokengraft.models import fingerprint, load_model
 from tokengraft.tasks import get_task
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SIZES = ["data.generate_options.n_train=60", "data.generate_options.n_validation=30",
          "data.generate_options.n_test=30", "data.generate_options.read_rows=0", "eval.batch_size=16"]
 
 
-def _load_script():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports compare_results beside it
-    spec = importlib.util.spec_from_file_location("pass_probe", BENCHMARKS / "pass_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_probe_fits_and_is_exactly_an_output_row():
-    bench = _load_script()
+    bench = load_benchmark("pass_probe")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 8)) * np.arange(1, 9) + 3.0  # unstandardised, off-centre features
     y = (x[:, 0] - 3.0 + rng.normal(size=200) > 0)
@@ -54,7 +43,7 @@ def test_the_probe_fits_and_is_exactly_an_output_row():
 
 
 def test_weighted_fit_is_the_fit_on_repeated_rows_and_relation_weights_balance_by_hand():
-    bench = _load_script()
+    bench = load_benchmark("pass_probe")
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 3))
     y = x[:, 0] + rng.normal(size=60) > 0
@@ -71,7 +60,7 @@ def test_weighted_fit_is_the_fit_on_repeated_rows_and_relation_weights_balance_b
 
 
 def test_relation_curve_draws_seeded_relation_subsets_and_scores_the_unseen_relations():
-    bench = _load_script()
+    bench = load_benchmark("pass_probe")
     rng = np.random.default_rng(2)
     split_relations = {"train": [f"r{i}" for i in range(6) for _ in range(40)], "validation": [f"r{i}" for i in range(6)
                        for _ in range(10)], "test_heldout_relations": ["new"] * 80}
@@ -96,7 +85,7 @@ def test_relation_curve_draws_seeded_relation_subsets_and_scores_the_unseen_rela
 
 
 def test_confidence_features_are_the_answer_probabilities_by_hand():
-    bench = _load_script()
+    bench = load_benchmark("pass_probe")
     records = [{"base_first_max": 0.8, "base_token_probs": [0.8, 0.5, 1.0]},
                {"base_first_max": 0.3, "base_token_probs": []}]  # stopped at once: its first maximum stands in
     x = bench.confidence_features(records)
@@ -183,7 +172,7 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"error_detection": {"test": {
         "n": 21, "base_errors": 10, "p_pass": {"n": 21, "auroc": 0.61, "aurc": 0.33}}}}))
-    bench = _load_script()
+    bench = load_benchmark("pass_probe")
     results = tmp_path / "results" / "pass_probe"
     args = ["--model", str(model_dir), "--limit", "30", "--results", str(results), "--run", str(run),
             *[x for o in SIZES for x in ("--set", o)]]
@@ -237,15 +226,6 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Path, monkeypat
     assert saved_balanced["scores"]["test"]["probe_final"] != saved["scores"]["test"]["probe_final"]
 
 
-def _load_retract_script():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("pass_retract", BENCHMARKS / "pass_retract.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_retraction_benchmark_trains_keeps_its_best_validation_step_and_scores(tmp_path: Path,
                                                                                  monkeypatch: pytest.MonkeyPatch):
     model_dir = tmp_path / "model"
@@ -253,7 +233,7 @@ def test_the_retraction_benchmark_trains_keeps_its_best_validation_step_and_scor
     tiny_tokenizer().save_pretrained(model_dir)
     monkeypatch.setenv("TOKENGRAFT_ANSWER_CACHE", str(tmp_path / "answers"))
     _seed_answers(model_dir, tmp_path / "answers", [*SIZES, f"model.name={model_dir}"])
-    bench = _load_retract_script()
+    bench = load_benchmark("pass_retract")
     results = tmp_path / "results" / "pass_retract"
     args = ["--model", str(model_dir), "--recipe", str(BENCHMARKS.parent / "configs" / "pass_generalise.yaml"),
             "--limit", "30", "--steps", "6", "--eval-every", "2", "--batch-size", "8", "--lr", "1e-2",
@@ -280,7 +260,7 @@ def test_the_retraction_benchmark_trains_keeps_its_best_validation_step_and_scor
 
 @pytest.mark.parametrize("read", ["last", "mean", "first"])
 def test_the_retraction_read_out_reads_the_head_input_over_the_answer_whatever_the_padding(read: str):
-    bench = _load_retract_script()
+    bench = load_benchmark("pass_retract")
     model = tiny_model("llama", num_hidden_layers=2).eval()
     scorer = bench.RetractionScorer(model, pad=0, read=read)
     torch.nn.init.normal_(scorer.readout.weight)
@@ -297,16 +277,8 @@ def test_the_retraction_read_out_reads_the_head_input_over_the_answer_whatever_t
         bench.RetractionScorer(model, pad=0, read="middle")
 
 
-def _load_consistency_script():
-    _load_script()  # pass_consistency imports pass_probe's helpers
-    spec = importlib.util.spec_from_file_location("pass_consistency", BENCHMARKS / "pass_consistency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_consistency_scores_by_hand():
-    bench = _load_consistency_script()
+    bench = load_benchmark("pass_consistency")
     assert bench.answers_agree("Paris.", "The capital of France is Paris.")
     assert bench.answers_agree("The capital of France is Paris.", "paris")
     assert not bench.answers_agree("Paris.", "Lyon.") and not bench.answers_agree("Parisian food.", "Paris")
@@ -323,7 +295,7 @@ def test_the_consistency_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path: Pat
     sizes = [*SIZES, "eval.max_new_tokens=8"]
     monkeypatch.setenv("TOKENGRAFT_ANSWER_CACHE", str(tmp_path / "answers"))
     _seed_answers(model_dir, tmp_path / "answers", [*sizes, f"model.name={model_dir}"])
-    bench = _load_consistency_script()
+    bench = load_benchmark("pass_consistency")
     results = tmp_path / "results" / "pass_consistency"
     args = ["--model", str(model_dir), "--limit", "12", "--samples", "3", "--temperatures", "0.7", "1.5",
             "--results", str(results), *[x for o in sizes for x in ("--set", o)]]
