@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 errors = [not is_correct(a["text"], r) for a, r in zip(greedy, rows)]
                 records = [dict(r) for r in rows]
                 add_base_answers(records, model, tokenizer, recipe, greedy)
-            values = {b: np.array([metrics.error_scores(r)[b] for r in records], dtype=float)
-                      for b in metrics.BASELINE_SCORES}
+            baseline = [metrics.error_scores(r) for r in records]
+            values = {b: np.array([s[b] for s in baseline], dtype=float) for b in metrics.BASELINE_SCORES}
             for temperature in args.temperatures:
                 desc = f"sampled answers ({name}, T={temperature:g})"
                 with phase(desc):
